@@ -1,0 +1,109 @@
+"""Request and response bodies, with NIM's field names. Strict: a number is not a string.
+
+Unknown fields are ignored (clients add their own), so the NIM clients, LangChain, LlamaIndex,
+LiteLLM and the OpenAI SDK all validate against the same models.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+class TextItem(Request):
+    text: StrictStr = Field(min_length=1)
+
+
+class Query(TextItem):
+    @field_validator("text")
+    @classmethod
+    def not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("query text must contain non-whitespace characters")
+        return v
+
+
+class RankingRequest(Request):
+    model: StrictStr | None = Field(None, description="Served model id; optional")
+    query: Query
+    passages: list[TextItem] = Field(min_length=1)
+    truncate: Literal["NONE", "END"] = Field("END", description="END drops passage tokens, then query tokens, from the right")
+    top_k: StrictInt | None = Field(None, ge=1, description="Return only this many top entries (LiteLLM sends it)")
+    top_n: StrictInt | None = Field(None, ge=1, description="Alias of top_k")
+
+
+class Ranking(BaseModel):
+    index: int = Field(description="Position of the passage in the request")
+    logit: float = Field(description="Raw relevance logit (cosine similarity for bi-encoder models)")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class RankingResponse(BaseModel):
+    rankings: list[Ranking]
+    usage: Usage
+
+
+TokenIds = list[StrictInt] | list[list[StrictInt]]
+
+
+class EmbeddingsRequest(Request):
+    input: StrictStr | list[StrictStr] | TokenIds = Field(description="A string or a list of strings")
+    model: StrictStr | None = None
+    input_type: Literal["query", "passage"] | None = None
+    truncate: Literal["NONE", "START", "END"] = "NONE"
+    dimensions: StrictInt | None = Field(None, ge=1)
+    encoding_format: Literal["float", "base64"] = "float"
+    user: StrictStr | None = None
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: Usage
+
+
+class HealthResponse(BaseModel):
+    object: Literal["health.response"] = "health.response"
+    message: str
+    status: str
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    root: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorInfo(BaseModel):
+    message: str
+    type: str
+    code: int
+    param: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorInfo
+    detail: Annotated[str | list, Field(description="Same message (or pydantic's field errors for 422)")]

@@ -1,0 +1,117 @@
+"""rankserve serve | rank | embed.  Every serve flag is also an env var (see config.py)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from typing import Any, Sequence
+
+from rankserve.config import FIELDS, NIM_ENV, ServerConfig, env_name, load_config
+from rankserve.errors import RankserveError
+
+HELP = {
+    "model": "model directory (Hugging Face layout, safetensors); default: packaged all-MiniLM-L6-v2",
+    "served_model_name": "model id in /v1/models and requests; default: derived from the model",
+    "device": "auto | cpu | cuda | cuda:N",
+    "dtype": "auto (fp32 on CPU, bf16/fp16 on CUDA) | float32 | bfloat16 | float16",
+    "threads": "torch CPU threads; 0 = all cores available",
+    "max_length": "token limit per sequence; 0 = the model's own",
+    "max_batch_tokens": "padded tokens (longest x rows) per forward pass",
+    "api_key": "require 'Authorization: Bearer <key>' on API routes",
+    "cache_size": "passage embeddings cached for bi-encoder ranking; 0 = off",
+}
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per ServerConfig field; defaults stay None so env vars can fill them."""
+    for name, field in FIELDS.items():
+        flag = "--" + name.replace("_", "-")
+        envs = env_name(name) + (f", {NIM_ENV[name]}" if name in NIM_ENV else "")
+        help_ = f"{HELP.get(name, name.replace('_', ' '))} [env {envs}; default {field.default!r}]"
+        if field.type in ("bool", bool):
+            parser.add_argument(flag, dest=name, default=None, action=argparse.BooleanOptionalAction, help=help_)
+        else:
+            kind = int if field.type in ("int", int) else str
+            parser.add_argument(flag, dest=name, default=None, type=kind, help=help_)
+
+
+def config_from(args: argparse.Namespace) -> ServerConfig:
+    return load_config({name: getattr(args, name, None) for name in FIELDS})
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from rankserve.api.app import create_app
+
+    config = config_from(args)
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(config), host=config.host, port=config.port, log_level=config.log_level.lower())
+    return 0
+
+
+async def _with_engine(config: ServerConfig, work: Any) -> Any:
+    from rankserve.engine.engine import Engine
+    from rankserve.metrics import Metrics
+
+    engine = await asyncio.to_thread(Engine.load, config, Metrics())
+    await engine.start()
+    try:
+        return await work(engine)
+    finally:
+        await engine.stop()
+
+
+def cmd_rank(args: argparse.Namespace) -> int:
+    config = load_config({"model": args.model, "warmup": False})
+    result = asyncio.run(_with_engine(config, lambda e: e.rank(args.query, args.passages, args.truncate)))
+    order = sorted(range(len(result.scores)), key=lambda i: -result.scores[i])
+    print(json.dumps({"rankings": [{"index": i, "logit": result.scores[i]} for i in order]}, indent=2))
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    config = load_config({"model": args.model, "warmup": False})
+    result = asyncio.run(_with_engine(config, lambda e: e.embed(args.texts, args.input_type, args.truncate, args.dimensions)))
+    print(json.dumps({"embeddings": result.vectors.tolist()}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rankserve", description="Reranking and embedding service (NIM-compatible)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve the HTTP API", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_config_flags(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    rank = sub.add_parser("rank", help="rank passages for a query in-process and print the rankings")
+    rank.add_argument("query")
+    rank.add_argument("passages", nargs="+")
+    rank.add_argument("--model", default=None)
+    rank.add_argument("--truncate", choices=("NONE", "END"), default="END")
+    rank.set_defaults(func=cmd_rank)
+
+    embed = sub.add_parser("embed", help="embed texts in-process and print the vectors as JSON")
+    embed.add_argument("texts", nargs="+")
+    embed.add_argument("--model", default=None)
+    embed.add_argument("--input-type", choices=("query", "passage"), default=None)
+    embed.add_argument("--truncate", choices=("NONE", "START", "END"), default="END")
+    embed.add_argument("--dimensions", type=int, default=None)
+    embed.set_defaults(func=cmd_embed)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except RankserveError as exc:
+        print(f"rankserve: {exc.message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Server configuration: one frozen dataclass, validated once at start.
+
+Every field is settable three ways with one precedence: CLI flag > ``RANKSERVE_<FIELD>`` env var >
+NIM's own env name (where NIM has one) > default. ``cli.py`` builds its flags from ``FIELDS`` so a
+new setting is added here once and appears everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from rankserve.errors import ConfigError
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+BACKENDS = ("torch", "onnxruntime")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+# NIM's env names for the settings it has (the NIM docs' names; users' compose files use them).
+NIM_ENV = {
+    "model": "NIM_MODEL_PATH",
+    "port": "NIM_HTTP_API_PORT",
+    "served_model_name": "NIM_SERVED_MODEL_NAME",
+    "log_level": "NIM_LOG_LEVEL",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    """What one rankserve process serves and how."""
+
+    model: str | None = None  # model directory; None = the packaged all-MiniLM-L6-v2
+    served_model_name: str | None = None  # id in /v1/models and request `model`; None = derived
+    host: str = "0.0.0.0"
+    port: int = 8000
+    log_level: str = "info"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto = float32 on CPU, bfloat16 on CUDA (when supported)
+    backend: str = "torch"
+    threads: int = 0  # torch intra-op threads; 0 = the cores this process may use
+    max_passages: int = 1000  # per /v1/ranking request
+    max_inputs: int = 2048  # per /v1/embeddings request
+    max_length: int = 0  # token limit per sequence; 0 = the model's own
+    max_batch_tokens: int = 16384  # padded tokens (longest x rows) per forward pass
+    max_queue_items: int = 100_000  # pairs/texts waiting; beyond this requests get 503
+    max_request_bytes: int = 8 * 1024 * 1024
+    cache_size: int = 50_000  # passage embeddings kept (bi-encoder ranking); 0 = off
+    api_key: str | None = None  # when set, requests need `Authorization: Bearer <key>`
+    warmup: bool = True
+
+    def __post_init__(self) -> None:
+        def bad(field: str, why: str) -> None:
+            raise ConfigError(f"invalid {field}={getattr(self, field)!r}: {why}")
+
+        if self.dtype not in DTYPES:
+            bad("dtype", f"choose one of {', '.join(DTYPES)}")
+        if self.backend not in BACKENDS:
+            bad("backend", f"choose one of {', '.join(BACKENDS)}")
+        if self.log_level.lower() not in LOG_LEVELS:
+            bad("log_level", f"choose one of {', '.join(LOG_LEVELS)}")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            bad("device", "use auto, cpu, cuda or cuda:N")
+        if not 0 < self.port < 65536:
+            bad("port", "must be 1..65535")
+        for name in ("max_passages", "max_inputs", "max_batch_tokens", "max_queue_items", "max_request_bytes"):
+            if getattr(self, name) < 1:
+                bad(name, "must be >= 1")
+        for name in ("threads", "max_length", "cache_size"):
+            if getattr(self, name) < 0:
+                bad(name, "must be >= 0")
+        if self.model is not None and not os.path.isdir(self.model):
+            bad("model", "not a directory (expected a Hugging Face-style model folder)")
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(ServerConfig)}
+
+
+def env_name(field: str) -> str:
+    return f"RANKSERVE_{field.upper()}"
+
+
+def _coerce(field: str, raw: str) -> Any:
+    kind = FIELDS[field].type
+    if kind in ("int", int):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{field} must be an integer, got {raw!r}") from None
+    if kind in ("bool", bool):
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{field} must be true or false, got {raw!r}")
+    return raw
+
+
+def load_config(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> ServerConfig:
+    """Resolve every field by precedence: overrides (CLI flags) > RANKSERVE_* > NIM_* > default."""
+    environ = os.environ if environ is None else environ
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    values: dict[str, Any] = {}
+    for name in FIELDS:
+        if name in overrides:
+            values[name] = overrides[name]
+        elif env_name(name) in environ:
+            values[name] = _coerce(name, environ[env_name(name)])
+        elif name in NIM_ENV and NIM_ENV[name] in environ:
+            values[name] = _coerce(name, environ[NIM_ENV[name]])
+    return ServerConfig(**values)

@@ -1,0 +1,179 @@
+"""The engine: plain Python values in and out; routes and compat APIs call only these methods.
+
+``rank`` scores (query, passage) pairs with a cross-encoder, or, for a bi-encoder, the cosine of
+the query's and each passage's embedding (the query encoded once, passages through an LRU cache).
+``embed`` returns L2-normalized vectors, Matryoshka-truncated on request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Sequence
+
+import torch
+
+from rankserve.config import ServerConfig
+from rankserve.engine.batcher import Batcher
+from rankserve.engine.cache import EmbeddingCache, text_key
+from rankserve.engine.runner import TorchRunner, resolve_device
+from rankserve.engine.tokenize import Encoded, TokenizerPolicy, Truncate
+from rankserve.errors import InvalidRequest
+from rankserve.metrics import Metrics
+from rankserve.models.loader import ModelSpec, default_model_dir, load_model, resolve_dtype
+
+log = logging.getLogger("rankserve")
+InputType = Literal["query", "passage"]
+DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def served_name(config: ServerConfig) -> str:
+    """The model id clients see: the configured name, else the default's hub id or the folder name."""
+    if config.served_model_name:
+        return config.served_model_name
+    return DEFAULT_MODEL_NAME if config.model is None else Path(config.model).resolve().name
+
+
+@dataclass(frozen=True)
+class RankResult:
+    scores: list[float]  # one per passage, request order
+    tokens: int
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    vectors: torch.Tensor  # [n, d] float32, request order
+    tokens: int
+
+
+class Engine:
+    def __init__(self, spec: ModelSpec, *, name: str, config: ServerConfig, metrics: Metrics, device: torch.device):
+        self.spec = spec
+        self.name = name
+        self.config = config
+        self.metrics = metrics
+        self.device = device
+        self.policy = TokenizerPolicy(
+            str(spec.tokenizer_file),
+            max_length=spec.max_length,
+            rerank_template=spec.rerank_template,
+            with_type_ids=spec.family in ("bert", "xlm-roberta"),
+        )
+        self.runner = TorchRunner(spec, device, config.threads)
+        self.batcher = Batcher(
+            self.runner.forward,
+            max_batch_tokens=config.max_batch_tokens,
+            max_queue_items=config.max_queue_items,
+            metrics=metrics,
+        )
+        self.cache = EmbeddingCache(config.cache_size if spec.kind == "embedder" else 0)
+        metrics.cache_capacity.set(self.cache.capacity)
+        self._tokenize_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rankserve-tokenize")
+
+    @classmethod
+    def load(cls, config: ServerConfig, metrics: Metrics) -> "Engine":
+        """Blocking: read weights and build the engine (call from a thread at start-up)."""
+        directory = Path(config.model) if config.model else default_model_dir()
+        device = resolve_device(config.device)
+        spec = load_model(directory, dtype=resolve_dtype(config.dtype, device), device=device, max_length=config.max_length)
+        return cls(spec, name=served_name(config), config=config, metrics=metrics, device=device)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.batcher.start()
+        if self.config.warmup:
+            await self.warmup()
+
+    async def warmup(self) -> None:
+        """One short and one full-length pass, so the first real request pays no one-time costs."""
+        await self.rank("warm up query", ["a short passage", "word " * self.spec.max_length], "END")
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+        self._tokenize_pool.shutdown(wait=False)
+
+    # -- helpers ---------------------------------------------------------------------------
+    async def _in_pool(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._tokenize_pool, fn, *args)
+
+    def prefix(self, input_type: InputType | None) -> str:
+        if input_type == "query":
+            return self.spec.query_prefix
+        if input_type == "passage":
+            return self.spec.passage_prefix
+        return ""
+
+    @property
+    def asymmetric(self) -> bool:
+        """True when queries and passages get different prefixes: input_type then matters."""
+        return self.spec.query_prefix != self.spec.passage_prefix
+
+    # -- API -------------------------------------------------------------------------------
+    async def rank(self, query: str, passages: Sequence[str], truncate: Truncate = "END") -> RankResult:
+        if self.spec.kind == "cross-encoder":
+            encoded: list[Encoded] = await self._in_pool(self.policy.pairs, query, passages, truncate)
+            rows = await self.batcher.submit(encoded)
+            return RankResult([float(r) for r in rows], sum(len(e) for e in encoded))
+        q_enc = await self._in_pool(self.policy.texts, [query], truncate, self.spec.query_prefix, "query")
+        p_vecs, p_tokens = await self._cached_passages(passages, truncate)
+        (q_vec,) = await self.batcher.submit(q_enc)
+        scores = torch.stack(p_vecs) @ torch.nn.functional.normalize(q_vec, dim=-1)
+        return RankResult(scores.tolist(), len(q_enc[0]) + p_tokens)
+
+    async def _cached_passages(self, passages: Sequence[str], truncate: Truncate) -> tuple[list[torch.Tensor], int]:
+        prefix = self.spec.passage_prefix
+        keys = [text_key(p, prefix, truncate) for p in passages]
+        found = [self.cache.get(k) for k in keys]
+        missing = [i for i, f in enumerate(found) if f is None]
+        self.metrics.cache_hits.inc(len(passages) - len(missing))
+        self.metrics.cache_misses.inc(len(missing))
+        if missing:
+            # Truncation errors must name the request's passage index, not the index among misses.
+            encoded = await self._in_pool(self._encode_indexed, [passages[i] for i in missing], missing, truncate, prefix)
+            rows = await self.batcher.submit(encoded)
+            for i, enc, row in zip(missing, encoded, rows):
+                row = torch.nn.functional.normalize(row, dim=-1)
+                found[i] = (row, len(enc))
+                self.cache.put(keys[i], row, len(enc))
+            self.metrics.cache_size.set(len(self.cache))
+        return [f[0] for f in found], sum(f[1] for f in found)
+
+    def _encode_indexed(self, texts: list[str], indices: list[int], truncate: Truncate, prefix: str) -> list[Encoded]:
+        try:
+            return self.policy.texts(texts, truncate, prefix, "passages")
+        except InvalidRequest as exc:  # remap "passages[j]" (j among misses) to the request index
+            if exc.param and exc.param.startswith("passages."):
+                j = int(exc.param.split(".")[1])
+                exc.message = exc.message.replace(f"passages[{j}]", f"passages[{indices[j]}]", 1)
+                exc.param = f"passages.{indices[j]}"
+            raise
+
+    async def embed(self, texts: Sequence[str], input_type: InputType | None, truncate: Truncate = "END",
+                    dimensions: int | None = None) -> EmbedResult:
+        if self.spec.kind != "embedder":
+            raise InvalidRequest(f"model {self.name!r} is a reranker (cross-encoder); it does not produce embeddings")
+        if self.asymmetric and input_type is None:
+            raise InvalidRequest(
+                "input_type is required for this asymmetric model: set it to 'query' or 'passage' "
+                "(or use the model id suffixed -query / -passage)", param="input_type")
+        if dimensions is not None:
+            self.check_dimensions(dimensions)
+        encoded = await self._in_pool(self.policy.texts, texts, truncate, self.prefix(input_type), "input")
+        vectors = torch.stack(await self.batcher.submit(encoded))
+        if dimensions is not None and dimensions != vectors.shape[1]:
+            vectors = vectors[:, :dimensions]
+        if self.spec.normalize or dimensions is not None:
+            vectors = torch.nn.functional.normalize(vectors, dim=-1)
+        return EmbedResult(vectors, sum(len(e) for e in encoded))
+
+    def check_dimensions(self, dimensions: int) -> None:
+        allowed = self.spec.dimensions
+        if allowed is not None and dimensions not in allowed:
+            raise InvalidRequest(f"dimensions={dimensions} is not supported by {self.name}; choose one of {list(allowed)}",
+                                 param="dimensions")
+        if allowed is None and not 1 <= dimensions <= self.spec.hidden_size:
+            raise InvalidRequest(f"dimensions={dimensions} is not supported by {self.name}; "
+                                 f"choose 1..{self.spec.hidden_size}", param="dimensions")

@@ -1,0 +1,140 @@
+"""Strings -> token ids, with the truncation policy. Runs in a thread pool, never on the event loop.
+
+One truncation mechanism serves every input shape: each token gets a role (kept, query, passage,
+text) and truncation removes tokens of a role from one side until the sequence fits. Special
+tokens and template text are never removed.
+
+- rerank pairs, ``END``: passage tokens from the right first, then query tokens from the right;
+- single texts (embeddings): ``END`` keeps the start, ``START`` keeps the end;
+- ``NONE``: an over-long input raises ``InputTooLong`` naming the input, its length and the limit.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+from tokenizers import Encoding, Tokenizer
+
+from rankserve.errors import InputTooLong
+
+Truncate = Literal["NONE", "START", "END"]
+KEEP, QUERY, PASSAGE, TEXT = 0, 1, 2, 3
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    ids: list[int]
+    type_ids: list[int] | None  # None when the model has no token types (Llama)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def template_spans(template: str, **values: str) -> tuple[str, dict[str, tuple[int, int]]]:
+    """Fill ``template`` and return the character span of each field in the result."""
+    text, spans = "", {}
+    for literal, name, _spec, _conv in string.Formatter().parse(template):
+        text += literal
+        if name is not None:
+            spans[name] = (len(text), len(text) + len(values[name]))
+            text += values[name]
+    return text, spans
+
+
+def _roles_from_offsets(enc: Encoding, spans: dict[int, tuple[int, int]]) -> list[int]:
+    roles = []
+    for (start, end), special in zip(enc.offsets, enc.special_tokens_mask):
+        role = KEEP
+        if not special and end > start:
+            role = next((r for r, (a, b) in spans.items() if a <= start < b), KEEP)
+        roles.append(role)
+    return roles
+
+
+def _cut(enc: Encoding, roles: list[int], limit: int, order: Sequence[tuple[int, str]]) -> list[int] | None:
+    """Indices of tokens to keep after removing the excess in ``order``; None if it cannot fit."""
+    excess = len(roles) - limit
+    drop: set[int] = set()
+    for role, side in order:
+        where = [i for i, r in enumerate(roles) if r == role]
+        if side == "right":
+            where.reverse()
+        drop.update(where[: excess - len(drop)])
+        if len(drop) >= excess:
+            return [i for i in range(len(roles)) if i not in drop]
+    return None
+
+
+class TokenizerPolicy:
+    """The model's fast tokenizer plus how this model wants its inputs built and truncated."""
+
+    def __init__(self, tokenizer_file: str, *, max_length: int, rerank_template: str | None,
+                 with_type_ids: bool):
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
+        self.max_length = max_length
+        self.rerank_template = rerank_template
+        self.with_type_ids = with_type_ids
+
+    def _finish(self, enc: Encoding, keep: list[int] | None = None) -> Encoded:
+        ids = enc.ids if keep is None else [enc.ids[i] for i in keep]
+        types = None
+        if self.with_type_ids:
+            types = enc.type_ids if keep is None else [enc.type_ids[i] for i in keep]
+        return Encoded(ids, types)
+
+    def pairs(self, query: str, passages: Sequence[str], truncate: Truncate) -> list[Encoded]:
+        """Cross-encoder inputs for (query, passage_i), truncated passage-first."""
+        if self.rerank_template is None:
+            encs = self.tokenizer.encode_batch([(query, p) for p in passages])
+        else:
+            filled = [template_spans(self.rerank_template, query=query, passage=p) for p in passages]
+            encs = self.tokenizer.encode_batch([text for text, _ in filled])
+        out = []
+        for i, enc in enumerate(encs):
+            if len(enc.ids) <= self.max_length:
+                out.append(self._finish(enc))
+                continue
+            if truncate == "NONE":
+                raise InputTooLong(
+                    f"passages[{i}]: query and passage together are {len(enc.ids)} tokens, "
+                    f"exceeding the maximum allowed {self.max_length} tokens (truncate is NONE)",
+                    param=f"passages.{i}",
+                )
+            if self.rerank_template is None:
+                roles = [KEEP if s is None else (QUERY if s == 0 else PASSAGE) for s in enc.sequence_ids]
+            else:
+                spans = filled[i][1]
+                roles = _roles_from_offsets(enc, {QUERY: spans["query"], PASSAGE: spans["passage"]})
+            keep = _cut(enc, roles, self.max_length, [(PASSAGE, "right"), (QUERY, "right")])
+            if keep is None:
+                raise InputTooLong(f"passages[{i}]: the prompt template alone exceeds {self.max_length} tokens")
+            out.append(self._finish(enc, keep))
+        return out
+
+    def texts(self, texts: Sequence[str], truncate: Truncate, prefix: str = "", what: str = "input") -> list[Encoded]:
+        """Single-sequence inputs (embeddings, bi-encoder ranking), optionally prefixed."""
+        encs = self.tokenizer.encode_batch([prefix + t for t in texts])
+        out = []
+        for i, enc in enumerate(encs):
+            if len(enc.ids) <= self.max_length:
+                out.append(self._finish(enc))
+                continue
+            if truncate == "NONE":
+                raise InputTooLong(
+                    f"{what}[{i}]: input length {len(enc.ids)} tokens exceeds the maximum allowed "
+                    f"{self.max_length} tokens (truncate is NONE)",
+                    param=f"{what}.{i}",
+                )
+            roles = _roles_from_offsets(enc, {TEXT: (len(prefix), len(prefix) + len(texts[i]))})
+            keep = _cut(enc, roles, self.max_length, [(TEXT, "left" if truncate == "START" else "right")])
+            if keep is None:
+                raise InputTooLong(f"{what}[{i}]: the prefix alone exceeds {self.max_length} tokens")
+            out.append(self._finish(enc, keep))
+        return out
+
+    def count(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False).ids)

@@ -1,0 +1,105 @@
+"""The engine <-> model seam: a padded ``Batch`` and its packed (padding-free) view.
+
+Models never see strings, HTTP or futures: only these tensors. ``Packed`` lets a model run its
+linear layers and MLPs on real tokens only (cost grows with real tokens, not with the longest
+sequence) and re-pad just for attention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class Packed:
+    """Real tokens of a batch laid end to end, sequence after sequence (row-major order)."""
+
+    input_ids: torch.Tensor  # [N] long, N = real tokens in the batch
+    token_type_ids: torch.Tensor | None  # [N] long
+    position_ids: torch.Tensor  # [N] long: 0.. within each sequence
+    indices: torch.Tensor  # [N] long: where each real token sits in the flattened [B*T] grid
+    seq_index: torch.Tensor  # [N] long: which sequence each token belongs to
+    cu_seqlens: torch.Tensor  # [B+1] long: sequence b owns packed rows cu[b]:cu[b+1]
+    lengths: torch.Tensor  # [B] long
+    key_mask: torch.Tensor  # [B, T] bool: True where a key is a real token
+    batch_size: int
+    seq_len: int
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, ...] -> [B, T, ...], zeros at padding."""
+        out = x.new_zeros((self.batch_size * self.seq_len, *x.shape[1:]))
+        out[self.indices] = x
+        return out.view(self.batch_size, self.seq_len, *x.shape[1:])
+
+    def unpad(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, T, ...] -> [N, ...]."""
+        return x.reshape(self.batch_size * self.seq_len, *x.shape[2:])[self.indices]
+
+    def to(self, device: torch.device) -> "Packed":
+        moved = {
+            k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()
+        }
+        return Packed(**moved)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Token ids of B sequences, padded to T. Padding may be on either side."""
+
+    input_ids: torch.Tensor  # [B, T] long
+    attention_mask: torch.Tensor  # [B, T] long/bool, 1 = real token
+    token_type_ids: torch.Tensor | None = None  # [B, T] long
+
+    @classmethod
+    def from_sequences(
+        cls,
+        ids: Sequence[Sequence[int]],
+        type_ids: Sequence[Sequence[int]] | None = None,
+        pad_id: int = 0,
+        left: bool = False,
+    ) -> "Batch":
+        """Pad lists of ids into a batch (right padding unless ``left``)."""
+        if not ids:
+            raise ValueError("a batch needs at least one sequence")
+        width = max(len(s) for s in ids)
+        input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        types = torch.zeros((len(ids), width), dtype=torch.long) if type_ids is not None else None
+        for row, seq in enumerate(ids):
+            n = len(seq)
+            span = slice(width - n, width) if left else slice(0, n)
+            input_ids[row, span] = torch.tensor(seq, dtype=torch.long)
+            mask[row, span] = 1
+            if types is not None:
+                types[row, span] = torch.tensor(type_ids[row], dtype=torch.long)
+        return cls(input_ids, mask, types)
+
+    def packed(self) -> Packed:
+        mask = self.attention_mask.bool()
+        bsz, width = mask.shape
+        lengths = mask.sum(dim=1)
+        if bool((lengths == 0).any()):
+            raise ValueError("every sequence in a batch needs at least one token")
+        indices = mask.reshape(-1).nonzero(as_tuple=False).squeeze(1)
+        cu = torch.zeros(bsz + 1, dtype=torch.long)
+        cu[1:] = lengths.cumsum(0)
+        seq_index = torch.repeat_interleave(torch.arange(bsz), lengths)
+        position_ids = torch.arange(int(cu[-1])) - cu[:-1][seq_index]
+        flat_types = None
+        if self.token_type_ids is not None:
+            flat_types = self.token_type_ids.reshape(-1)[indices]
+        return Packed(
+            input_ids=self.input_ids.reshape(-1)[indices],
+            token_type_ids=flat_types,
+            position_ids=position_ids,
+            indices=indices,
+            seq_index=seq_index,
+            cu_seqlens=cu,
+            lengths=lengths,
+            key_mask=mask,
+            batch_size=bsz,
+            seq_len=width,
+        )

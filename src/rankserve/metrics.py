@@ -1,0 +1,33 @@
+"""Prometheus metrics, one registry per app so several apps (tests, future multi-model) coexist.
+
+The API layer counts requests and latency; the engine reports queue depth, batch sizes, tokens and
+the passage cache. Both get the same ``Metrics`` object; nothing here knows about HTTP or models.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("rankserve_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
+        self.errors = Counter("rankserve_request_errors", "HTTP error responses by route and status", ["route", "status"], registry=r)
+        self.latency = Histogram("rankserve_request_latency_seconds", "Request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_depth = Gauge("rankserve_queue_depth", "Pairs/texts waiting for the model", registry=r)
+        self.batch_size = Histogram("rankserve_batch_size", "Sequences per forward pass", buckets=BATCH_BUCKETS, registry=r)
+        self.batch_tokens = Histogram("rankserve_batch_padded_tokens", "Padded tokens per forward pass",
+                                      buckets=tuple(2**i for i in range(6, 18)), registry=r)
+        self.tokens = Counter("rankserve_tokens", "Real tokens processed by the model", registry=r)
+        self.forward_seconds = Histogram("rankserve_forward_seconds", "Model forward time per batch", buckets=LATENCY_BUCKETS, registry=r)
+        self.cache_hits = Counter("rankserve_passage_cache_hits", "Passage embeddings served from the cache", registry=r)
+        self.cache_misses = Counter("rankserve_passage_cache_misses", "Passage embeddings computed", registry=r)
+        self.cache_size = Gauge("rankserve_passage_cache_entries", "Passage embeddings held in the cache", registry=r)
+        self.cache_capacity = Gauge("rankserve_passage_cache_capacity", "Passage cache size bound", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

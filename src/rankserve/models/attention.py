@@ -1,0 +1,46 @@
+"""The one attention call site shared by every family: packed q/k/v in, packed output out.
+
+Attention is the only step that needs the [B, T] grid; everything else runs on packed tokens.
+Causality is decided by the mask alone (``causal=True`` adds the triangle), so the bidirectional
+encoders and causal decoders share this code. ``scaled_dot_product_attention`` picks a fused
+kernel (flash / memory-efficient) that never materialises a full fp32 score matrix per head.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from rankserve.engine.types import Packed
+
+
+def packed_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    packed: Packed,
+    num_heads: int,
+    num_kv_heads: int,
+    causal: bool = False,
+) -> torch.Tensor:
+    """q [N, nh*hd], k/v [N, nkv*hd] -> [N, nh*hd]."""
+    head_dim = q.shape[-1] // num_heads
+    bsz, width = packed.batch_size, packed.seq_len
+
+    def heads(x: torch.Tensor, n: int) -> torch.Tensor:  # [N, n*hd] -> [B, n, T, hd]
+        return packed.pad(x).view(bsz, width, n, head_dim).transpose(1, 2)
+
+    qh, kh, vh = heads(q, num_heads), heads(k, num_kv_heads), heads(v, num_kv_heads)
+    full = int(packed.lengths.min()) == width  # no padding anywhere: let SDPA take its fastest path
+    mask = None
+    if not full or causal:
+        mask = packed.key_mask[:, None, None, :]  # [B, 1, 1, T]: keys that are real tokens
+        if causal:
+            # With left padding a causal row must still see only earlier *real* tokens: compare
+            # per-sequence positions, not grid columns.
+            pos = packed.key_mask.long().cumsum(1)
+            mask = mask & (pos[:, None, :, None] >= pos[:, None, None, :])
+    out = F.scaled_dot_product_attention(
+        qh, kh, vh, attn_mask=mask, enable_gqa=num_heads != num_kv_heads
+    )  # [B, nh, T, hd]
+    return packed.unpad(out.transpose(1, 2).reshape(bsz, width, num_heads * head_dim))

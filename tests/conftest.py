@@ -1,0 +1,106 @@
+"""Shared fixtures: tiny checkpoints, in-process apps, and a live server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from checkpoints import make_bert_bi_encoder, make_bert_cross_encoder, make_xlmr_cross_encoder  # noqa: E402
+from rankserve.api.app import create_app  # noqa: E402
+from rankserve.config import load_config  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def bert_ce_dir(tmp_path_factory) -> Path:
+    return make_bert_cross_encoder(tmp_path_factory.mktemp("bert-ce"))
+
+
+@pytest.fixture(scope="session")
+def xlmr_ce_dir(tmp_path_factory) -> Path:
+    return make_xlmr_cross_encoder(tmp_path_factory.mktemp("xlmr-ce"))
+
+
+@pytest.fixture(scope="session")
+def bert_bi_dir(tmp_path_factory) -> Path:
+    return make_bert_bi_encoder(tmp_path_factory.mktemp("bert-bi"))
+
+
+def wait_ready(client: TestClient, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get("/v1/health/ready").status_code == 200:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(client.get("/v1/health/ready").json())
+
+
+def app_client(**overrides) -> TestClient:
+    """A TestClient (lifespan running) for an app built from config overrides; use as a context manager."""
+    return TestClient(create_app(load_config(overrides, environ={})), raise_server_exceptions=False)
+
+
+@pytest.fixture(scope="session")
+def default_client() -> Iterator[TestClient]:
+    """The packaged default model (all-MiniLM-L6-v2), in-process."""
+    with app_client() as client:
+        wait_ready(client)
+        yield client
+
+
+@pytest.fixture(scope="session")
+def ce_client(bert_ce_dir) -> Iterator[TestClient]:
+    with app_client(model=str(bert_ce_dir), served_model_name="tiny-ce", max_passages=8) as client:
+        wait_ready(client)
+        yield client
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """uvicorn serving an app in a background thread on 127.0.0.1."""
+
+    def __init__(self, **overrides):
+        self.port = free_port()
+        config = load_config({**overrides, "host": "127.0.0.1", "port": self.port}, environ={})
+        self.server = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=self.port,
+                                                   log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "LiveServer":
+        import httpx
+
+        self.thread.start()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/v1/health/ready", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError("live server did not become ready")
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def live_default() -> Iterator[LiveServer]:
+    with LiveServer() as server:
+        yield server
