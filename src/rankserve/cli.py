@@ -22,6 +22,9 @@ HELP = {
     "max_batch_tokens": "padded tokens (longest x rows) per forward pass",
     "api_key": "require 'Authorization: Bearer <key>' on API routes",
     "cache_size": "passage embeddings cached for bi-encoder ranking; 0 = off",
+    "rerank_template": "single-sequence rerank prompt with {query} and {passage} (Llama rerankers)",
+    "query_prefix": "text put before queries (embeddings, bi-encoder ranking)",
+    "passage_prefix": "text put before passages (embeddings, bi-encoder ranking)",
 }
 
 

@@ -43,12 +43,21 @@ class ServerConfig:
     max_passages: int = 1000  # per /v1/ranking request
     max_inputs: int = 2048  # per /v1/embeddings request
     max_length: int = 0  # token limit per sequence; 0 = the model's own
+    # Prompt overrides; None = what the model directory says, else the family's documented default.
+    rerank_template: str | None = None  # e.g. "question:{query} \n \n passage:{passage}"
+    query_prefix: str | None = None  # e.g. "query: "
+    passage_prefix: str | None = None  # e.g. "passage: "
     max_batch_tokens: int = 16384  # padded tokens (longest x rows) per forward pass
     max_queue_items: int = 100_000  # pairs/texts waiting; beyond this requests get 503
     max_request_bytes: int = 8 * 1024 * 1024
     cache_size: int = 50_000  # passage embeddings kept (bi-encoder ranking); 0 = off
     api_key: str | None = None  # when set, requests need `Authorization: Bearer <key>`
     warmup: bool = True
+
+    def model_overrides(self) -> dict[str, str]:
+        """ModelSpec fields the operator set explicitly (flags beat the model's config files)."""
+        names = ("rerank_template", "query_prefix", "passage_prefix")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     def __post_init__(self) -> None:
         def bad(field: str, why: str) -> None:
@@ -70,6 +79,8 @@ class ServerConfig:
         for name in ("threads", "max_length", "cache_size"):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
+        if self.rerank_template is not None and not ("{query}" in self.rerank_template and "{passage}" in self.rerank_template):
+            bad("rerank_template", "must contain {query} and {passage}")
         if self.model is not None and not os.path.isdir(self.model):
             bad("model", "not a directory (expected a Hugging Face-style model folder)")
 

@@ -78,7 +78,8 @@ class Engine:
         """Blocking: read weights and build the engine (call from a thread at start-up)."""
         directory = Path(config.model) if config.model else default_model_dir()
         device = resolve_device(config.device)
-        spec = load_model(directory, dtype=resolve_dtype(config.dtype, device), device=device, max_length=config.max_length)
+        spec = load_model(directory, dtype=resolve_dtype(config.dtype, device), device=device, max_length=config.max_length,
+                          overrides=config.model_overrides())
         return cls(spec, name=served_name(config), config=config, metrics=metrics, device=device)
 
     # -- lifecycle -------------------------------------------------------------------------
