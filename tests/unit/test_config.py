@@ -1,0 +1,44 @@
+"""Settings precedence: flag > RANKSERVE_* > NIM_* > default; bad values fail at start."""
+
+from __future__ import annotations
+
+import pytest
+
+from rankserve.cli import build_parser, config_from
+from rankserve.config import load_config
+from rankserve.errors import ConfigError
+
+
+def test_defaults():
+    c = load_config(environ={})
+    assert (c.model, c.port, c.max_passages, c.dtype) == (None, 8000, 1000, "auto")
+
+
+def test_precedence(tmp_path):
+    env = {"NIM_HTTP_API_PORT": "9001", "RANKSERVE_PORT": "9002", "NIM_LOG_LEVEL": "debug",
+           "NIM_MODEL_PATH": str(tmp_path), "RANKSERVE_MAX_BATCH_TOKENS": "4096"}
+    c = load_config(environ=env)
+    assert (c.port, c.log_level, c.model, c.max_batch_tokens) == (9002, "debug", str(tmp_path), 4096)
+    assert load_config({"port": 9003}, environ=env).port == 9003
+
+
+def test_cli_flags_become_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANKSERVE_MAX_PASSAGES", "7")
+    args = build_parser().parse_args(["serve", "--model", str(tmp_path), "--max-batch-tokens", "2048", "--no-warmup"])
+    c = config_from(args)
+    assert (c.model, c.max_batch_tokens, c.max_passages, c.warmup) == (str(tmp_path), 2048, 7, False)
+
+
+@pytest.mark.parametrize("overrides,word", [
+    ({"dtype": "int4"}, "dtype"), ({"port": 0}, "port"), ({"max_passages": 0}, "max_passages"),
+    ({"model": "/nonexistent/dir"}, "model"), ({"device": "tpu"}, "device"),
+    ({"rerank_template": "question:{query}"}, "rerank_template"),
+])
+def test_invalid_values(overrides, word):
+    with pytest.raises(ConfigError, match=word):
+        load_config(overrides, environ={})
+
+
+def test_bad_env_integer():
+    with pytest.raises(ConfigError, match="max_passages must be an integer"):
+        load_config(environ={"RANKSERVE_MAX_PASSAGES": "lots"})
