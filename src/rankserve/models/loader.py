@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from rankserve.errors import ModelLoadError
-from rankserve.models import bert
+from rankserve.models import bert, llama
 from rankserve.models.pooling import normalize_pooling
 
 log = logging.getLogger("rankserve")
@@ -178,6 +178,12 @@ ARCHITECTURES: dict[str, Callable[[Path, dict[str, Any], str], dict[str, Any]]] 
         "RobertaModel", "RobertaForSequenceClassification",
     )
 }
+# Llama / Mistral: NVIDIA's bidirectional retriever layouts and the plain Hugging Face classes.
+ARCHITECTURES.update({name: llama.build for name in llama.ARCHITECTURE_NAMES})
+# config.json without ``architectures``: the base model its ``model_type`` names.
+MODEL_TYPES = {"bert": "BertModel", "xlm-roberta": "XLMRobertaModel", "roberta": "RobertaModel",
+               "llama": "LlamaModel", "llama_bidirec": "LlamaBidirectionalModel",
+               "mistral": "MistralModel", "mistral_bidirec": "MistralBidirectionalModel"}
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -196,7 +202,7 @@ def load_model(directory: str | Path, *, dtype: torch.dtype = torch.float32, dev
     if cfg is None:
         raise ModelLoadError(f"{directory} has no config.json")
     archs = cfg.get("architectures") or []
-    arch = next((a for a in archs if a in ARCHITECTURES), None)
+    arch = next((a for a in archs if a in ARCHITECTURES), None if archs else MODEL_TYPES.get(cfg.get("model_type")))
     if arch is None:
         raise ModelLoadError(
             f"unsupported architecture {archs or cfg.get('model_type')!r} in {directory}; "

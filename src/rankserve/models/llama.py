@@ -1,0 +1,313 @@
+"""Llama and Mistral decoder stacks, run as encoders (the NVIDIA retriever models) or causally.
+
+NVIDIA's rerankers (llama-3.2-nv-rerankqa-1b-v2, nemoretriever-500m-rerank-v2, nv-rerankqa-mistral-4b-v3)
+and embedder (llama-3.2-nv-embedqa-1b-v2) are plain Llama / Mistral layers whose attention sees every
+real token (padding mask only, no causal triangle). Their last hidden states are pooled (``avg``
+by default) and, for rerankers, scored by ``score = Linear(hidden, 1, bias=False)``.
+
+Attribute names equal the Hugging Face safetensors keys (``model.embed_tokens``,
+``model.layers.N.self_attn.q_proj``, ``mlp.gate_proj``, ``model.norm``, ``score``), so loading is a
+strict ``load_state_dict``. Linear layers, RoPE and the MLP run on packed real tokens; attention
+re-pads inside ``packed_attention``, the one call site. RMSNorm and RoPE compute in float32.
+Mistral differs from Llama only in config values here; its ``sliding_window`` is ignored (see
+``LlamaConfig.from_hf``). ``causal=True`` serves ordinary causal weights from the same code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rankserve.engine.types import Packed
+from rankserve.models.attention import packed_attention
+from rankserve.models.pooling import normalize_pooling, pool
+
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LlamaConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    # rope_scaling: {"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
+    # "original_max_position_embeddings"} or {"rope_type": "linear", "factor"}; None = plain RoPE.
+    rope_scaling: dict[str, Any] | None = None
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    max_position_embeddings: int = 131072
+    tie_word_embeddings: bool = False  # only ties the LM head, which encoders never use
+    causal: bool = False
+
+    @classmethod
+    def from_hf(cls, cfg: dict[str, Any], *, causal: bool = False) -> "LlamaConfig":
+        """Read a Hugging Face config dict (transformers 4.x ``rope_scaling``/``rope_theta`` or 5.x
+        ``rope_parameters``). Mistral's ``sliding_window`` is not applied: our inputs are capped at
+        ``max_length`` (512 for the Mistral reranker), far below any window it sets."""
+        if cfg.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"hidden_act {cfg['hidden_act']!r} is not supported (SwiGLU with silu only)")
+        rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
+        theta = float(rope.pop("rope_theta", cfg.get("rope_theta", 10000.0)))
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in ROPE_TYPES:
+            raise ValueError(f"rope type {rope_type!r} is not supported; supported: {', '.join(ROPE_TYPES)}")
+        if rope.get("partial_rotary_factor", 1.0) != 1.0:
+            raise ValueError("partial_rotary_factor != 1 is not supported")
+        heads = cfg["num_attention_heads"]
+        return cls(
+            vocab_size=cfg["vocab_size"],
+            hidden_size=cfg["hidden_size"],
+            intermediate_size=cfg["intermediate_size"],
+            num_hidden_layers=cfg["num_hidden_layers"],
+            num_attention_heads=heads,
+            num_key_value_heads=cfg.get("num_key_value_heads") or heads,
+            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
+            rope_theta=theta,
+            rope_scaling=None if rope_type == "default" else {**rope, "rope_type": rope_type},
+            attention_bias=bool(cfg.get("attention_bias", False)),
+            mlp_bias=bool(cfg.get("mlp_bias", False)),
+            max_position_embeddings=int(cfg.get("max_position_embeddings", 131072)),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            causal=causal,
+        )
+
+
+def rope_inv_freq(c: LlamaConfig) -> torch.Tensor:
+    """[head_dim/2] float32 inverse frequencies, after llama3 / linear scaling (as transformers)."""
+    dim = c.head_dim
+    inv_freq = 1.0 / (c.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    s = c.rope_scaling
+    if s is None:
+        return inv_freq
+    factor = float(s["factor"])
+    if s["rope_type"] == "linear":
+        return inv_freq / factor
+    # llama3: keep high frequencies, divide low ones by `factor`, interpolate in between.
+    old_len = s.get("original_max_position_embeddings", 8192)
+    low, high = float(s.get("low_freq_factor", 1.0)), float(s.get("high_freq_factor", 4.0))
+    low_freq_wavelen, high_freq_wavelen = old_len / low, old_len / high
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < high_freq_wavelen) & ~(wavelen > low_freq_wavelen)
+    return torch.where(medium, smoothed, scaled)
+
+
+def rope_cos_sin(position_ids: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """position_ids [N] -> cos, sin [N, 1, head_dim] in float32 (broadcast over heads)."""
+    freqs = position_ids.float()[:, None] * inv_freq.to(position_ids.device)[None, :]  # [N, hd/2]
+    emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [N, heads, hd] (any dtype) rotated in float32 (rotate-half layout, as the HF checkpoints)."""
+    xf = x.float()
+    x1, x2 = xf.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (xf * cos + rotated * sin).to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, c: LlamaConfig):
+        super().__init__()
+        self.q_proj = nn.Linear(c.hidden_size, c.num_attention_heads * c.head_dim, bias=c.attention_bias)
+        self.k_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * c.head_dim, bias=c.attention_bias)
+        self.v_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * c.head_dim, bias=c.attention_bias)
+        self.o_proj = nn.Linear(c.num_attention_heads * c.head_dim, c.hidden_size, bias=c.attention_bias)
+        self.num_heads, self.num_kv_heads, self.head_dim = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        self.causal = c.causal
+
+    def forward(self, x: torch.Tensor, p: Packed, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]  # x [N, H]
+        q = apply_rope(self.q_proj(x).view(n, self.num_heads, self.head_dim), cos, sin)
+        k = apply_rope(self.k_proj(x).view(n, self.num_kv_heads, self.head_dim), cos, sin)
+        out = packed_attention(q.reshape(n, -1), k.reshape(n, -1), self.v_proj(x), p,
+                               self.num_heads, self.num_kv_heads, causal=self.causal)  # [N, nh*hd]
+        return self.o_proj(out)
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, c: LlamaConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=c.mlp_bias)
+        self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=c.mlp_bias)
+        self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=c.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, c: LlamaConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.self_attn = Attention(c)
+        self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.mlp = MLP(c)
+
+    def forward(self, x: torch.Tensor, p: Packed, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), p, cos, sin)  # pre-norm residual blocks
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(nn.Module):
+    """The decoder stack: packed ids -> packed last hidden states [N, H] (after the final norm)."""
+
+    def __init__(self, c: LlamaConfig):
+        super().__init__()
+        self.config = c
+        self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(c) for _ in range(c.num_hidden_layers))
+        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        # A plain attribute, not a buffer: it stays float32 when the module is cast to bf16.
+        self.inv_freq = rope_inv_freq(c)
+
+    def forward(self, p: Packed) -> torch.Tensor:
+        cos, sin = rope_cos_sin(p.position_ids, self.inv_freq)  # once per batch, shared by layers
+        x = self.embed_tokens(p.input_ids)  # [N, H]
+        for layer in self.layers:
+            x = layer(x, p, cos, sin)
+        return self.norm(x)
+
+
+class LlamaForSequenceClassification(nn.Module):
+    """Reranker: pooled last hidden state -> ``score`` (no bias). Keys ``model.*``, ``score.weight``.
+
+    Returns raw logits [B, num_labels]; the runner divides by the config ``temperature``."""
+
+    def __init__(self, c: LlamaConfig, pooling: str, num_labels: int = 1):
+        super().__init__()
+        self.model = LlamaModel(c)
+        self.score = nn.Linear(c.hidden_size, num_labels, bias=False)
+        self.pooling = pooling
+
+    def forward(self, p: Packed) -> torch.Tensor:
+        return self.score(pool(self.model(p), p, self.pooling))
+
+
+class LlamaEmbedder(nn.Module):
+    """Embedder: pooled last hidden state [B, H], unnormalized (the runner L2-normalizes)."""
+
+    def __init__(self, c: LlamaConfig, pooling: str):
+        super().__init__()
+        self.model = LlamaModel(c)
+        self.pooling = pooling
+
+    def forward(self, p: Packed) -> torch.Tensor:
+        return pool(self.model(p), p, self.pooling)
+
+
+# -- config.json -> ModelSpec fields (registered in loader.ARCHITECTURES) -----------------------
+
+NVIDIA_RERANK_TEMPLATE = "question:{query} \n \n passage:{passage}"  # real newlines
+NVIDIA_QUERY_PREFIX, NVIDIA_PASSAGE_PREFIX = "query: ", "passage: "
+NVIDIA_EMBED_DIMENSIONS = (384, 512, 768, 1024, 2048)  # llama-3.2-nv-embedqa-1b-v2 (hidden 2048)
+# Longest inputs the published models were trained and documented for; config files may say less,
+# never more (Llama 3.2 tokenizers advertise 131072). ``--max-length`` overrides.
+DEFAULT_MAX_LENGTH = {("llama", "cross-encoder"): 8192, ("llama", "embedder"): 8192,
+                      ("mistral", "cross-encoder"): 512, ("mistral", "embedder"): 512}
+TRANSFORMERS_GENERATION_MAX_LENGTH = 20  # old PretrainedConfig default: a generation length, not a limit
+
+
+def _is_bidirectional(cfg: dict[str, Any], arch: str) -> bool:
+    """NVIDIA layouts and plain base models are bidirectional; HF ``*ForSequenceClassification``
+    heads are causal (last-token pooling) unless the config says ``is_causal: false``."""
+    if "is_causal" in cfg:
+        return not cfg["is_causal"]
+    if "Bidirectional" in arch or str(cfg.get("model_type", "")).endswith("_bidirec"):
+        return True
+    return not arch.endswith("ForSequenceClassification")
+
+
+def _pad_id(cfg: dict[str, Any]) -> int:
+    """Llama tokenizers have no pad token; padding is masked, so any in-vocabulary id works."""
+    for key in ("pad_token_id", "eos_token_id"):
+        value = cfg.get(key)
+        value = value[0] if isinstance(value, list) and value else value
+        if isinstance(value, int) and 0 <= value < cfg["vocab_size"]:
+            return value
+    return 0
+
+
+def _prompts(directory: Path) -> dict[str, str]:
+    """sentence-transformers ``config_sentence_transformers.json`` prompts, if any."""
+    from rankserve.models.loader import read_json
+
+    prompts = (read_json(directory / "config_sentence_transformers.json") or {}).get("prompts") or {}
+    return {k: v for k, v in prompts.items() if isinstance(v, str)}
+
+
+def build(directory: Path, cfg: dict[str, Any], arch: str) -> dict[str, Any]:
+    """ModelSpec fields for a Llama / Mistral directory; config files first, documented defaults after."""
+    from rankserve.errors import ModelLoadError
+    from rankserve.models.loader import _num_labels, _st_embedder, _tokenizer_max
+
+    family = "mistral" if arch.startswith("Mistral") or str(cfg.get("model_type", "")).startswith("mistral") else "llama"
+    kind = "cross-encoder" if arch.endswith("ForSequenceClassification") else "embedder"
+    bidirectional = _is_bidirectional(cfg, arch)
+    c = LlamaConfig.from_hf(cfg, causal=not bidirectional)
+    config_max = cfg.get("max_length")
+    limits = [c.max_position_embeddings, DEFAULT_MAX_LENGTH[family, kind], _tokenizer_max(directory),
+              config_max if isinstance(config_max, int) and config_max != TRANSFORMERS_GENERATION_MAX_LENGTH else None]
+    st = _st_embedder(directory) if kind == "embedder" else None
+    if st is not None:
+        limits.append(st[2])
+    fields: dict[str, Any] = dict(kind=kind, family=family, max_length=min(x for x in limits if x),
+                                  pad_id=_pad_id(cfg), hidden_size=c.hidden_size,
+                                  extra={"causal": c.causal})
+    default_pooling = "mean" if bidirectional else "last"
+    if kind == "cross-encoder":
+        if _num_labels(cfg) != 1:
+            raise ModelLoadError(f"{arch} with {_num_labels(cfg)} labels: only one-logit cross-encoders rank")
+        pooling = normalize_pooling(str(cfg.get("pooling", default_pooling)))
+        temperature = float(cfg.get("temperature", 1.0))
+        if not temperature > 0:
+            raise ModelLoadError(f"temperature must be > 0, got {temperature}")
+        template = cfg.get("rerank_template") or NVIDIA_RERANK_TEMPLATE
+        return dict(fields, module=LlamaForSequenceClassification(c, pooling), pooling=pooling,
+                    temperature=temperature, rerank_template=template)
+    pooling = normalize_pooling(str(cfg.get("pooling", st[0] if st else default_pooling)))
+    prompts = _prompts(directory)
+    dims = cfg.get("matryoshka_dimensions")
+    if dims is None and cfg.get("model_type") == "llama_bidirec" and c.hidden_size == NVIDIA_EMBED_DIMENSIONS[-1]:
+        dims = NVIDIA_EMBED_DIMENSIONS
+    return dict(fields, module=LlamaEmbedder(c, pooling), pooling=pooling, normalize=st[1] if st else True,
+                query_prefix=prompts.get("query", NVIDIA_QUERY_PREFIX),
+                passage_prefix=prompts.get("passage", prompts.get("document", NVIDIA_PASSAGE_PREFIX)),
+                dimensions=tuple(sorted(int(d) for d in dims)) if dims else None)
+
+
+ARCHITECTURE_NAMES = tuple(
+    f"{base}{suffix}"
+    for base in ("Llama", "Mistral")
+    for suffix in ("BidirectionalForSequenceClassification", "BidirectionalModel", "ForSequenceClassification", "Model")
+)
