@@ -1,0 +1,122 @@
+"""BEIR-format datasets: read and write ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/test.tsv``.
+
+Two optional extensions, both ignored by other BEIR tools:
+- a corpus line's ``metadata.page`` names the unit qrels refer to; several documents (passages) may
+  share one page, and a page is scored by its best passage (MaxP) before metrics are computed;
+- ``metadata.lang`` on queries and documents picks the BM25 tokenizer and gives per-language rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+
+@dataclass
+class Dataset:
+    name: str
+    doc_ids: list[str]
+    doc_texts: list[str]
+    query_ids: list[str]
+    query_texts: list[str]
+    qrels: dict[str, dict[str, int]]
+    doc_page: dict[str, str] = field(default_factory=dict)  # passage id -> page id; empty = documents are pages
+    doc_lang: dict[str, str] = field(default_factory=dict)
+    query_lang: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def has_passages(self) -> bool:
+        return any(self.doc_page.get(d, d) != d for d in self.doc_ids)
+
+    def fingerprint(self, part: str) -> str:
+        """sha256 over ids and texts of the corpus or the queries: the embedding cache key's data half."""
+        ids, texts = (self.doc_ids, self.doc_texts) if part == "corpus" else (self.query_ids, self.query_texts)
+        h = hashlib.sha256()
+        for i, t in zip(ids, texts):
+            h.update(i.encode() + b"\0" + t.encode() + b"\0")
+        return h.hexdigest()
+
+    def subset(self, query_ids: Iterable[str]) -> "Dataset":
+        keep = set(query_ids)
+        pairs = [(q, t) for q, t in zip(self.query_ids, self.query_texts) if q in keep]
+        return Dataset(self.name, self.doc_ids, self.doc_texts, [q for q, _ in pairs], [t for _, t in pairs],
+                       {q: r for q, r in self.qrels.items() if q in keep}, self.doc_page, self.doc_lang,
+                       {q: lang for q, lang in self.query_lang.items() if q in keep})
+
+
+def _jsonl(path: Path) -> Iterable[dict]:
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}:{n}: not JSON ({exc.msg})") from None
+
+
+def is_beir_dir(path: Path) -> bool:
+    return (path / "corpus.jsonl").is_file() and (path / "queries.jsonl").is_file()
+
+
+def find_datasets(path: Path) -> list[Path]:
+    """``path`` itself if it is a BEIR directory, else its BEIR subdirectories (sorted)."""
+    if is_beir_dir(path):
+        return [path]
+    found = sorted(p for p in path.iterdir() if p.is_dir() and is_beir_dir(p)) if path.is_dir() else []
+    if not found:
+        raise FileNotFoundError(f"{path}: no corpus.jsonl + queries.jsonl here or in its subdirectories")
+    return found
+
+
+def load(path: Path, split: str = "test") -> Dataset:
+    qrels_file = path / "qrels" / f"{split}.tsv"
+    if not qrels_file.is_file():
+        raise FileNotFoundError(f"{qrels_file} is missing (BEIR layout: qrels/{split}.tsv)")
+    qrels: dict[str, dict[str, int]] = {}
+    with qrels_file.open(encoding="utf-8") as f:
+        rows = csv.reader(f, delimiter="\t")
+        for row in rows:
+            if not row or row[0] == "query-id":
+                continue
+            qrels.setdefault(row[0], {})[row[1]] = int(float(row[2]))
+    doc_ids, doc_texts, doc_page, doc_lang = [], [], {}, {}
+    for d in _jsonl(path / "corpus.jsonl"):
+        did = str(d["_id"])
+        doc_ids.append(did)
+        title, text = d.get("title") or "", d.get("text") or ""
+        doc_texts.append(f"{title}\n{text}".strip() if title else text)
+        meta = d.get("metadata") or {}
+        if "page" in meta:
+            doc_page[did] = str(meta["page"])
+        if "lang" in meta:
+            doc_lang[did] = meta["lang"]
+    query_ids, query_texts, query_lang = [], [], {}
+    for q in _jsonl(path / "queries.jsonl"):
+        qid = str(q["_id"])
+        if qid not in qrels:  # BEIR ships all splits' queries in one file; keep the split's
+            continue
+        query_ids.append(qid)
+        query_texts.append(q["text"])
+        meta = q.get("metadata") or {}
+        if "lang" in meta:
+            query_lang[qid] = meta["lang"]
+    return Dataset(path.name, doc_ids, doc_texts, query_ids, query_texts, qrels, doc_page, doc_lang, query_lang)
+
+
+def write(path: Path, corpus: Iterable[Mapping], queries: Iterable[Mapping],
+          qrels: Mapping[str, Mapping[str, int]], split: str = "test") -> None:
+    """Write a BEIR directory; rows are written in the order given (callers sort them)."""
+    (path / "qrels").mkdir(parents=True, exist_ok=True)
+    for name, rows in (("corpus.jsonl", corpus), ("queries.jsonl", queries)):
+        with (path / name).open("w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    with (path / "qrels" / f"{split}.tsv").open("w", encoding="utf-8") as f:
+        f.write("query-id\tcorpus-id\tscore\n")
+        for q in qrels:
+            for d, rel in qrels[q].items():
+                f.write(f"{q}\t{d}\t{rel}\n")

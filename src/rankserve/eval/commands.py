@@ -1,0 +1,124 @@
+"""``rankserve eval`` and ``rankserve data manpages``: registered on the main parser by ``add_commands``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "rankserve" / "eval"
+
+
+def add_commands(subparsers) -> None:
+    """Add ``eval`` and ``data`` to the ``rankserve`` subcommand parsers."""
+    ev = subparsers.add_parser(
+        "eval", help="hybrid-retrieval table (Sparse, Dense, +Rerank, +Sparse) on BEIR-format data",
+        description="Run BM25, dense, fusion and rerank pipelines on a BEIR directory (or a directory of them) "
+                    "and write OUT/results.json, results.md, results.png, details.json and TREC run files.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ev.add_argument("--dataset", required=True, type=Path,
+                    help="BEIR directory (corpus.jsonl, queries.jsonl, qrels/test.tsv) or a folder of them")
+    ev.add_argument("--output", required=True, type=Path, help="output folder")
+    ev.add_argument("--top-k", type=int, default=100, help="depth of each first stage and of the rerank")
+    ev.add_argument("--model", default=None, help="embedding model folder (in-process); default: packaged all-MiniLM-L6-v2")
+    ev.add_argument("--reranker", default=None,
+                    help="reranker folder (cross-encoder, in-process); default: --model (a bi-encoder re-scores by cosine)")
+    ev.add_argument("--embed-url", default=None, help="NIM-compatible server for /v1/embeddings instead of --model")
+    ev.add_argument("--rerank-url", default=None, help="NIM-compatible server for /v1/ranking instead of --reranker")
+    ev.add_argument("--embed-model", default=None, help="model id sent to --embed-url; default: first of /v1/models")
+    ev.add_argument("--rerank-model", default=None, help="model id sent to --rerank-url; default: first of /v1/models")
+    ev.add_argument("--api-key", default=None, help="Bearer token for the URLs [env NVIDIA_API_KEY]")
+    ev.add_argument("--max-queries", type=int, default=None, help="evaluate a seeded sample of this many queries per dataset")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the --max-queries sample")
+    ev.add_argument("--lang", default="en", help="BM25 language of texts without metadata.lang")
+    ev.add_argument("--batch-size", type=int, default=64, help="texts per embedding request")
+    ev.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    ev.add_argument("--cache-dir", type=Path, default=default_cache_dir(), help="embedding cache")
+    ev.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
+    ev.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    ev.set_defaults(func=cmd_eval)
+
+    data = subparsers.add_parser("data", help="build evaluation datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    man = data_sub.add_parser(
+        "manpages", help="BEIR datasets from the installed Linux man pages (query = NAME line, document = page)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    man.add_argument("--langs", default="en,de,fr", help="comma-separated languages (man tree folder names)")
+    man.add_argument("--cross", default=None,
+                     help="languages X for cross-lingual X->en variants; default: every non-English --langs")
+    man.add_argument("--out", required=True, type=Path, help="output folder: OUT/pages/<variant>, OUT/passages/<variant>")
+    man.add_argument("--max-pages", type=int, default=1000, help="pages per variant (seeded sample); 0 = all")
+    man.add_argument("--sections", default="1,2,3,4,5,6,7,8", help="man sections to include")
+    man.add_argument("--english", choices=("translated", "all"), default="translated",
+                     help="English pages: only those with a translation in some installed language tree, or all")
+    man.add_argument("--granularity", default="pages,passages", help="pages (whole page per document), passages, or both")
+    man.add_argument("--passage-tokens", type=int, default=250, help="passage size in MiniLM WordPiece tokens")
+    man.add_argument("--seed", type=int, default=0)
+    man.add_argument("--man-root", type=Path, default=Path("/usr/share/man"))
+    man.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="parallel page renderers")
+    man.add_argument("--no-progress", action="store_true")
+    man.set_defaults(func=cmd_data_manpages)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    return asyncio.run(run_eval(args))
+
+
+async def run_eval(args: argparse.Namespace) -> int:
+    import random
+
+    from rankserve.eval import beir, report
+    from rankserve.eval.clients import open_clients
+    from rankserve.eval.pipeline import Options, run_dataset, write_run
+
+    paths = beir.find_datasets(args.dataset)
+    start = time.perf_counter()
+    embedder, reranker, opened = await open_clients(args.model, args.reranker, args.embed_url, args.rerank_url,
+                                                    args.embed_model, args.rerank_model, args.api_key)
+    load_s = time.perf_counter() - start
+    opts = Options(top_k=args.top_k, cache_dir=None if args.no_cache else args.cache_dir, batch_size=args.batch_size,
+                   concurrency=args.concurrency, lang=args.lang, progress=not args.no_progress)
+    results = []
+    try:
+        for path in paths:
+            ds = beir.load(path)
+            if args.max_queries and len(ds.query_ids) > args.max_queries:
+                ds = ds.subset(random.Random(args.seed).sample(sorted(ds.query_ids), args.max_queries))
+            print(f"{ds.name}: {len(ds.doc_ids)} documents, {len(ds.query_ids)} queries", file=sys.stderr)
+            result = await run_dataset(ds, embedder, reranker, opts)
+            for name, run in result.runs.items():
+                write_run(args.output / "runs" / ds.name / f"{name}.trec", run, name)
+            results.append(result)
+    finally:
+        for c in opened:
+            await c.close()
+    settings = {
+        "embedder": embedder.identity, "reranker": reranker.identity, "top_k": args.top_k,
+        "datasets": [str(p) for p in paths], "max_queries": args.max_queries, "seed": args.seed,
+        "model_load_seconds": round(load_s, 3), "total_seconds": round(time.perf_counter() - start, 3),
+        "command": "rankserve " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("rankserve") else None,
+    }
+    print(report.write(args.output, results, settings))
+    print(f"wrote {args.output}/results.json, results.md, results.png, details.json, runs/", file=sys.stderr)
+    return 0
+
+
+def cmd_data_manpages(args: argparse.Namespace) -> int:
+    from rankserve.eval.manpages import BuildOptions, build
+
+    langs = [x for x in args.langs.split(",") if x]
+    cross = [x for x in args.cross.split(",") if x] if args.cross is not None else [x for x in langs if x != "en"]
+    opts = BuildOptions(langs=langs, cross=cross, sections=[s for s in args.sections.split(",") if s],
+                        max_pages=args.max_pages, granularity=[g for g in args.granularity.split(",") if g],
+                        passage_tokens=args.passage_tokens, seed=args.seed, man_root=args.man_root, english=args.english,
+                        workers=args.workers, progress=not args.no_progress)
+    manifest = build(args.out, opts)
+    for name, size in manifest["variants"].items():
+        print(f"{name}: {size['documents']} documents, {size['pages']} pages, {size['queries']} queries")
+    return 0
