@@ -27,15 +27,20 @@ class Packed:
     key_mask: torch.Tensor  # [B, T] bool: True where a key is a real token
     batch_size: int
     seq_len: int
+    full: bool  # no padding anywhere: pad/unpad are free views, attention needs no mask
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         """[N, ...] -> [B, T, ...], zeros at padding."""
+        if self.full:
+            return x.view(self.batch_size, self.seq_len, *x.shape[1:])
         out = x.new_zeros((self.batch_size * self.seq_len, *x.shape[1:]))
         out[self.indices] = x
         return out.view(self.batch_size, self.seq_len, *x.shape[1:])
 
     def unpad(self, x: torch.Tensor) -> torch.Tensor:
         """[B, T, ...] -> [N, ...]."""
+        if self.full:
+            return x.reshape(self.batch_size * self.seq_len, *x.shape[2:])
         return x.reshape(self.batch_size * self.seq_len, *x.shape[2:])[self.indices]
 
     def to(self, device: torch.device) -> "Packed":
@@ -102,4 +107,5 @@ class Batch:
             key_mask=mask,
             batch_size=bsz,
             seq_len=width,
+            full=int(cu[-1]) == bsz * width,
         )

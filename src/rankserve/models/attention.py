@@ -31,9 +31,8 @@ def packed_attention(
         return packed.pad(x).view(bsz, width, n, head_dim).transpose(1, 2)
 
     qh, kh, vh = heads(q, num_heads), heads(k, num_kv_heads), heads(v, num_kv_heads)
-    full = int(packed.lengths.min()) == width  # no padding anywhere: let SDPA take its fastest path
     mask = None
-    if not full or causal:
+    if not packed.full or causal:  # with no padding SDPA takes its fastest, mask-free path
         mask = packed.key_mask[:, None, None, :]  # [B, 1, 1, T]: keys that are real tokens
         if causal:
             # With left padding a causal row must still see only earlier *real* tokens: compare

@@ -1,0 +1,98 @@
+"""Shared benchmark pieces: the models measured, the workloads, the matmul peak, FLOP counting.
+
+Benchmarks print ratios against peers measured in the same process run (the machine is shared
+and noisy; absolute numbers drift between runs, ratios much less).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from rankserve.models.loader import default_model_dir
+
+WORDS = (
+    "the of and to in is for that with as on by this be are from or an it at which can not file "
+    "directory command option list output input process system user memory kernel time data value "
+    "string number return error function call signal socket network address page print format line "
+    "read write open close set get default mode flag path name size buffer device access control "
+    "search pattern match sort count compress archive extract copy move remove create display show"
+).split()
+
+
+def minilm_cross_encoder(directory: Path, seed: int = 0) -> Path:
+    """A MiniLM-L6-size cross-encoder (the shape of ms-marco-MiniLM-L-6-v2): the real MiniLM
+    encoder weights plus a seeded random one-logit head. Speed does not depend on head values."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    if (directory / "model.safetensors").exists():
+        return directory
+    directory.mkdir(parents=True, exist_ok=True)
+    src = default_model_dir()
+    cfg = json.loads((src / "config.json").read_text())
+    cfg.update(architectures=["BertForSequenceClassification"], num_labels=1)
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(BertConfig(**cfg))
+    from safetensors.torch import load_file
+
+    missing = model.bert.load_state_dict(load_file(str(src / "model.safetensors")), strict=False)
+    assert not [k for k in missing.missing_keys if "pooler" not in k], missing
+    model.eval().save_pretrained(directory, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(src / name, directory / name)
+    return directory
+
+
+def text_of(tokens: int, rng: random.Random) -> str:
+    """About ``tokens`` WordPiece tokens of English-like text (each word here is one token)."""
+    return " ".join(rng.choice(WORDS) for _ in range(tokens))
+
+
+def workload(kind: str, n_queries: int, per_query: int, seed: int = 0) -> list[tuple[str, list[str]]]:
+    """uniform: every pair 256 tokens; mixed: passage lengths spread 16..512 (log-uniform)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n_queries):
+        query = text_of(rng.randint(6, 12), rng)
+        if kind == "uniform":
+            passages = [text_of(256 - 3 - len(query.split()), rng) for _ in range(per_query)]
+        else:
+            passages = [text_of(int(16 * 32 ** rng.random()) - 3 - len(query.split()), rng) for _ in range(per_query)]
+        out.append((query, passages))
+    return out
+
+
+def matmul_peak_gflops(seconds: float = 2.0, n: int = 1536) -> float:
+    """fp32 GEMM throughput on this machine right now (all threads), best of a few timed runs."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = 0.0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        t = time.perf_counter()
+        for _ in range(4):
+            torch.mm(a, b)
+        best = max(best, 4 * 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def bert_flops(lengths: list[int], hidden: int, inter: int, layers: int) -> float:
+    """Useful FLOPs of a BERT encoder over real tokens: linears + attention on each sequence's own length."""
+    linear = 2 * (4 * hidden * hidden + 2 * hidden * inter)
+    return float(sum(layers * (t * linear + 4 * t * t * hidden) for t in lengths))
+
+
+def best_of(fn: Callable[[], object], rounds: int) -> tuple[float, object]:
+    """Minimum wall time over ``rounds`` runs (the least-disturbed run on a noisy machine)."""
+    best, out = float("inf"), None
+    for _ in range(rounds):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out

@@ -1,0 +1,84 @@
+"""Offline engine benchmark: rankserve vs sentence-transformers on the same model and pairs.
+
+Cross-encoder (MiniLM-L6 size): rankserve Engine.rank (all queries submitted concurrently) vs
+`CrossEncoder.predict(all_pairs)`; bi-encoder (the default all-MiniLM-L6-v2): Engine.embed vs
+`SentenceTransformer.encode`. Rounds are interleaved; each figure is the best of its rounds.
+Prints pairs/s, ours/peer, max |delta logit|, and real-token GFLOP/s as a fraction of the fp32
+matmul peak measured in the same run.
+
+    python bench/engine_offline.py [--rounds 3] [--queries 8] [--per-query 64] [--dtype float32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import best_of, bert_flops, matmul_peak_gflops, minilm_cross_encoder, workload  # noqa: E402
+
+from rankserve.config import load_config  # noqa: E402
+from rankserve.engine.engine import Engine  # noqa: E402
+from rankserve.metrics import Metrics  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--queries", type=int, default=8)
+    ap.add_argument("--per-query", type=int, default=64)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--max-batch-tokens", type=int, default=16384)
+    ap.add_argument("--workloads", default="uniform,mixed")
+    args = ap.parse_args()
+
+    from sentence_transformers import CrossEncoder
+
+    torch.set_num_threads(torch.get_num_threads())
+    model_dir = minilm_cross_encoder(Path(tempfile.gettempdir()) / "rankserve-bench-minilm-ce")
+    config = load_config({"model": str(model_dir), "dtype": args.dtype, "warmup": True,
+                          "max_batch_tokens": args.max_batch_tokens}, environ={})
+    loop = asyncio.new_event_loop()
+    engine = Engine.load(config, Metrics())
+    loop.run_until_complete(engine.start())
+    peer = CrossEncoder(str(model_dir), device="cpu", max_length=engine.spec.max_length)
+    c = engine.spec.module.bert.config
+
+    peak = matmul_peak_gflops()
+    print(f"fp32 matmul peak now: {peak:.1f} GFLOP/s, torch threads {torch.get_num_threads()}, dtype {args.dtype}")
+    print(f"{'workload':9} {'pairs':>6} {'ours p/s':>9} {'ST p/s':>8} {'ours/ST':>8} {'max|dlogit|':>12} {'ours %peak':>10} {'ST %peak':>9}")
+    for kind in args.workloads.split(","):
+        work = workload(kind, args.queries, args.per_query)
+        pairs = [(q, p) for q, ps in work for p in ps]
+
+        async def ours_all():
+            return await asyncio.gather(*(engine.rank(q, ps, "END") for q, ps in work))
+
+        def run_ours():
+            return [s for r in loop.run_until_complete(ours_all()) for s in r.scores]
+
+        def run_st():
+            return peer.predict(pairs, batch_size=32, activation_fn=torch.nn.Identity(), show_progress_bar=False)
+
+        t_ours, t_st = float("inf"), float("inf")
+        for _ in range(args.rounds):  # interleaved
+            t, ours = best_of(run_ours, 1)
+            t_ours = min(t_ours, t)
+            t, st = best_of(run_st, 1)
+            t_st = min(t_st, t)
+        delta = (torch.tensor(ours) - torch.tensor(st, dtype=torch.float32)).abs().max().item()
+        lengths = [len(e) for q, ps in work for e in engine.policy.pairs(q, ps, "END")]
+        flops = bert_flops(lengths, c.hidden_size, c.intermediate_size, c.num_hidden_layers)
+        n = len(pairs)
+        print(f"{kind:9} {n:6d} {n / t_ours:9.1f} {n / t_st:8.1f} {t_st / t_ours:8.2f}x {delta:12.2e} "
+              f"{flops / t_ours / 1e9 / peak:9.0%} {flops / t_st / 1e9 / peak:9.0%}")
+    loop.run_until_complete(engine.stop())
+
+
+if __name__ == "__main__":
+    main()
