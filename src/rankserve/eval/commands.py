@@ -56,7 +56,8 @@ def add_commands(subparsers) -> None:
     man.add_argument("--max-pages", type=int, default=1000, help="pages per variant (seeded sample); 0 = all")
     man.add_argument("--sections", default="1,2,3,4,5,6,7,8", help="man sections to include")
     man.add_argument("--english", choices=("translated", "all"), default="translated",
-                     help="English pages: only those with a translation in some installed language tree, or all")
+                     help="English pages: only those translated into another of --langs/--cross (any installed "
+                          "language if none), or all")
     man.add_argument("--granularity", default="pages,passages", help="pages (whole page per document), passages, or both")
     man.add_argument("--passage-tokens", type=int, default=250, help="passage size in MiniLM WordPiece tokens")
     man.add_argument("--seed", type=int, default=0)

@@ -13,9 +13,10 @@ Variants, written as BEIR directories ``OUT/<granularity>/<variant>``:
                boundaries; qrels name pages, and a page scores as its best passage (``metadata.page``)
 
 Deterministic: candidate pages are sorted, shuffled with ``seed`` and taken in that order until
-``max_pages`` qualify; output rows are sorted. English pages are by default only those that have
-a translation in some installed language tree: the core manual (coreutils, util-linux, man-pages,
-...) rather than whatever else a machine has installed. Queries whose description is shared by
+``max_pages`` qualify; output rows are sorted. English pages are by default only those translated
+into one of the other languages asked for (any installed language when only English is asked
+for): the core manual (coreutils, util-linux, man-pages, ...) rather than whatever else a machine
+has installed. Queries whose description is shared by
 another page of the variant are dropped (their pages stay as documents).
 """
 
@@ -175,10 +176,11 @@ class Renderer:
 
 # -- sampling ----------------------------------------------------------------------------------
 
-def sample(candidates: list[str], sources: list[dict[str, Path]], render: Renderer, n: int, seed: int,
-           block: int = 64) -> list[list[Page]]:
+def sample(candidates: list[str], sources: list[dict[str, Path]], render: Renderer, n: int,
+           seed: int) -> list[list[Page]]:
     """Take candidate ids in seeded order until ``n`` render and parse in every source; returns, per
-    source, the chosen pages sorted by id."""
+    source, the chosen pages sorted by id. (So a smaller ``n`` picks a subset of a larger one's pages.)"""
+    block = min(64, max(8, 2 * n)) if n else 64  # pages rendered per step; does not change the choice
     order = sorted(candidates)
     random.Random(seed).shuffle(order)
     chosen: list[list[Page]] = []
@@ -261,11 +263,13 @@ def write_variant(out: Path, queries: list[Page], q_lang: str, docs: list[Page],
 
 
 def installed_packages() -> dict[str, str]:
+    """Versions of the installed man-page and renderer packages (the data's provenance)."""
     if not shutil.which("dpkg-query"):
         return {}
-    proc = subprocess.run(["dpkg-query", "-W", "-f", "${Package} ${Version} ${Status}\n", "manpages*", "groff-base",
-                           "mandoc"], capture_output=True, text=True)
-    return {ln.split()[0]: ln.split()[1] for ln in proc.stdout.splitlines() if ln.endswith("installed")}
+    proc = subprocess.run(["dpkg-query", "-W", "-f", "${Package}\t${Version}\t${db:Status-Abbrev}\n", "manpages*",
+                           "groff-base", "mandoc"], capture_output=True, text=True)
+    rows = [ln.split("\t") for ln in proc.stdout.splitlines()]
+    return {r[0]: r[1] for r in rows if len(r) == 3 and r[2].startswith("ii")}
 
 
 def build(out: Path, opts: BuildOptions) -> dict:
@@ -279,7 +283,9 @@ def build(out: Path, opts: BuildOptions) -> dict:
             raise FileNotFoundError(f"no man pages for {lang!r} under {opts.man_root} (apt-get install manpages-{lang})")
     trees = {lang: list_pages(opts.man_root, lang, opts.sections) for lang in needed}
     if opts.english == "translated" and "en" in trees:
-        translated = translated_ids(opts.man_root, opts.sections)
+        others = [lang for lang in needed if lang != "en"]
+        translated = (set().union(*(trees[lang] for lang in others)) if others
+                      else translated_ids(opts.man_root, opts.sections))
         trees["en"] = {i: p for i, p in trees["en"].items() if i in translated}
     chunker = Chunker(opts.passage_tokens) if "passages" in opts.granularity else None
     rend = Renderer(opts.workers, opts.progress)
