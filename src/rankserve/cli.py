@@ -1,4 +1,4 @@
-"""rankserve serve | rank | embed.  Every serve flag is also an env var (see config.py)."""
+"""rankserve serve | rank | embed | bench.  Every serve flag is also an env var (see config.py)."""
 
 from __future__ import annotations
 
@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--truncate", choices=("NONE", "START", "END"), default="END")
     embed.add_argument("--dimensions", type=int, default=None)
     embed.set_defaults(func=cmd_embed)
+
+    from rankserve.loadgen import add_command as add_bench
+
+    add_bench(sub)
     return parser
 
 

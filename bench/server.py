@@ -1,0 +1,95 @@
+"""Server benchmark: rankserve vs a naive FastAPI + CrossEncoder.predict server, one run.
+
+Both serve the same MiniLM-L6-size cross-encoder on 127.0.0.1 (one at a time, so they never
+share the CPU). The same seeded requests (20-100 passages, 16-256 words) are sent by
+`rankserve bench`'s load generator at each concurrency level. The offline reference is
+CrossEncoder.predict given all the pairs of those requests at once, measured in the same run.
+
+    python bench/server.py [--concurrency 4,8,16] [--requests 48]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import minilm_cross_encoder  # noqa: E402
+
+from rankserve import loadgen  # noqa: E402
+
+
+def start(cmd: list[str], port: int, env: dict) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/health/ready", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError(f"{cmd} did not become ready")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--concurrency", default="4,8,16")
+    ap.add_argument("--requests", type=int, default=48)
+    ap.add_argument("--passages", default="20-100")
+    ap.add_argument("--tokens", default="16-256")
+    args = ap.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    passages, tokens = loadgen._range(args.passages), loadgen._range(args.tokens)
+    model_dir = minilm_cross_encoder(Path(tempfile.gettempdir()) / "rankserve-bench-minilm-ce")
+
+    from sentence_transformers import CrossEncoder
+
+    bodies = loadgen.make_requests(args.requests, passages, tokens, 0)
+    pairs = [(b["query"]["text"], p["text"]) for b in bodies for p in b["passages"]]
+    ce = CrossEncoder(str(model_dir), device="cpu")
+    ce.predict(pairs[:64], batch_size=32, show_progress_bar=False)
+    t = time.perf_counter()
+    ce.predict(pairs, batch_size=32, activation_fn=torch.nn.Identity(), show_progress_bar=False)
+    offline = len(pairs) / (time.perf_counter() - t)
+    del ce
+    print(f"offline CrossEncoder.predict, all {len(pairs)} pairs at once: {offline:.1f} pairs/s")
+
+    results = {}
+    servers = {
+        "rankserve": ([sys.executable, "-m", "rankserve.cli", "serve", "--model", str(model_dir), "--port", "8101",
+                       "--host", "127.0.0.1", "--log-level", "warning"], 8101, {}),
+        "naive": ([sys.executable, "-m", "uvicorn", "naive_server:app", "--app-dir", str(Path(__file__).parent),
+                   "--port", "8102", "--log-level", "warning"], 8102, {"MODEL_DIR": str(model_dir)}),
+    }
+    for name, (cmd, port, env) in servers.items():
+        proc = start(cmd, port, env)
+        try:
+            results[name] = loadgen.run(f"http://127.0.0.1:{port}", levels, args.requests, passages, tokens)
+        finally:
+            stop(proc)
+        print(f"\n{name}\n{loadgen.table(results[name])}")
+
+    print("\n| clients | rankserve pairs/s | naive pairs/s | rankserve/naive | rankserve/offline | rankserve p99/p50 |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for ours, naive in zip(results["rankserve"], results["naive"]):
+        print(f"| {ours.concurrency} | {ours.pairs_per_s:.1f} | {naive.pairs_per_s:.1f} | "
+              f"{ours.pairs_per_s / naive.pairs_per_s:.2f}x | {ours.pairs_per_s / offline:.2f}x | "
+              f"{ours.p99_ms / ours.p50_ms:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
