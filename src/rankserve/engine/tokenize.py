@@ -86,38 +86,8 @@ class TokenizerPolicy:
             types = enc.type_ids if keep is None else [enc.type_ids[i] for i in keep]
         return Encoded(ids, types)
 
-    def pairs(self, query: str, passages: Sequence[str], truncate: Truncate) -> list[Encoded]:
-        """Cross-encoder inputs for (query, passage_i), truncated passage-first."""
-        if self.rerank_template is None:
-            encs = self.tokenizer.encode_batch([(query, p) for p in passages])
-        else:
-            filled = [template_spans(self.rerank_template, query=query, passage=p) for p in passages]
-            encs = self.tokenizer.encode_batch([text for text, _ in filled])
-        out = []
-        for i, enc in enumerate(encs):
-            if len(enc.ids) <= self.max_length:
-                out.append(self._finish(enc))
-                continue
-            if truncate == "NONE":
-                raise InputTooLong(
-                    f"passages[{i}]: query and passage together are {len(enc.ids)} tokens, "
-                    f"exceeding the maximum allowed {self.max_length} tokens (truncate is NONE)",
-                    param=f"passages.{i}",
-                )
-            if self.rerank_template is None:
-                roles = [KEEP if s is None else (QUERY if s == 0 else PASSAGE) for s in enc.sequence_ids]
-            else:
-                spans = filled[i][1]
-                roles = _roles_from_offsets(enc, {QUERY: spans["query"], PASSAGE: spans["passage"]})
-            keep = _cut(enc, roles, self.max_length, [(PASSAGE, "right"), (QUERY, "right")])
-            if keep is None:
-                raise InputTooLong(f"passages[{i}]: the prompt template alone exceeds {self.max_length} tokens")
-            out.append(self._finish(enc, keep))
-        return out
-
-    def texts(self, texts: Sequence[str], truncate: Truncate, prefix: str = "", what: str = "input") -> list[Encoded]:
-        """Single-sequence inputs (embeddings, bi-encoder ranking), optionally prefixed."""
-        encs = self.tokenizer.encode_batch([prefix + t for t in texts])
+    def _fit(self, encs: Sequence[Encoding], truncate: Truncate, what: str, roles_of, order) -> list[Encoded]:
+        """Pass short inputs through; cut long ones by ``order`` (or refuse them under NONE)."""
         out = []
         for i, enc in enumerate(encs):
             if len(enc.ids) <= self.max_length:
@@ -129,12 +99,38 @@ class TokenizerPolicy:
                     f"{self.max_length} tokens (truncate is NONE)",
                     param=f"{what}.{i}",
                 )
-            roles = _roles_from_offsets(enc, {TEXT: (len(prefix), len(prefix) + len(texts[i]))})
-            keep = _cut(enc, roles, self.max_length, [(TEXT, "left" if truncate == "START" else "right")])
+            keep = _cut(enc, roles_of(i, enc), self.max_length, order)
             if keep is None:
-                raise InputTooLong(f"{what}[{i}]: the prefix alone exceeds {self.max_length} tokens")
+                raise InputTooLong(f"{what}[{i}]: the template or prefix alone exceeds {self.max_length} tokens")
             out.append(self._finish(enc, keep))
         return out
+
+    def pairs(self, query: str, passages: Sequence[str], truncate: Truncate) -> list[Encoded]:
+        """Cross-encoder inputs for (query, passage_i), truncated passage-first."""
+        if self.rerank_template is None:
+            encs = self.tokenizer.encode_batch([(query, p) for p in passages])
+
+            def roles_of(_i: int, enc: Encoding) -> list[int]:
+                return [KEEP if s is None else (QUERY if s == 0 else PASSAGE) for s in enc.sequence_ids]
+        else:
+            filled = [template_spans(self.rerank_template, query=query, passage=p) for p in passages]
+            encs = self.tokenizer.encode_batch([text for text, _ in filled])
+
+            def roles_of(i: int, enc: Encoding) -> list[int]:
+                spans = filled[i][1]
+                return _roles_from_offsets(enc, {QUERY: spans["query"], PASSAGE: spans["passage"]})
+
+        return self._fit(encs, truncate, "passages", roles_of, [(PASSAGE, "right"), (QUERY, "right")])
+
+    def texts(self, texts: Sequence[str], truncate: Truncate, prefix: str = "", what: str = "input") -> list[Encoded]:
+        """Single-sequence inputs (embeddings, bi-encoder ranking), optionally prefixed."""
+        encs = self.tokenizer.encode_batch([prefix + t for t in texts])
+
+        def roles_of(i: int, enc: Encoding) -> list[int]:
+            return _roles_from_offsets(enc, {TEXT: (len(prefix), len(prefix) + len(texts[i]))})
+
+        side = "left" if truncate == "START" else "right"
+        return self._fit(encs, truncate, what, roles_of, [(TEXT, side)])
 
     def count(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
