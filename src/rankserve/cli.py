@@ -1,4 +1,4 @@
-"""rankserve serve | rank | embed | bench.  Every serve flag is also an env var (see config.py)."""
+"""rankserve serve | rank | embed | bench | eval | data.  Every serve flag is also an env var (see config.py)."""
 
 from __future__ import annotations
 
@@ -105,8 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--dimensions", type=int, default=None)
     embed.set_defaults(func=cmd_embed)
 
+    from rankserve.eval.commands import add_commands as add_eval
     from rankserve.loadgen import add_command as add_bench
 
+    add_eval(sub)
     add_bench(sub)
     return parser
 
