@@ -19,7 +19,7 @@ import torch
 from rankserve.config import ServerConfig
 from rankserve.engine.batcher import Batcher
 from rankserve.engine.cache import EmbeddingCache, text_key
-from rankserve.engine.runner import TorchRunner, resolve_device
+from rankserve.engine.runner import make_runner, resolve_device
 from rankserve.engine.tokenize import Encoded, TokenizerPolicy, Truncate
 from rankserve.errors import InvalidRequest
 from rankserve.metrics import Metrics
@@ -62,7 +62,7 @@ class Engine:
             rerank_template=spec.rerank_template,
             with_type_ids=spec.family in ("bert", "xlm-roberta"),
         )
-        self.runner = TorchRunner(spec, device, config.threads)
+        self.runner = make_runner(spec, device, config)
         self.batcher = Batcher(
             self.runner.forward,
             max_batch_tokens=config.max_batch_tokens,
@@ -118,39 +118,29 @@ class Engine:
             encoded: list[Encoded] = await self._in_pool(self.policy.pairs, query, passages, truncate)
             rows = await self.batcher.submit(encoded)
             return RankResult([float(r) for r in rows], sum(len(e) for e in encoded))
-        q_enc = await self._in_pool(self.policy.texts, [query], truncate, self.spec.query_prefix, "query")
-        p_vecs, p_tokens = await self._cached_passages(passages, truncate)
-        (q_vec,) = await self.batcher.submit(q_enc)
-        scores = torch.stack(p_vecs) @ torch.nn.functional.normalize(q_vec, dim=-1)
-        return RankResult(scores.tolist(), len(q_enc[0]) + p_tokens)
+        return await self._rank_by_cosine(query, passages, truncate)
 
-    async def _cached_passages(self, passages: Sequence[str], truncate: Truncate) -> tuple[list[torch.Tensor], int]:
+    async def _rank_by_cosine(self, query: str, passages: Sequence[str], truncate: Truncate) -> RankResult:
+        """Bi-encoder ranking: the query and the passages missing from the cache share one round."""
         prefix = self.spec.passage_prefix
         keys = [text_key(p, prefix, truncate) for p in passages]
         found = [self.cache.get(k) for k in keys]
         missing = [i for i, f in enumerate(found) if f is None]
         self.metrics.cache_hits.inc(len(passages) - len(missing))
         self.metrics.cache_misses.inc(len(missing))
-        if missing:
-            # Truncation errors must name the request's passage index, not the index among misses.
-            encoded = await self._in_pool(self._encode_indexed, [passages[i] for i in missing], missing, truncate, prefix)
-            rows = await self.batcher.submit(encoded)
-            for i, enc, row in zip(missing, encoded, rows):
-                row = torch.nn.functional.normalize(row, dim=-1)
-                found[i] = (row, len(enc))
-                self.cache.put(keys[i], row, len(enc))
-            self.metrics.cache_size.set(len(self.cache))
-        return [f[0] for f in found], sum(f[1] for f in found)
 
-    def _encode_indexed(self, texts: list[str], indices: list[int], truncate: Truncate, prefix: str) -> list[Encoded]:
-        try:
-            return self.policy.texts(texts, truncate, prefix, "passages")
-        except InvalidRequest as exc:  # remap "passages[j]" (j among misses) to the request index
-            if exc.param and exc.param.startswith("passages."):
-                j = int(exc.param.split(".")[1])
-                exc.message = exc.message.replace(f"passages[{j}]", f"passages[{indices[j]}]", 1)
-                exc.param = f"passages.{indices[j]}"
-            raise
+        def encode() -> list[Encoded]:
+            q = self.policy.texts([query], truncate, self.spec.query_prefix, "query")
+            return q + self.policy.texts([passages[i] for i in missing], truncate, prefix, "passages", missing)
+
+        encoded = await self._in_pool(encode)
+        rows = await self.batcher.submit(encoded)
+        for i, enc, row in zip(missing, encoded[1:], rows[1:]):
+            found[i] = (torch.nn.functional.normalize(row, dim=-1), len(enc))
+            self.cache.put(keys[i], *found[i])
+        self.metrics.cache_size.set(len(self.cache))
+        scores = torch.stack([f[0] for f in found]) @ torch.nn.functional.normalize(rows[0], dim=-1)
+        return RankResult(scores.tolist(), len(encoded[0]) + sum(f[1] for f in found))
 
     async def embed(self, texts: Sequence[str], input_type: InputType | None, truncate: Truncate = "END",
                     dimensions: int | None = None) -> EmbedResult:

@@ -86,22 +86,27 @@ class TokenizerPolicy:
             types = enc.type_ids if keep is None else [enc.type_ids[i] for i in keep]
         return Encoded(ids, types)
 
-    def _fit(self, encs: Sequence[Encoding], truncate: Truncate, what: str, roles_of, order) -> list[Encoded]:
-        """Pass short inputs through; cut long ones by ``order`` (or refuse them under NONE)."""
+    def _fit(self, encs: Sequence[Encoding], truncate: Truncate, what: str, roles_of, order,
+             names: Sequence[int] | None = None) -> list[Encoded]:
+        """Pass short inputs through; cut long ones by ``order`` (or refuse them under NONE).
+
+        Errors name input ``names[i]`` (its index in the request) when given, else ``i``.
+        """
         out = []
         for i, enc in enumerate(encs):
+            n = i if names is None else names[i]
             if len(enc.ids) <= self.max_length:
                 out.append(self._finish(enc))
                 continue
             if truncate == "NONE":
                 raise InputTooLong(
-                    f"{what}[{i}]: input length {len(enc.ids)} tokens exceeds the maximum allowed "
+                    f"{what}[{n}]: input length {len(enc.ids)} tokens exceeds the maximum allowed "
                     f"{self.max_length} tokens (truncate is NONE)",
-                    param=f"{what}.{i}",
+                    param=f"{what}.{n}",
                 )
             keep = _cut(enc, roles_of(i, enc), self.max_length, order)
             if keep is None:
-                raise InputTooLong(f"{what}[{i}]: the template or prefix alone exceeds {self.max_length} tokens")
+                raise InputTooLong(f"{what}[{n}]: the template or prefix alone exceeds {self.max_length} tokens")
             out.append(self._finish(enc, keep))
         return out
 
@@ -122,7 +127,8 @@ class TokenizerPolicy:
 
         return self._fit(encs, truncate, "passages", roles_of, [(PASSAGE, "right"), (QUERY, "right")])
 
-    def texts(self, texts: Sequence[str], truncate: Truncate, prefix: str = "", what: str = "input") -> list[Encoded]:
+    def texts(self, texts: Sequence[str], truncate: Truncate, prefix: str = "", what: str = "input",
+              names: Sequence[int] | None = None) -> list[Encoded]:
         """Single-sequence inputs (embeddings, bi-encoder ranking), optionally prefixed."""
         encs = self.tokenizer.encode_batch([prefix + t for t in texts])
 
@@ -130,7 +136,7 @@ class TokenizerPolicy:
             return _roles_from_offsets(enc, {TEXT: (len(prefix), len(prefix) + len(texts[i]))})
 
         side = "left" if truncate == "START" else "right"
-        return self._fit(encs, truncate, what, roles_of, [(TEXT, side)])
+        return self._fit(encs, truncate, what, roles_of, [(TEXT, side)], names)
 
     def count(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
