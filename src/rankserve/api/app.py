@@ -11,6 +11,7 @@ from typing import Any, AsyncIterator
 from fastapi import FastAPI
 
 from rankserve import __version__
+from rankserve.api import compat
 from rankserve.api.routes import router
 from rankserve.config import ServerConfig
 from rankserve.engine.engine import Engine, served_name
@@ -119,6 +120,7 @@ def create_app(config: ServerConfig, engine: Engine | None = None) -> FastAPI:
     app.state.created = int(time.time())
     install_handlers(app)
     app.include_router(router)
+    app.include_router(compat.router)
     app.add_middleware(BodyLimit, limit=config.max_request_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app
