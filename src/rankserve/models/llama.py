@@ -87,8 +87,8 @@ class LlamaConfig:
 
 def rope_inv_freq(c: LlamaConfig) -> torch.Tensor:
     """[head_dim/2] float32 inverse frequencies, after llama3 / linear scaling (as transformers)."""
-    dim = c.head_dim
-    inv_freq = 1.0 / (c.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    dim = c.head_dim  # computed on the CPU even under a meta/cuda default device; moved per batch
+    inv_freq = 1.0 / (c.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim))
     s = c.rope_scaling
     if s is None:
         return inv_freq
@@ -162,8 +162,10 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=c.mlp_bias)
         self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=c.mlp_bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, H] -> [N, H]
+        # In place: at 8192 tokens each [N, intermediate] fp32 tensor is 256 MiB (inference only).
+        h = F.silu(self.gate_proj(x), inplace=True)
+        return self.down_proj(h.mul_(self.up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -239,11 +241,12 @@ TRANSFORMERS_GENERATION_MAX_LENGTH = 20  # old PretrainedConfig default: a gener
 
 
 def _is_bidirectional(cfg: dict[str, Any], arch: str) -> bool:
-    """NVIDIA layouts and plain base models are bidirectional; HF ``*ForSequenceClassification``
-    heads are causal (last-token pooling) unless the config says ``is_causal: false``."""
+    """``is_causal`` decides when present. Else NVIDIA layouts (a ``*Bidirectional*`` architecture,
+    a ``*_bidirec`` model_type, or a ``pooling`` key, which only NVIDIA's configs carry) and plain
+    base models are bidirectional; plain HF ``*ForSequenceClassification`` heads are causal."""
     if "is_causal" in cfg:
         return not cfg["is_causal"]
-    if "Bidirectional" in arch or str(cfg.get("model_type", "")).endswith("_bidirec"):
+    if "Bidirectional" in arch or str(cfg.get("model_type", "")).endswith("_bidirec") or "pooling" in cfg:
         return True
     return not arch.endswith("ForSequenceClassification")
 
