@@ -28,6 +28,7 @@ from rankserve.models.loader import ModelSpec, default_model_dir, load_model, re
 log = logging.getLogger("rankserve")
 InputType = Literal["query", "passage"]
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+WARMUP_TOKENS = 512
 
 
 def served_name(config: ServerConfig) -> str:
@@ -89,8 +90,9 @@ class Engine:
             await self.warmup()
 
     async def warmup(self) -> None:
-        """One short and one full-length pass, so the first real request pays no one-time costs."""
-        await self.rank("warm up query", ["a short passage", "word " * self.spec.max_length], "END")
+        """A short and a typical-length pass, so the first real request pays no one-time costs
+        (capped at 512 tokens: an 8192-token pass of a 1B model takes minutes on a CPU)."""
+        await self.rank("warm up query", ["a short passage", "word " * min(self.spec.max_length, WARMUP_TOKENS)], "END")
 
     async def stop(self) -> None:
         await self.batcher.stop()
