@@ -28,13 +28,13 @@ def rankserve(*argv: str) -> int:
 
 @pytest.fixture(scope="module")
 def man_slice(tmp_path_factory) -> Path:
-    """English and German->English man pages, 16 of each (built from the installed man tree)."""
+    """English and German->English man pages, 12 of each (built from the installed man tree)."""
     if not ((MAN / "man1" / "ls.1.gz").is_file() and (MAN / "de" / "man1").is_dir()):
         pytest.skip("man pages not installed: apt-get install manpages manpages-dev manpages-de groff-base")
     if not (shutil.which("groff") or shutil.which("mandoc")):
         pytest.skip("no man renderer: apt-get install groff-base")
     out = tmp_path_factory.mktemp("manpages")
-    assert rankserve("data", "manpages", "--langs", "en", "--cross", "de", "--max-pages", "16", "--granularity",
+    assert rankserve("data", "manpages", "--langs", "en", "--cross", "de", "--max-pages", "12", "--granularity",
                      "pages", "--out", out, "--no-progress") == 0
     return out / "pages"
 
@@ -62,14 +62,14 @@ def test_outputs(in_process, capsys):
     assert (in_process / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     details = json.loads((in_process / "details.json").read_text())
     assert set(details["datasets"]) == {"en", "de-en"}
-    assert details["datasets"]["en"]["sizes"] == {"documents": 16, "pages": 16, "queries": 16}
+    assert details["datasets"]["en"]["sizes"] == {"documents": 12, "pages": 12, "queries": 12}
     assert {"sparse", "embed corpus", "dense search", "fusion", "rerank"} <= set(details["datasets"]["en"]["seconds"])
 
 
 def test_real_retrieval_quality(in_process):
     details = json.loads((in_process / "details.json").read_text())
     en = details["datasets"]["en"]["metrics"]
-    # A man page's own description finds it among 16 pages, lexically and semantically.
+    # A man page's own description finds it among 12 pages, lexically and semantically.
     assert en["Sparse"]["Recall@10"] >= 0.6 and en["Dense"]["Recall@10"] >= 0.6
     # The default reranker is the embedder itself (cosine): Dense+Rerank re-sorts Dense by the same scores.
     for m in METRICS:

@@ -148,7 +148,7 @@ def test_real_tree_build_is_deterministic(tmp_path):
     for f in sorted(first.rglob("*.jsonl")) + sorted(first.rglob("*.tsv")):
         assert f.read_bytes() == (second / f.relative_to(first)).read_bytes(), f
     assert m1["variants"]["pages/en"]["pages"] == 5
-    smaller = build(tmp_path / "c", BuildOptions(**{**opts, "max_pages": 3, "langs": ["en"], "cross": []}))
+    smaller = build(tmp_path / "c", BuildOptions(**{**opts, "max_pages": 3, "granularity": ["pages"]}))
     assert smaller["variants"]["pages/en"]["pages"] == 3
     three = set(beir.load(tmp_path / "c" / "pages" / "en").doc_ids)
     assert three < set(beir.load(first / "pages" / "en").doc_ids)  # a smaller sample is a subset

@@ -15,12 +15,16 @@ from rankserve.eval.retrieval import bm25_search, dense_search, embed_cached, re
 def test_tokenize_per_language():
     en = tokenize("The files are listed in the directory", "en")
     assert "the" not in en and "are" not in en  # stopwords
-    assert "file" in en and "list" in en  # Snowball stems
     de = tokenize("Die Dateien werden im Verzeichnis aufgelistet", "de")
     assert "die" not in de and "im" not in de
-    assert "datei" in de
-    assert tokenize("Fichiers", "fr") == tokenize("fichier", "fr")
     assert tokenize("x", "en") == []  # one-character words are dropped
+
+
+def test_tokenize_stems_with_pystemmer():
+    pytest.importorskip("Stemmer", reason="PyStemmer not installed: BM25 runs without stemming")
+    assert "file" in tokenize("files listed", "en") and "list" in tokenize("files listed", "en")
+    assert "datei" in tokenize("Dateien", "de")
+    assert tokenize("Fichiers", "fr") == tokenize("fichier", "fr")
 
 
 def test_tokenize_cjk_as_bigrams():

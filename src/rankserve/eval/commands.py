@@ -37,7 +37,7 @@ def add_commands(subparsers) -> None:
     ev.add_argument("--max-queries", type=int, default=None, help="evaluate a seeded sample of this many queries per dataset")
     ev.add_argument("--seed", type=int, default=0, help="seed of the --max-queries sample")
     ev.add_argument("--lang", default="en", help="BM25 language of texts without metadata.lang")
-    ev.add_argument("--batch-size", type=int, default=64, help="texts per embedding request")
+    ev.add_argument("--batch-size", type=int, default=64, help="texts per embedding request (lower it for servers with a smaller batch limit)")
     ev.add_argument("--concurrency", type=int, default=4, help="requests in flight")
     ev.add_argument("--cache-dir", type=Path, default=default_cache_dir(), help="embedding cache")
     ev.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
@@ -67,7 +67,19 @@ def add_commands(subparsers) -> None:
     man.set_defaults(func=cmd_data_manpages)
 
 
+def require(*modules: str) -> None:
+    """Fail with the install line, not a traceback, when an evaluation dependency is missing."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        names = {"bm25s": "bm25s", "matplotlib": "matplotlib", "tqdm": "tqdm"}
+        raise SystemExit(f"rankserve: this command needs {', '.join(missing)}: "
+                         f"pip install {' '.join(names[m] for m in missing)}")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    require("bm25s", "matplotlib", "tqdm")
     return asyncio.run(run_eval(args))
 
 
@@ -111,6 +123,7 @@ async def run_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_data_manpages(args: argparse.Namespace) -> int:
+    require("tqdm")
     from rankserve.eval.manpages import BuildOptions, build
 
     langs = [x for x in args.langs.split(",") if x]
