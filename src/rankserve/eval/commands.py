@@ -15,13 +15,23 @@ def default_cache_dir() -> Path:
     return Path(root) / "rankserve" / "eval"
 
 
+class _Help(argparse.HelpFormatter):
+    """Show a flag's default when it has a meaningful one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def add_commands(subparsers) -> None:
     """Add ``eval`` and ``data`` to the ``rankserve`` subcommand parsers."""
     ev = subparsers.add_parser(
         "eval", help="hybrid-retrieval table (Sparse, Dense, +Rerank, +Sparse) on BEIR-format data",
         description="Run BM25, dense, fusion and rerank pipelines on a BEIR directory (or a directory of them) "
                     "and write OUT/results.json, results.md, results.png, details.json and TREC run files.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_Help)
     ev.add_argument("--dataset", required=True, type=Path,
                     help="BEIR directory (corpus.jsonl, queries.jsonl, qrels/test.tsv) or a folder of them")
     ev.add_argument("--output", required=True, type=Path, help="output folder")
@@ -37,7 +47,8 @@ def add_commands(subparsers) -> None:
     ev.add_argument("--max-queries", type=int, default=None, help="evaluate a seeded sample of this many queries per dataset")
     ev.add_argument("--seed", type=int, default=0, help="seed of the --max-queries sample")
     ev.add_argument("--lang", default="en", help="BM25 language of texts without metadata.lang")
-    ev.add_argument("--batch-size", type=int, default=64, help="texts per embedding request (lower it for servers with a smaller batch limit)")
+    ev.add_argument("--batch-size", type=int, default=64,
+                    help="texts per embedding request (lower it for servers with a smaller batch limit)")
     ev.add_argument("--concurrency", type=int, default=4, help="requests in flight")
     ev.add_argument("--cache-dir", type=Path, default=default_cache_dir(), help="embedding cache")
     ev.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
@@ -48,7 +59,7 @@ def add_commands(subparsers) -> None:
     data_sub = data.add_subparsers(dest="data_command", required=True)
     man = data_sub.add_parser(
         "manpages", help="BEIR datasets from the installed Linux man pages (query = NAME line, document = page)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_Help)
     man.add_argument("--langs", default="en,de,fr", help="comma-separated languages (man tree folder names)")
     man.add_argument("--cross", default=None,
                      help="languages X for cross-lingual X->en variants; default: every non-English --langs")
@@ -60,10 +71,11 @@ def add_commands(subparsers) -> None:
                           "language if none), or all")
     man.add_argument("--granularity", default="pages,passages", help="pages (whole page per document), passages, or both")
     man.add_argument("--passage-tokens", type=int, default=250, help="passage size in MiniLM WordPiece tokens")
-    man.add_argument("--seed", type=int, default=0)
-    man.add_argument("--man-root", type=Path, default=Path("/usr/share/man"))
+    man.add_argument("--seed", type=int, default=0, help="seed of the page sample")
+    man.add_argument("--man-root", type=Path, default=Path("/usr/share/man"),
+                     help="man tree (English in man<N>/, others in <lang>/man<N>/)")
     man.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="parallel page renderers")
-    man.add_argument("--no-progress", action="store_true")
+    man.add_argument("--no-progress", action="store_true", help="hide progress bars")
     man.set_defaults(func=cmd_data_manpages)
 
 
