@@ -158,3 +158,18 @@ def test_cross_encoder_reranker_and_passages(bert_ce_dir, tmp_path):
     both = asyncio.run(score("list directory contents", [c["text"] for c in map(json.loads, (data / "corpus.jsonl")
                                                           .read_text().splitlines()) if c["metadata"]["page"] == page]))
     assert q0[page] == pytest.approx(max(both), abs=1e-5)
+
+
+def test_bad_dataset_is_one_line_error(tmp_path, capsys):
+    assert rankserve("eval", "--dataset", tmp_path / "missing", "--output", tmp_path / "out", "--no-progress") == 2
+    assert "no corpus.jsonl" in capsys.readouterr().err
+
+
+def test_unreachable_server_is_one_line_error(tmp_path, capsys):
+    from conftest import free_port
+
+    write_toy(tmp_path / "toy")
+    url = f"http://127.0.0.1:{free_port()}"
+    assert rankserve("eval", "--dataset", tmp_path / "toy", "--output", tmp_path / "out", "--embed-url", url,
+                     "--no-progress") == 2
+    assert f"{url}/v1/models: ConnectError" in capsys.readouterr().err

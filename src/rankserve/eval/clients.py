@@ -110,8 +110,7 @@ class HttpClient:
     async def open(self) -> "HttpClient":
         """Ask /v1/models for the model id when none was given (NIM needs ``model`` in requests)."""
         if self.model is None:
-            response = await self.http.get("/v1/models")
-            self._check(response, "/v1/models")
+            response = await self._call("GET", "/v1/models")
             data = response.json().get("data") or []
             if not data:
                 raise RuntimeError(f"{self.base}/v1/models lists no model; pass the model id explicitly")
@@ -119,24 +118,29 @@ class HttpClient:
             self.identity = f"http:{self.base}:{self.model}"
         return self
 
-    @staticmethod
-    def _check(response, what: str) -> None:
+    async def _call(self, method: str, path: str, body: dict | None = None):
+        """One request; transport failures and non-200 answers become a RuntimeError naming the URL."""
+        import httpx
+
+        try:
+            response = await self.http.request(method, path, json=body)
+        except httpx.HTTPError as exc:
+            raise RuntimeError(f"{self.base}{path}: {type(exc).__name__}: {exc}") from exc
         if response.status_code != 200:
-            raise RuntimeError(f"{what} answered HTTP {response.status_code}: {response.text[:500]}")
+            raise RuntimeError(f"{self.base}{path} answered HTTP {response.status_code}: {response.text[:500]}")
+        return response
 
     async def embed(self, texts: Sequence[str], input_type: str) -> np.ndarray:
         body = {"model": self.model, "input": list(texts), "input_type": input_type, "truncate": "END",
                 "encoding_format": "float"}
-        response = await self.http.post("/v1/embeddings", json=body)
-        self._check(response, "/v1/embeddings")
+        response = await self._call("POST", "/v1/embeddings", body)
         rows = sorted(response.json()["data"], key=lambda r: r["index"])
         return np.asarray([r["embedding"] for r in rows], dtype=np.float32)
 
     async def rerank(self, query: str, passages: Sequence[str]) -> list[float]:
         body = {"model": self.model, "query": {"text": query}, "passages": [{"text": p} for p in passages],
                 "truncate": "END"}
-        response = await self.http.post("/v1/ranking", json=body)
-        self._check(response, "/v1/ranking")
+        response = await self._call("POST", "/v1/ranking", body)
         scores = [float("nan")] * len(passages)
         for r in response.json()["rankings"]:
             scores[r["index"]] = float(r["logit"])
@@ -168,15 +172,17 @@ async def open_clients(model: str | None, reranker: str | None, embed_url: str |
 
     try:
         if embed_url:
-            embedder = await HttpClient(embed_url, embed_model, api_key).open()
+            embedder = HttpClient(embed_url, embed_model, api_key)
             opened.append(embedder)
+            await embedder.open()
         else:
             embedder = await engine(model)
             if embedder.kind != "embedder":
                 raise ValueError(f"--model {model}: a cross-encoder cannot embed; pass an embedding model")
         if rerank_url:
-            rer = await HttpClient(rerank_url, rerank_model, api_key).open()
+            rer = HttpClient(rerank_url, rerank_model, api_key)
             opened.append(rer)
+            await rer.open()
         else:
             rer = await engine(reranker if reranker else model)
     except BaseException:

@@ -90,6 +90,18 @@ def require(*modules: str) -> None:
                          f"pip install {' '.join(names[m] for m in missing)}")
 
 
+def _usage_errors(fn):
+    """Missing files, bad input and unreachable servers end in one line on stderr and exit status 2."""
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except (FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
+            print(f"rankserve {args.command}: {exc}", file=sys.stderr)
+            return 2
+    return wrapper
+
+
+@_usage_errors
 def cmd_eval(args: argparse.Namespace) -> int:
     require("bm25s", "matplotlib", "tqdm")
     return asyncio.run(run_eval(args))
@@ -134,6 +146,7 @@ async def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+@_usage_errors
 def cmd_data_manpages(args: argparse.Namespace) -> int:
     require("tqdm")
     from rankserve.eval.manpages import BuildOptions, build
