@@ -16,6 +16,7 @@ from rankserve.errors import ConfigError
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 BACKENDS = ("torch", "onnxruntime")
+QUANTIZE = ("none", "int8")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 # NIM's env names for the settings it has (the NIM docs' names; users' compose files use them).
@@ -39,6 +40,7 @@ class ServerConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto = float32 on CPU, bfloat16 on CUDA (when supported)
     backend: str = "torch"
+    quantize: str = "none"  # none | int8 (lossy, opt-in: dynamic int8 weights, backend onnxruntime only)
     threads: int = 0  # torch intra-op threads; 0 = the cores this process may use
     max_passages: int = 1000  # per /v1/ranking request
     max_inputs: int = 2048  # per /v1/embeddings request
@@ -67,6 +69,12 @@ class ServerConfig:
             bad("dtype", f"choose one of {', '.join(DTYPES)}")
         if self.backend not in BACKENDS:
             bad("backend", f"choose one of {', '.join(BACKENDS)}")
+        if self.quantize not in QUANTIZE:
+            bad("quantize", f"choose one of {', '.join(QUANTIZE)}")
+        if self.quantize != "none" and self.backend != "onnxruntime":
+            bad("quantize", "int8 runs on --backend onnxruntime")
+        if self.backend == "onnxruntime" and (self.device.startswith("cuda") or self.dtype not in ("auto", "float32")):
+            bad("backend", "onnxruntime runs on the CPU in float32 (--device cpu|auto, --dtype auto|float32)")
         if self.log_level.lower() not in LOG_LEVELS:
             bad("log_level", f"choose one of {', '.join(LOG_LEVELS)}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):

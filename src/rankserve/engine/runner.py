@@ -2,6 +2,7 @@
 
 Runs in the engine's single model thread. Builds the padded ``Batch`` and its packed view, moves
 them to the device, and post-processes per model kind (logit / temperature, or L2-normalized vector).
+``make_runner`` picks the backend: ``TorchRunner`` here, or ``OnnxRunner`` (onnx_runner.py).
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from typing import Sequence
 
 import torch
 
+from rankserve.config import ServerConfig
 from rankserve.engine.tokenize import Encoded
-from rankserve.engine.types import Batch
+from rankserve.engine.types import Batch, Packed
 from rankserve.models.loader import ModelSpec
 
 
@@ -29,6 +31,25 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def packed_batch(spec: ModelSpec, items: Sequence[Encoded]) -> Packed:
+    """Encoded items -> the padded batch's packed view (on CPU)."""
+    with_types = items[0].type_ids is not None
+    batch = Batch.from_sequences(
+        [it.ids for it in items], [it.type_ids for it in items] if with_types else None, pad_id=spec.pad_id
+    )
+    return batch.packed()
+
+
+def finish(spec: ModelSpec, out: torch.Tensor) -> torch.Tensor:
+    """Model output -> [B] logits / temperature (cross-encoder) or [B, H] vectors, float32 on CPU."""
+    out = out.float()
+    if spec.kind == "cross-encoder":
+        return (out[:, 0] / spec.temperature).cpu()
+    if spec.normalize:
+        out = torch.nn.functional.normalize(out, dim=-1)
+    return out.cpu()
+
+
 class TorchRunner:
     def __init__(self, spec: ModelSpec, device: torch.device, threads: int = 0):
         self.spec = spec
@@ -39,13 +60,13 @@ class TorchRunner:
     @torch.inference_mode()
     def forward(self, items: Sequence[Encoded]) -> torch.Tensor:
         """-> [B] logits (cross-encoder) or [B, H] vectors (embedder), float32 on CPU."""
-        with_types = items[0].type_ids is not None
-        batch = Batch.from_sequences(
-            [it.ids for it in items], [it.type_ids for it in items] if with_types else None, pad_id=self.spec.pad_id
-        )
-        out = self.spec.module(batch.packed().to(self.device)).float()
-        if self.spec.kind == "cross-encoder":
-            return (out[:, 0] / self.spec.temperature).cpu()
-        if self.spec.normalize:
-            out = torch.nn.functional.normalize(out, dim=-1)
-        return out.cpu()
+        return finish(self.spec, self.spec.module(packed_batch(self.spec, items).to(self.device)))
+
+
+def make_runner(spec: ModelSpec, device: torch.device, config: ServerConfig):
+    """The runner ``config.backend`` names (both have ``forward(items) -> Tensor``)."""
+    if config.backend == "onnxruntime":
+        from rankserve.engine.onnx_runner import OnnxRunner  # onnxruntime is an optional dependency
+
+        return OnnxRunner(spec, threads=config.threads, quantize=config.quantize)
+    return TorchRunner(spec, device, config.threads)

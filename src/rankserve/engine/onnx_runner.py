@@ -1,0 +1,241 @@
+"""ONNX Runtime on the CPU: the loaded model exported once to ONNX, fp32 or dynamic int8, cached on disk.
+
+The graph is our own module from ``models/`` traced by ``torch.onnx.export`` (dynamo) through
+``PackedInputs``: the tensors of ``Packed`` are the graph's inputs, so ONNX Runtime runs the same
+packed math as torch (linear layers and MLPs on real tokens only, attention on the re-padded grid)
+and the model code is not duplicated here. ``Batch.packed()`` (data-dependent ops) stays in Python.
+
+int8 (lossy, opt-in): ``quantize_dynamic`` on the weight MatMuls: int8 weights per output channel,
+uint8 activations quantized per tensor at run time, ``reduce_range`` (7-bit weights) so that u8s8
+products cannot saturate on CPUs without VNNI. Embeddings, LayerNorm, softmax and the attention
+products stay fp32. Linear layers are exported as Gemm; ``gemm_to_matmul`` rewrites them first.
+
+The exported file lives in ``$XDG_CACHE_HOME/rankserve/onnx/<key>/`` (``~/.cache`` by default),
+keyed by the model folder's weight files (name, size, mtime), the quantization, the model source
+code and the torch / onnx / onnxruntime versions; a changed checkpoint or upgrade exports anew.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import io
+import logging
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from rankserve.engine.runner import available_cores, finish, packed_batch
+from rankserve.engine.tokenize import Encoded
+from rankserve.engine.types import Batch, Packed
+from rankserve.models.loader import ModelSpec
+
+log = logging.getLogger("rankserve")
+
+INPUTS = ("input_ids", "token_type_ids", "position_ids", "indices", "seq_index", "cu_seqlens", "lengths", "key_mask")
+QUANTIZE = ("none", "int8")
+OPSET = 23  # the first with a fused Attention op
+FORMAT = 1  # bump when the exported graph's layout changes
+
+
+class PackedInputs(nn.Module):
+    """The traceable face of a packed model: Packed's tensors in, the module's output out."""
+
+    def __init__(self, module: nn.Module, with_types: bool):
+        super().__init__()
+        self.module = module
+        self.with_types = with_types
+
+    def forward(self, input_ids, token_type_ids, position_ids, indices, seq_index, cu_seqlens, lengths, key_mask):
+        p = Packed(input_ids=input_ids, token_type_ids=token_type_ids if self.with_types else None,
+                   position_ids=position_ids, indices=indices, seq_index=seq_index, cu_seqlens=cu_seqlens,
+                   lengths=lengths, key_mask=key_mask, batch_size=key_mask.shape[0], seq_len=key_mask.shape[1],
+                   full=False)  # one graph for every batch: always the masked attention path
+        return self.module(p)
+
+
+def packed_inputs(p: Packed) -> dict[str, torch.Tensor]:
+    types = p.token_type_ids if p.token_type_ids is not None else torch.zeros_like(p.input_ids)
+    return dict(input_ids=p.input_ids, token_type_ids=types, position_ids=p.position_ids, indices=p.indices,
+                seq_index=p.seq_index, cu_seqlens=p.cu_seqlens, lengths=p.lengths, key_mask=p.key_mask)
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "rankserve" / "onnx"
+
+
+def cache_key(spec: ModelSpec, quantize: str) -> str:
+    """What the exported file depends on: weights on disk, quantization, model code, tool versions."""
+    import onnx
+    import onnxruntime
+
+    h = hashlib.sha256()
+    directory = spec.tokenizer_file.parent.resolve()
+    h.update(f"{FORMAT}|{quantize}|{directory}|{type(spec.module).__qualname__}|".encode())
+    h.update(f"{torch.__version__}|{onnx.__version__}|{onnxruntime.__version__}|".encode())
+    for path in sorted(directory.glob("*")):
+        if path.suffix in (".safetensors", ".json") and path.is_file():
+            st = path.stat()
+            h.update(f"{path.name}:{st.st_size}:{st.st_mtime_ns}|".encode())
+    package = Path(__file__).resolve().parents[1]
+    for source in sorted((package / "models").glob("*.py")) + [package / "engine" / "types.py", Path(__file__)]:
+        h.update(source.read_bytes())
+    return h.hexdigest()[:20]
+
+
+def sample_packed(spec: ModelSpec) -> Packed:
+    """A small padded batch with distinct B, T, N (so the exporter keeps every axis dynamic)."""
+    lengths = (5, 3, 7)
+    ids = [[(spec.pad_id + 1 + i) % 50 + 2 for i in range(n)] for n in lengths]
+    return Batch.from_sequences(ids, [[0] * n for n in lengths], pad_id=spec.pad_id).packed()
+
+
+def attention_op(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal: bool = False,
+                 scale: float | None = None, enable_gqa: bool = False):
+    """SDPA -> one ONNX ``Attention`` (opset 23) node, a fused kernel in onnxruntime; the default
+    translation is a chain of ~10 elementwise ops over the [B, nh, T, T] scores. onnxruntime wants
+    the mask's query axis spelled out, so the [B, 1, 1, T] key mask is expanded to [B, 1, T, T]."""
+    from onnxscript import opset23 as op
+
+    if attn_mask is not None:
+        shape = op.Concat(op.Shape(query, start=0, end=1), op.Constant(value_ints=[1]),
+                          op.Shape(query, start=2, end=3), op.Shape(key, start=2, end=3), axis=0)
+        attn_mask = op.Expand(attn_mask, shape)
+    out, _, _, _ = op.Attention(query, key, value, attn_mask, scale=scale, is_causal=is_causal)
+    return out
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence the exporter's and quantizer's chatter (stdout, warnings, log records below ERROR)."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def export_fp32(spec: ModelSpec, path: Path) -> None:
+    """Trace ``spec.module`` (a float32 CPU copy) to ONNX with dynamic batch, length and token axes."""
+    module = spec.module
+    param = next(module.parameters())
+    if param.device.type != "cpu" or param.dtype != torch.float32:
+        log.warning("onnxruntime backend: exporting a float32 CPU copy of a %s model on %s", param.dtype, param.device)
+        module = copy.deepcopy(module).to(device="cpu", dtype=torch.float32)
+    wrapper = PackedInputs(module, with_types=spec.family in ("bert", "xlm-roberta")).eval()
+    args = tuple(packed_inputs(sample_packed(spec)).values())
+    n, b, t, b1 = (torch.export.Dim(x) for x in ("N", "B", "T", "B1"))
+    dims = dict(input_ids={0: n}, token_type_ids={0: n}, position_ids={0: n}, indices={0: n}, seq_index={0: n},
+                cu_seqlens={0: b1}, lengths={0: b}, key_mask={0: b, 1: t})
+    with quiet(), torch.inference_mode(False), torch.no_grad():
+        program = torch.onnx.export(wrapper, args, input_names=list(INPUTS), output_names=["out"],
+                                    dynamic_shapes=dims, dynamo=True, verbose=False, opset_version=OPSET,
+                                    custom_translation_table={
+                                        torch.ops.aten.scaled_dot_product_attention.default: attention_op})
+        program.save(str(path))
+
+
+def gemm_to_matmul(model) -> int:
+    """Rewrite Gemm(x, W, b) as MatMul + Add: dynamic quantization handles MatMul, not Gemm."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes, rewritten = [], 0
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if (node.op_type != "Gemm" or node.input[1] not in inits or attrs.get("transA", 0)
+                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
+            nodes.append(node)
+            continue
+        weight = numpy_helper.to_array(inits[node.input[1]])
+        if attrs.get("transB", 0):
+            weight = weight.T.copy()
+        w_name = f"{node.input[1]}__matmul_{rewritten}"
+        model.graph.initializer.append(numpy_helper.from_array(weight, w_name))
+        out = node.output[0]
+        mm_out = out if len(node.input) < 3 or not node.input[2] else f"{out}__matmul"
+        nodes.append(helper.make_node("MatMul", [node.input[0], w_name], [mm_out], name=f"{node.name}_MatMul"))
+        if mm_out != out:
+            nodes.append(helper.make_node("Add", [mm_out, node.input[2]], [out], name=f"{node.name}_Add"))
+        rewritten += 1
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    used = {i for node in model.graph.node for i in node.input}
+    keep = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    onnx.checker.check_model(model)
+    return rewritten
+
+
+def quantize_int8(fp32: Path, out: Path) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = onnx.load(str(fp32))
+    n = gemm_to_matmul(model)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        staged = Path(tmp) / "matmul.onnx"
+        onnx.save(model, str(staged))
+        with quiet():  # the quantizer logs every tensor at INFO on the root logger
+            quantize_dynamic(staged, out, weight_type=QuantType.QInt8, reduce_range=True, per_channel=True,
+                             op_types_to_quantize=["MatMul"])
+    log.info("int8: %d linear layers quantized (dynamic, per-channel, reduce_range)", n)
+
+
+def exported_model(spec: ModelSpec, quantize: str = "none", cache_dir: str | Path | None = None) -> Path:
+    """The cached ONNX file for ``spec`` (exported and quantized on first use)."""
+    if quantize not in QUANTIZE:
+        raise ValueError(f"quantize={quantize!r}: choose one of {QUANTIZE}")
+    folder = Path(cache_dir or default_cache_dir()) / cache_key(spec, quantize)
+    final = folder / f"model-{quantize if quantize != 'none' else 'fp32'}.onnx"
+    if final.is_file():
+        return final
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        staged = Path(tmp) / "fp32.onnx"
+        export_fp32(spec, staged)
+        if quantize == "int8":
+            quantize_int8(staged, Path(tmp) / "int8.onnx")
+            staged = Path(tmp) / "int8.onnx"
+        os.replace(staged, final)  # atomic: a concurrent start sees the whole file or none
+    log.info("exported %s to %s in %.1fs", spec.architecture, final, time.perf_counter() - started)
+    return final
+
+
+class OnnxRunner:
+    """Same contract as TorchRunner: ``forward(items)`` -> [B] logits or [B, H] vectors, float32 on CPU."""
+
+    def __init__(self, spec: ModelSpec, threads: int = 0, quantize: str = "none", cache_dir: str | Path | None = None):
+        import onnxruntime as ort
+
+        self.spec = spec
+        self.quantize = quantize
+        self.path = exported_model(spec, quantize, cache_dir)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads or available_cores()
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3  # errors only
+        self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+
+    def forward(self, items: Sequence[Encoded]) -> torch.Tensor:
+        """-> [B] logits (cross-encoder) or [B, H] vectors (embedder), float32 on CPU."""
+        tensors = packed_inputs(packed_batch(self.spec, items))
+        (out,) = self.session.run(["out"], {name: tensors[name].numpy() for name in self.inputs})
+        return finish(self.spec, torch.from_numpy(out))

@@ -1,0 +1,158 @@
+"""The onnxruntime backend: fp32 equals TorchRunner, int8 stays close and ranks alike, and it serves.
+
+Tiny random checkpoints; every export goes to one temp cache shared by the module (the app tests
+point XDG_CACHE_HOME at it, so the server start reuses the exported files).
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+pytest.importorskip("onnxscript")
+
+from conftest import app_client, wait_ready  # noqa: E402
+from rankserve.config import load_config  # noqa: E402
+from rankserve.engine.onnx_runner import OnnxRunner, exported_model  # noqa: E402
+from rankserve.engine.runner import TorchRunner, make_runner  # noqa: E402
+from rankserve.engine.tokenize import TokenizerPolicy  # noqa: E402
+from rankserve.errors import ConfigError  # noqa: E402
+from rankserve.models.loader import load_model  # noqa: E402
+
+FP32_TOL = 1e-4  # |onnxruntime fp32 - torch fp32|, logits and normalized vectors
+INT8_REL = 0.15  # |int8 - fp32| <= INT8_REL x the fp32 score range of the batch
+INT8_TAU = 0.8  # Kendall tau of int8 vs fp32 scores over one query's passages
+
+WORDS = ("the a of to in is for list file files directory command print show copy move remove create "
+         "process memory network socket time user system kernel disk search text pattern line sort "
+         "compress archive paris france capital city river banana fruit potassium small animal").split()
+QUERY = "how do i list the files in a directory"
+
+
+def passages(n: int, seed: int = 0) -> list[str]:
+    """Mixed lengths (2..60 words) so every batch is padded."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.choice([2, 5, 9, 20, 40, 60]))) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("xdg-cache")
+    return root, root / "rankserve" / "onnx"
+
+
+@pytest.fixture(scope="module")
+def models(bert_ce_dir, xlmr_ce_dir, bert_bi_dir):
+    return {"bert-ce": load_model(bert_ce_dir), "xlmr-ce": load_model(xlmr_ce_dir), "bert-bi": load_model(bert_bi_dir)}
+
+
+def encode(spec, texts):
+    policy = TokenizerPolicy(str(spec.tokenizer_file), max_length=spec.max_length, rerank_template=None,
+                             with_type_ids=True)
+    return policy.pairs(QUERY, texts, "END") if spec.kind == "cross-encoder" else policy.texts(texts, "END")
+
+
+def kendall_tau(a: torch.Tensor, b: torch.Tensor) -> float:
+    da = torch.sign(a[:, None] - a[None, :])
+    db = torch.sign(b[:, None] - b[None, :])
+    n = len(a)
+    return float((da * db).sum() / (n * (n - 1)))
+
+
+@pytest.mark.parametrize("name", ["bert-ce", "xlmr-ce", "bert-bi"])
+def test_fp32_equals_torch(models, cache, name):
+    spec = models[name]
+    texts = passages(12)
+    encoded = encode(spec, texts)
+    assert len({len(e) for e in encoded}) > 3  # a padded, mixed-length batch
+    torch_runner = TorchRunner(spec, torch.device("cpu"), threads=1)
+    onnx_runner = OnnxRunner(spec, threads=1, cache_dir=cache[1])
+    expected, got = torch_runner.forward(encoded), onnx_runner.forward(encoded)
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    assert (got - expected).abs().max().item() <= FP32_TOL
+    # Batch shapes other than the export sample's: one item, and a batch with no padding at all.
+    assert (onnx_runner.forward(encoded[:1]) - expected[:1]).abs().max().item() <= FP32_TOL
+    same = [e for e in encoded if len(e) == len(encoded[0])] * 3
+    assert (onnx_runner.forward(same) - torch_runner.forward(same)).abs().max().item() <= FP32_TOL
+
+
+@pytest.mark.parametrize("name", ["bert-ce", "xlmr-ce", "bert-bi"])
+def test_int8_close_and_ranks_alike(models, cache, name):
+    spec = models[name]
+    texts = passages(24, seed=1)
+    encoded = encode(spec, texts)
+    fp32 = TorchRunner(spec, torch.device("cpu"), threads=1).forward(encoded)
+    int8 = OnnxRunner(spec, threads=1, quantize="int8", cache_dir=cache[1]).forward(encoded)
+    assert int8.shape == fp32.shape
+    if spec.kind == "embedder":  # rank passages by cosine to the first text, as bi-encoder ranking does
+        fp32, int8 = fp32[1:] @ fp32[0], int8[1:] @ int8[0]
+    spread = (fp32.max() - fp32.min()).item()
+    assert spread > 0
+    assert (int8 - fp32).abs().max().item() <= INT8_REL * spread
+    assert kendall_tau(fp32, int8) >= INT8_TAU
+
+
+def test_int8_is_quantized_and_cached(models, cache):
+    import onnx
+
+    spec = models["bert-ce"]
+    path = exported_model(spec, "int8", cache[1])
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert "DynamicQuantizeLinear" in ops and "MatMulInteger" in ops and "Gemm" not in ops
+    mtime = path.stat().st_mtime_ns
+    assert exported_model(spec, "int8", cache[1]) == path and path.stat().st_mtime_ns == mtime  # no re-export
+    assert exported_model(spec, "none", cache[1]) != path
+
+
+def test_make_runner_picks_backend(models, cache, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache[0]))
+    spec = models["bert-ce"]
+    cpu = torch.device("cpu")
+    assert isinstance(make_runner(spec, cpu, load_config({"threads": 1}, environ={})), TorchRunner)
+    runner = make_runner(spec, cpu, load_config({"backend": "onnxruntime", "quantize": "int8", "threads": 1}, environ={}))
+    assert isinstance(runner, OnnxRunner) and runner.quantize == "int8" and runner.path.is_relative_to(cache[1])
+
+
+@pytest.mark.parametrize("overrides,word", [
+    ({"quantize": "int4"}, "quantize"),
+    ({"quantize": "int8"}, "quantize"),  # int8 needs backend onnxruntime
+    ({"backend": "onnxruntime", "dtype": "bfloat16"}, "backend"),
+    ({"backend": "onnxruntime", "device": "cuda"}, "backend"),
+])
+def test_invalid_backend_settings(overrides, word):
+    with pytest.raises(ConfigError, match=word):
+        load_config(overrides, environ={})
+
+
+def test_serves_rankings_with_onnxruntime(bert_ce_dir, ce_client, cache, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache[0]))
+    texts = passages(6, seed=2)
+    body = {"query": {"text": QUERY}, "passages": [{"text": p} for p in texts]}
+    expected = ce_client.post("/v1/ranking", json={**body, "model": "tiny-ce"}).json()["rankings"]
+    with app_client(model=str(bert_ce_dir), backend="onnxruntime") as client:
+        wait_ready(client)
+        r = client.post("/v1/ranking", json=body)
+    assert r.status_code == 200, r.text
+    got = r.json()["rankings"]
+    assert [x["index"] for x in got] == [x["index"] for x in expected]
+    assert [x["logit"] for x in got] == pytest.approx([x["logit"] for x in expected], abs=FP32_TOL)
+
+
+def test_serves_embeddings_with_onnxruntime_int8(bert_bi_dir, cache, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache[0]))
+    texts = passages(5, seed=3)
+    with app_client(model=str(bert_bi_dir), threads=1) as client:
+        wait_ready(client)
+        fp32 = client.post("/v1/embeddings", json={"input": texts})
+    with app_client(model=str(bert_bi_dir), backend="onnxruntime", quantize="int8") as client:
+        wait_ready(client)
+        int8 = client.post("/v1/embeddings", json={"input": texts})
+    assert fp32.status_code == int8.status_code == 200, int8.text
+    a = torch.tensor([d["embedding"] for d in fp32.json()["data"]])
+    b = torch.tensor([d["embedding"] for d in int8.json()["data"]])
+    assert a.shape == b.shape == (5, 32)
+    assert torch.nn.functional.cosine_similarity(a, b).min().item() >= 0.99
