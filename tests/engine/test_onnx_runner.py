@@ -156,3 +156,16 @@ def test_serves_embeddings_with_onnxruntime_int8(bert_bi_dir, cache, monkeypatch
     b = torch.tensor([d["embedding"] for d in int8.json()["data"]])
     assert a.shape == b.shape == (5, 32)
     assert torch.nn.functional.cosine_similarity(a, b).min().item() >= 0.99
+
+
+def test_llama_reranker_fp32_equals_torch(tmp_path, cache):
+    """The bidirectional Llama family (GQA, RoPE, templated single-sequence input) exports as well."""
+    from llama_checkpoints import make_nvidia_reranker
+
+    spec = load_model(make_nvidia_reranker(tmp_path / "llama-rr"))
+    policy = TokenizerPolicy(str(spec.tokenizer_file), max_length=spec.max_length, rerank_template=spec.rerank_template,
+                             with_type_ids=False)
+    encoded = policy.pairs(QUERY, passages(8, seed=4), "END")
+    expected = TorchRunner(spec, torch.device("cpu"), threads=1).forward(encoded)
+    got = OnnxRunner(spec, threads=1, cache_dir=cache[1]).forward(encoded)
+    assert (got - expected).abs().max().item() <= FP32_TOL

@@ -23,6 +23,7 @@ import hashlib
 import io
 import logging
 import os
+import shutil
 import tempfile
 import time
 import warnings
@@ -35,6 +36,7 @@ from torch import nn
 from rankserve.engine.runner import available_cores, finish, packed_batch
 from rankserve.engine.tokenize import Encoded
 from rankserve.engine.types import Batch, Packed
+from rankserve.errors import ConfigError
 from rankserve.models.loader import ModelSpec
 
 log = logging.getLogger("rankserve")
@@ -42,6 +44,7 @@ log = logging.getLogger("rankserve")
 INPUTS = ("input_ids", "token_type_ids", "position_ids", "indices", "seq_index", "cu_seqlens", "lengths", "key_mask")
 QUANTIZE = ("none", "int8")
 OPSET = 23  # the first with a fused Attention op
+LARGE = 1 << 30  # bytes of a graph past which weights go to an external .data file
 FORMAT = 1  # bump when the exported graph's layout changes
 
 
@@ -143,7 +146,7 @@ def export_fp32(spec: ModelSpec, path: Path) -> None:
                                     dynamic_shapes=dims, dynamo=True, verbose=False, opset_version=OPSET,
                                     custom_translation_table={
                                         torch.ops.aten.scaled_dot_product_attention.default: attention_op})
-        program.save(str(path))
+        program.save(str(path), external_data=sum(t.numel() * 4 for t in module.state_dict().values()) > LARGE)
 
 
 def gemm_to_matmul(model) -> int:
@@ -186,33 +189,43 @@ def quantize_int8(fp32: Path, out: Path) -> None:
 
     model = onnx.load(str(fp32))
     n = gemm_to_matmul(model)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        staged = Path(tmp) / "matmul.onnx"
-        onnx.save(model, str(staged))
-        with quiet():  # the quantizer logs every tensor at INFO on the root logger
-            quantize_dynamic(staged, out, weight_type=QuantType.QInt8, reduce_range=True, per_channel=True,
-                             op_types_to_quantize=["MatMul"])
+    big = model.ByteSize() > LARGE
+    staged = fp32.with_name("matmul.onnx")
+    onnx.save(model, str(staged), save_as_external_data=big)
+    del model
+    with quiet():  # the quantizer logs every tensor at INFO on the root logger
+        quantize_dynamic(staged, out, weight_type=QuantType.QInt8, reduce_range=True, per_channel=True,
+                         op_types_to_quantize=["MatMul"], use_external_data_format=big)
     log.info("int8: %d linear layers quantized (dynamic, per-channel, reduce_range)", n)
 
 
 def exported_model(spec: ModelSpec, quantize: str = "none", cache_dir: str | Path | None = None) -> Path:
-    """The cached ONNX file for ``spec`` (exported and quantized on first use)."""
+    """The cached ONNX file for ``spec`` (exported, and quantized, on first use)."""
     if quantize not in QUANTIZE:
         raise ValueError(f"quantize={quantize!r}: choose one of {QUANTIZE}")
     folder = Path(cache_dir or default_cache_dir()) / cache_key(spec, quantize)
-    final = folder / f"model-{quantize if quantize != 'none' else 'fp32'}.onnx"
+    final = folder / "model.onnx"
     if final.is_file():
         return final
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        staged = Path(tmp) / "fp32.onnx"
-        export_fp32(spec, staged)
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=folder.name + ".") as tmp:
+        stage = Path(tmp) / "out"
+        (stage / "fp32").mkdir(parents=True)
+        export_fp32(spec, stage / "fp32" / "model.onnx")
         if quantize == "int8":
-            quantize_int8(staged, Path(tmp) / "int8.onnx")
-            staged = Path(tmp) / "int8.onnx"
-        os.replace(staged, final)  # atomic: a concurrent start sees the whole file or none
-    log.info("exported %s to %s in %.1fs", spec.architecture, final, time.perf_counter() - started)
+            quantize_int8(stage / "fp32" / "model.onnx", stage / "model.onnx")
+            shutil.rmtree(stage / "fp32")
+        else:
+            for f in (stage / "fp32").iterdir():  # model.onnx (and model.onnx.data past 2 GB)
+                f.rename(stage / f.name)
+            (stage / "fp32").rmdir()
+        try:
+            stage.rename(folder)  # atomic: a concurrent start sees the whole folder or none
+        except OSError:
+            if not final.is_file():
+                raise
+    log.info("exported %s (%s) to %s in %.1fs", spec.architecture, quantize, final, time.perf_counter() - started)
     return final
 
 
@@ -220,8 +233,11 @@ class OnnxRunner:
     """Same contract as TorchRunner: ``forward(items)`` -> [B] logits or [B, H] vectors, float32 on CPU."""
 
     def __init__(self, spec: ModelSpec, threads: int = 0, quantize: str = "none", cache_dir: str | Path | None = None):
-        import onnxruntime as ort
-
+        try:
+            import onnxruntime as ort
+            import onnxscript  # noqa: F401  (the exporter's translator)
+        except ImportError as exc:
+            raise ConfigError(f"backend onnxruntime needs onnxruntime, onnx and onnxscript installed ({exc})") from exc
         self.spec = spec
         self.quantize = quantize
         self.path = exported_model(spec, quantize, cache_dir)
