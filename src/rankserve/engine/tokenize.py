@@ -137,6 +137,3 @@ class TokenizerPolicy:
 
         side = "left" if truncate == "START" else "right"
         return self._fit(encs, truncate, what, roles_of, [(TEXT, side)], names)
-
-    def count(self, text: str) -> int:
-        return len(self.tokenizer.encode(text, add_special_tokens=False).ids)

