@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=48)
     ap.add_argument("--passages", default="20-100")
     ap.add_argument("--tokens", default="16-256")
+    ap.add_argument("--out", default=None, help="write server.json and server.png (pairs/s per level) here")
     args = ap.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     passages, tokens = loadgen._range(args.passages), loadgen._range(args.tokens)
@@ -89,6 +90,35 @@ def main() -> None:
         print(f"| {ours.concurrency} | {ours.pairs_per_s:.1f} | {naive.pairs_per_s:.1f} | "
               f"{ours.pairs_per_s / naive.pairs_per_s:.2f}x | {ours.pairs_per_s / offline:.2f}x | "
               f"{ours.p99_ms / ours.p50_ms:.2f} |")
+    if args.out:
+        write_out(Path(args.out), results, offline)
+
+
+def write_out(out: Path, results: dict, offline: float) -> None:
+    """JSON of every level plus a bar chart of pairs/s per concurrency level."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "server.json").write_text(json.dumps(
+        {"offline_pairs_per_s": offline, **{k: json.loads(loadgen.to_json(v)) for k, v in results.items()}}, indent=2))
+    levels = [r.concurrency for r in results["rankserve"]]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    width = 0.38
+    for i, name in enumerate(("rankserve", "naive")):
+        ax.bar([x + (i - 0.5) * width for x in range(len(levels))], [r.pairs_per_s for r in results[name]],
+               width, label=name)
+    ax.axhline(offline, color="gray", linestyle="--", label="offline CrossEncoder.predict")
+    ax.set_xticks(range(len(levels)), [f"{c} clients" for c in levels])
+    ax.set_ylabel("pairs/s")
+    ax.set_title("Server throughput, MiniLM-L6 cross-encoder, 2 CPU cores")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "server.png", dpi=110)
 
 
 if __name__ == "__main__":
