@@ -7,12 +7,15 @@ Prints pairs/s, ours/peer, max |delta logit|, and real-token GFLOP/s as a fracti
 matmul peak measured in the same run.
 
     python bench/engine_offline.py [--rounds 3] [--queries 8] [--per-query 64] [--dtype float32]
+        [--infinity-python /tmp/infvenv/bin/python]   # Infinity peer from its own venv (infinity_peer.py)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -35,6 +38,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--max-batch-tokens", type=int, default=16384)
     ap.add_argument("--workloads", default="uniform,mixed")
+    ap.add_argument("--infinity-python", default=None, help="python of a venv with infinity-emb[torch]")
     args = ap.parse_args()
 
     from sentence_transformers import CrossEncoder
@@ -75,9 +79,24 @@ def main() -> None:
         lengths = [len(e) for q, ps in work for e in engine.policy.pairs(q, ps, "END")]
         flops = bert_flops(lengths, c.hidden_size, c.intermediate_size, c.num_hidden_layers)
         n = len(pairs)
+        if args.infinity_python:
+            t_inf, d_inf = infinity(args.infinity_python, model_dir, work, args.rounds, ours)
+            print(f"{kind:9} Infinity: {n / t_inf:.1f} pairs/s, ours/Infinity {t_inf / t_ours:.2f}x, "
+                  f"max|dlogit| vs ours {d_inf:.2e}")
         print(f"{kind:9} {n:6d} {n / t_ours:9.1f} {n / t_st:8.1f} {t_st / t_ours:8.2f}x {delta:12.2e} "
               f"{flops / t_ours / 1e9 / peak:9.0%} {flops / t_st / 1e9 / peak:9.0%}")
     loop.run_until_complete(engine.stop())
+
+
+def infinity(python: str, model_dir: Path, work, rounds: int, ours: list[float]) -> tuple[float, float]:
+    """Run bench/infinity_peer.py in Infinity's own venv on the same workload: (best seconds, max |d|)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(work, f)
+    out = subprocess.run([python, str(Path(__file__).parent / "infinity_peer.py"), str(model_dir), f.name, str(rounds)],
+                         capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    delta = (torch.tensor(result["scores"]) - torch.tensor(ours)).abs().max().item()
+    return result["seconds"], delta
 
 
 if __name__ == "__main__":
