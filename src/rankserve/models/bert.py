@@ -215,14 +215,3 @@ class XLMRobertaForSequenceClassification(nn.Module):
     def forward(self, p: Packed) -> torch.Tensor:
         return self.classifier(pool(self.roberta(p), p, "cls"))
 
-
-class PooledEncoder(nn.Module):
-    """Bi-encoder (sentence-transformers layout): pooled last hidden state [B, H], unnormalized."""
-
-    def __init__(self, c: BertConfig, pooling: str):
-        super().__init__()
-        self.model = BertModel(c)
-        self.pooling = pooling
-
-    def forward(self, p: Packed) -> torch.Tensor:
-        return pool(self.model(p), p, self.pooling)

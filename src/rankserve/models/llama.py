@@ -26,7 +26,7 @@ from torch import nn
 
 from rankserve.engine.types import Packed
 from rankserve.models.attention import packed_attention
-from rankserve.models.pooling import normalize_pooling, pool
+from rankserve.models.pooling import PooledEncoder, normalize_pooling, pool
 
 ROPE_TYPES = ("default", "linear", "llama3")
 
@@ -216,18 +216,6 @@ class LlamaForSequenceClassification(nn.Module):
         return self.score(pool(self.model(p), p, self.pooling))
 
 
-class LlamaEmbedder(nn.Module):
-    """Embedder: pooled last hidden state [B, H], unnormalized (the runner L2-normalizes)."""
-
-    def __init__(self, c: LlamaConfig, pooling: str):
-        super().__init__()
-        self.model = LlamaModel(c)
-        self.pooling = pooling
-
-    def forward(self, p: Packed) -> torch.Tensor:
-        return pool(self.model(p), p, self.pooling)
-
-
 # -- config.json -> ModelSpec fields (registered in loader.ARCHITECTURES) -----------------------
 
 NVIDIA_RERANK_TEMPLATE = "question:{query} \n \n passage:{passage}"  # real newlines
@@ -303,7 +291,7 @@ def build(directory: Path, cfg: dict[str, Any], arch: str) -> dict[str, Any]:
     dims = cfg.get("matryoshka_dimensions")
     if dims is None and cfg.get("model_type") == "llama_bidirec" and c.hidden_size == NVIDIA_EMBED_DIMENSIONS[-1]:
         dims = NVIDIA_EMBED_DIMENSIONS
-    return dict(fields, module=LlamaEmbedder(c, pooling), pooling=pooling, normalize=st[1] if st else True,
+    return dict(fields, module=PooledEncoder(LlamaModel(c), pooling), pooling=pooling, normalize=st[1] if st else True,
                 query_prefix=prompts.get("query", NVIDIA_QUERY_PREFIX),
                 passage_prefix=prompts.get("passage", prompts.get("document", NVIDIA_PASSAGE_PREFIX)),
                 dimensions=tuple(sorted(int(d) for d in dims)) if dims else None)

@@ -18,6 +18,7 @@ from torch import nn
 
 from rankserve.errors import ModelLoadError
 from rankserve.models import bert, llama
+from rankserve.models.pooling import PooledEncoder
 
 log = logging.getLogger("rankserve")
 
@@ -163,7 +164,7 @@ def _build_bert(directory: Path, cfg: dict[str, Any], arch: str) -> dict[str, An
     st = _st_embedder(directory)
     pooling, normalize, st_max = st if st else ("mean", True, None)
     limits.append(st_max)
-    return dict(module=bert.PooledEncoder(c, pooling), kind="embedder", family=family,
+    return dict(module=PooledEncoder(bert.BertModel(c), pooling), kind="embedder", family=family,
                 max_length=min(x for x in limits if x), pad_id=c.pad_token_id, pooling=pooling,
                 normalize=normalize, hidden_size=c.hidden_size)
 

@@ -7,6 +7,7 @@ Pooling is configuration (``cls`` | ``mean`` | ``last``), chosen once by the loa
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from rankserve.engine.types import Packed
 
@@ -31,3 +32,16 @@ def pool(hidden: torch.Tensor, packed: Packed, mode: str) -> torch.Tensor:
         sums.index_add_(0, packed.seq_index, hidden.float())
         return (sums / packed.lengths.to(sums.dtype).unsqueeze(1)).to(hidden.dtype)
     raise ValueError(f"unknown pooling mode {mode!r}")
+
+
+class PooledEncoder(nn.Module):
+    """An embedder: any encoder stack (Packed -> [N, H]) under ``model`` (the checkpoint's key
+    prefix), pooled to [B, H], unnormalized (the runner L2-normalizes). Shared by every family."""
+
+    def __init__(self, model: nn.Module, pooling: str):
+        super().__init__()
+        self.model = model
+        self.pooling = pooling
+
+    def forward(self, p: Packed) -> torch.Tensor:
+        return pool(self.model(p), p, self.pooling)
