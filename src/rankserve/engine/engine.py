@@ -155,11 +155,9 @@ class Engine:
         if dimensions is not None:
             self.check_dimensions(dimensions)
         encoded = await self._in_pool(self.policy.texts, texts, truncate, self.prefix(input_type), "input")
-        vectors = torch.stack(await self.batcher.submit(encoded))
-        if dimensions is not None and dimensions != vectors.shape[1]:
-            vectors = vectors[:, :dimensions]
-        if self.spec.normalize or dimensions is not None:
-            vectors = torch.nn.functional.normalize(vectors, dim=-1)
+        vectors = torch.stack(await self.batcher.submit(encoded))  # the runner already L2-normalized
+        if dimensions is not None:  # Matryoshka: keep the first d components, renormalize
+            vectors = torch.nn.functional.normalize(vectors[:, :dimensions], dim=-1)
         return EmbedResult(vectors, sum(len(e) for e in encoded))
 
     def check_dimensions(self, dimensions: int) -> None:
