@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -66,6 +67,26 @@ def workload(kind: str, n_queries: int, per_query: int, seed: int = 0) -> list[t
             passages = [text_of(int(16 * 32 ** rng.random()) - 3 - len(query.split()), rng) for _ in range(per_query)]
         out.append((query, passages))
     return out
+
+
+def manpage_workload(n_queries: int, per_query: int, pages: int = 300, seed: int = 0) -> list[tuple[str, list[str]]]:
+    """Real text: English man-page NAME-line queries, each with its BM25 top-``per_query`` passages
+    (~250-token chunks of rendered pages) as the candidates a reranker gets in a real pipeline.
+    Built with `rankserve data manpages` (needs Debian's ``manpages`` package); cached in /tmp."""
+    from rankserve.eval import beir, manpages
+    from rankserve.eval.retrieval import bm25_search, tokenize
+
+    out = Path(tempfile.gettempdir()) / f"rankserve-bench-manpages-{pages}-{seed}"
+    if not (out / "manifest.json").exists():
+        manpages.build(out, manpages.BuildOptions(langs=["en"], cross=[], granularity=["passages"],
+                                                  max_pages=pages, seed=seed, progress=False))
+    data = beir.load(out / "passages" / "en")
+    text = dict(zip(data.doc_ids, data.doc_texts))
+    qids = random.Random(seed).sample(data.query_ids, min(n_queries, len(data.query_ids)))
+    qtext = dict(zip(data.query_ids, data.query_texts))
+    run = bm25_search(data.doc_ids, [tokenize(t) for t in data.doc_texts], qids,
+                      [tokenize(qtext[q]) for q in qids], per_query, progress=False)
+    return [(qtext[q], [text[d] for d in run[q]]) for q in qids if len(run[q]) >= min(per_query, 10)]
 
 
 def matmul_peak_gflops(seconds: float = 2.0, n: int = 1536) -> float:

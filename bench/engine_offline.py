@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=8)
     ap.add_argument("--per-query", type=int, default=64)
     ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--max-batch-tokens", type=int, default=16384)
+    ap.add_argument("--max-batch-tokens", type=int, default=0, help="0 = the server default for the device")
     ap.add_argument("--workloads", default="uniform,mixed")
     ap.add_argument("--infinity-python", default=None, help="python of a venv with infinity-emb[torch]")
     args = ap.parse_args()

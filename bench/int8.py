@@ -9,7 +9,7 @@ Kendall tau over the query's passages, averaged over queries.
 Two models: the MiniLM-L6-size cross-encoder (real encoder, seeded random head: the speed figure),
 and the trained all-MiniLM-L6-v2 bi-encoder ranking by cosine (agreement of a trained model).
 
-    python bench/int8.py [--rounds 3] [--queries 8] [--per-query 64] [--workload mixed]
+    python bench/int8.py [--rounds 3] [--queries 8] [--per-query 64] [--workload mixed|uniform|manpages]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import minilm_cross_encoder, workload  # noqa: E402
+from common import manpage_workload, minilm_cross_encoder, workload  # noqa: E402
 
 from rankserve.config import load_config  # noqa: E402
 from rankserve.engine.engine import Engine  # noqa: E402
@@ -112,7 +112,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--queries", type=int, default=8)
     ap.add_argument("--per-query", type=int, default=64)
-    ap.add_argument("--workload", default="mixed", choices=["mixed", "uniform"])
+    ap.add_argument("--workload", default="mixed", choices=["mixed", "uniform", "manpages"],
+                    help="synthetic random words (mixed/uniform) or real text: man-page queries with their "
+                         "BM25 top candidates (manpages)")
     ap.add_argument("--modes", default="torch-fp32,onnxruntime-fp32,onnxruntime-int8",
                     help=f"comma-separated, torch-fp32 first; of {', '.join(MODES)}")
     ap.add_argument("--models", default="cross-encoder,bi-encoder")
@@ -126,7 +128,8 @@ def main() -> None:
     print(f"cores {available_cores()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"onnxruntime {onnxruntime.__version__}; workload {args.workload}, {args.queries} queries x "
           f"{args.per_query} passages, best of {args.rounds} interleaved rounds")
-    work = workload(args.workload, args.queries, args.per_query)
+    work = (manpage_workload(args.queries, args.per_query) if args.workload == "manpages"
+            else workload(args.workload, args.queries, args.per_query))
     loop = asyncio.new_event_loop()
     models = {"cross-encoder": ("MiniLM-L6 cross-encoder (random head)",
                                 lambda: minilm_cross_encoder(Path(tempfile.gettempdir()) / "rankserve-bench-minilm-ce")),

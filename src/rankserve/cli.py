@@ -19,7 +19,7 @@ HELP = {
     "dtype": "auto (fp32 on CPU, bf16/fp16 on CUDA) | float32 | bfloat16 | float16",
     "threads": "torch CPU threads; 0 = all cores available",
     "max_length": "token limit per sequence; 0 = the model's own",
-    "max_batch_tokens": "padded tokens (longest x rows) per forward pass",
+    "max_batch_tokens": "padded tokens (longest x rows) per forward pass; 0 = 4096 on CPU, 65536 on CUDA",
     "api_key": "require 'Authorization: Bearer <key>' on API routes",
     "cache_size": "passage embeddings cached for bi-encoder ranking; 0 = off",
     "rerank_template": "single-sequence rerank prompt with {query} and {passage} (Llama rerankers)",

@@ -49,7 +49,7 @@ class ServerConfig:
     rerank_template: str | None = None  # e.g. "question:{query} \n \n passage:{passage}"
     query_prefix: str | None = None  # e.g. "query: "
     passage_prefix: str | None = None  # e.g. "passage: "
-    max_batch_tokens: int = 16384  # padded tokens (longest x rows) per forward pass
+    max_batch_tokens: int = 0  # padded tokens (longest x rows) per forward pass; 0 = 4096 on CPU, 65536 on CUDA
     max_queue_items: int = 100_000  # pairs/texts waiting; beyond this requests get 503
     max_request_bytes: int = 8 * 1024 * 1024
     cache_size: int = 50_000  # passage embeddings kept (bi-encoder ranking); 0 = off
@@ -81,10 +81,10 @@ class ServerConfig:
             bad("device", "use auto, cpu, cuda or cuda:N")
         if not 0 < self.port < 65536:
             bad("port", "must be 1..65535")
-        for name in ("max_passages", "max_inputs", "max_batch_tokens", "max_queue_items", "max_request_bytes"):
+        for name in ("max_passages", "max_inputs", "max_queue_items", "max_request_bytes"):
             if getattr(self, name) < 1:
                 bad(name, "must be >= 1")
-        for name in ("threads", "max_length", "cache_size"):
+        for name in ("threads", "max_length", "cache_size", "max_batch_tokens"):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
         if self.rerank_template is not None and not ("{query}" in self.rerank_template and "{passage}" in self.rerank_template):

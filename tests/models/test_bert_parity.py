@@ -34,10 +34,13 @@ def ours(spec, encoded) -> torch.Tensor:
         return spec.module(batch.packed())
 
 
+@pytest.mark.parametrize("rows", [None, 5], ids=["whole-mlp", "mlp-in-5-row-slices"])
 @pytest.mark.parametrize("fixture", ["bert_ce_dir", "xlmr_ce_dir"])
-def test_cross_encoder_matches_transformers(fixture, request):
+def test_cross_encoder_matches_transformers(fixture, rows, request, monkeypatch):
     from transformers import AutoModelForSequenceClassification
 
+    if rows:  # the CPU path slices the MLP by rows (models/rows.py); slices must not change a score
+        monkeypatch.setattr("rankserve.models.rows.CPU_ROWS", rows)
     directory = request.getfixturevalue(fixture)
     spec = load_model(directory)
     assert spec.kind == "cross-encoder"

@@ -93,8 +93,11 @@ def reference_logits(directory, ids, mode="mean", left=False, dtype=torch.float3
 
 # -- rerankers ---------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("rows", [None, 5], ids=["whole-mlp", "mlp-in-5-row-slices"])
 @pytest.mark.parametrize("fixture", ["llama_rr", "mistral_rr"])
-def test_reranker_matches_transformers(fixture, request):
+def test_reranker_matches_transformers(fixture, rows, request, monkeypatch):
+    if rows:  # the CPU path slices the MLP by rows (models/rows.py); slices must not change a score
+        monkeypatch.setattr("rankserve.models.rows.CPU_ROWS", rows)
     directory = request.getfixturevalue(fixture)
     spec = load_model(directory)
     assert (spec.kind, spec.pooling, spec.extra["causal"]) == ("cross-encoder", "mean", False)

@@ -32,7 +32,7 @@ def test_cli_flags_become_config(tmp_path, monkeypatch):
 @pytest.mark.parametrize("overrides,word", [
     ({"dtype": "int4"}, "dtype"), ({"port": 0}, "port"), ({"max_passages": 0}, "max_passages"),
     ({"model": "/nonexistent/dir"}, "model"), ({"device": "tpu"}, "device"),
-    ({"rerank_template": "question:{query}"}, "rerank_template"),
+    ({"rerank_template": "question:{query}"}, "rerank_template"), ({"max_batch_tokens": -1}, "max_batch_tokens"),
 ])
 def test_invalid_values(overrides, word):
     with pytest.raises(ConfigError, match=word):
@@ -42,3 +42,15 @@ def test_invalid_values(overrides, word):
 def test_bad_env_integer():
     with pytest.raises(ConfigError, match="max_passages must be an integer"):
         load_config(environ={"RANKSERVE_MAX_PASSAGES": "lots"})
+
+
+def test_batch_token_budget_defaults_per_device():
+    """0 (the default) means the device's budget; a configured budget wins everywhere."""
+    import torch
+
+    from rankserve.engine.runner import batch_tokens
+
+    assert load_config(environ={}).max_batch_tokens == 0
+    assert batch_tokens(0, torch.device("cpu")) == 4096
+    assert batch_tokens(0, torch.device("cuda")) == 65536
+    assert batch_tokens(2048, torch.device("cuda")) == batch_tokens(2048, torch.device("cpu")) == 2048

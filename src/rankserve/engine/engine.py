@@ -19,7 +19,7 @@ import torch
 from rankserve.config import ServerConfig
 from rankserve.engine.batcher import Batcher
 from rankserve.engine.cache import EmbeddingCache, text_key
-from rankserve.engine.runner import make_runner, resolve_device
+from rankserve.engine.runner import batch_tokens, make_runner, resolve_device
 from rankserve.engine.tokenize import Encoded, TokenizerPolicy, Truncate
 from rankserve.errors import InvalidRequest
 from rankserve.metrics import Metrics
@@ -66,7 +66,7 @@ class Engine:
         self.runner = make_runner(spec, device, config)
         self.batcher = Batcher(
             self.runner.forward,
-            max_batch_tokens=config.max_batch_tokens,
+            max_batch_tokens=batch_tokens(config.max_batch_tokens, device),
             max_queue_items=config.max_queue_items,
             metrics=metrics,
         )

@@ -31,6 +31,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# Padded tokens per forward pass when --max-batch-tokens is 0. On CPU, 2,048-4,096-token batches ran
+# 1.1-1.4x faster than 16,384-token ones on the mixed-length workload (bench/engine_offline.py
+# --max-batch-tokens sweep, docs/benchmarks.md): each layer's activations stay in cache and
+# length-sorted small batches pad attention less. A GPU needs large batches to fill its cores.
+BATCH_TOKENS = {"cpu": 4096, "cuda": 65536}
+
+
+def batch_tokens(configured: int, device: torch.device) -> int:
+    """The token budget per forward pass: the configured one, else the device's default."""
+    return configured or BATCH_TOKENS.get(device.type, BATCH_TOKENS["cpu"])
+
+
 def packed_batch(spec: ModelSpec, items: Sequence[Encoded]) -> Packed:
     """Encoded items -> the padded batch's packed view (on CPU)."""
     with_types = items[0].type_ids is not None

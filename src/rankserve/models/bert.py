@@ -2,7 +2,8 @@
 
 Attribute names equal the Hugging Face safetensors keys (``embeddings.word_embeddings``,
 ``encoder.layer.N.attention.self.query``, ...), so loading is a strict ``load_state_dict``.
-Linear layers and the MLP run on packed real tokens; attention re-pads (see ``attention.py``).
+Linear layers and the MLP run on packed real tokens; attention re-pads (see ``attention.py``); the
+MLP runs on slices of rows on CPU (see ``rows.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import nn
 from rankserve.engine.types import Packed
 from rankserve.models.attention import packed_attention
 from rankserve.models.pooling import pool
+from rankserve.models.rows import by_rows
 
 ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),
@@ -140,7 +142,7 @@ class Layer(nn.Module):
 
     def forward(self, x: torch.Tensor, p: Packed) -> torch.Tensor:  # [N, H] -> [N, H]
         x = self.attention(x, p)
-        return self.output(self.intermediate(x), x)
+        return by_rows(lambda h: self.output(self.intermediate(h), h), x)
 
 
 class Encoder(nn.Module):

@@ -27,6 +27,7 @@ from torch import nn
 from rankserve.engine.types import Packed
 from rankserve.models.attention import packed_attention
 from rankserve.models.pooling import PooledEncoder, normalize_pooling, pool
+from rankserve.models.rows import by_rows
 
 ROPE_TYPES = ("default", "linear", "llama3")
 
@@ -178,7 +179,7 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, p: Packed, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), p, cos, sin)  # pre-norm residual blocks
-        return x + self.mlp(self.post_attention_layernorm(x))
+        return by_rows(lambda h: h + self.mlp(self.post_attention_layernorm(h)), x)
 
 
 class LlamaModel(nn.Module):
