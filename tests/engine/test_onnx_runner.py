@@ -80,6 +80,21 @@ def test_fp32_equals_torch(models, cache, name):
     assert (onnx_runner.forward(same) - torch_runner.forward(same)).abs().max().item() <= FP32_TOL
 
 
+def test_fp32_mean_pooling_repeats_exactly_multithreaded(cache):
+    """The real default embedder as served (2 intra-op threads): the same padded batch of long
+    passages, run again, equals torch every time. Regression: mean pooling exported as a
+    scatter-add ran non-deterministically in onnxruntime (1e-2 off on the 2nd-4th run)."""
+    from rankserve.models.loader import default_model_dir
+
+    spec = load_model(default_model_dir())
+    texts = [" ".join(random.Random(i).choice(WORDS) for _ in range(n)) for i, n in enumerate((120, 240, 250, 210))]
+    encoded = encode(spec, texts)
+    expected = TorchRunner(spec, torch.device("cpu"), threads=2).forward(encoded)
+    onnx_runner = OnnxRunner(spec, threads=2, cache_dir=cache[1])
+    for _ in range(4):
+        assert (onnx_runner.forward(encoded) - expected).abs().max().item() <= FP32_TOL
+
+
 @pytest.mark.parametrize("name", ["bert-ce", "xlmr-ce", "bert-bi"])
 def test_int8_close_and_ranks_alike(models, cache, name):
     spec = models[name]

@@ -28,8 +28,10 @@ def pool(hidden: torch.Tensor, packed: Packed, mode: str) -> torch.Tensor:
     if mode == "last":
         return hidden[packed.cu_seqlens[1:] - 1]
     if mode == "mean":
-        sums = torch.zeros((packed.batch_size, hidden.shape[-1]), dtype=torch.float32, device=hidden.device)
-        sums.index_add_(0, packed.seq_index, hidden.float())
+        # Summed on the padded grid (zeros at padding), not with index_add_: exported to ONNX, an
+        # index_add_ becomes a scatter-add that onnxruntime's CPU kernel ran non-deterministically
+        # (the same padded batch gave vectors 1e-2 apart from one run to the next).
+        sums = packed.pad(hidden.float()).sum(dim=1)  # [B, H]
         return (sums / packed.lengths.to(sums.dtype).unsqueeze(1)).to(hidden.dtype)
     raise ValueError(f"unknown pooling mode {mode!r}")
 
