@@ -41,7 +41,7 @@ from rankserve.models.loader import ModelSpec
 
 log = logging.getLogger("rankserve")
 
-INPUTS = ("input_ids", "token_type_ids", "position_ids", "indices", "seq_index", "cu_seqlens", "lengths", "key_mask")
+INPUTS = ("input_ids", "token_type_ids", "position_ids", "indices", "cu_seqlens", "lengths", "key_mask")
 QUANTIZE = ("none", "int8")
 OPSET = 23  # the first with a fused Attention op
 LARGE = 1 << 30  # bytes of a graph past which weights go to an external .data file
@@ -56,9 +56,9 @@ class PackedInputs(nn.Module):
         self.module = module
         self.with_types = with_types
 
-    def forward(self, input_ids, token_type_ids, position_ids, indices, seq_index, cu_seqlens, lengths, key_mask):
+    def forward(self, input_ids, token_type_ids, position_ids, indices, cu_seqlens, lengths, key_mask):
         p = Packed(input_ids=input_ids, token_type_ids=token_type_ids if self.with_types else None,
-                   position_ids=position_ids, indices=indices, seq_index=seq_index, cu_seqlens=cu_seqlens,
+                   position_ids=position_ids, indices=indices, cu_seqlens=cu_seqlens,
                    lengths=lengths, key_mask=key_mask, batch_size=key_mask.shape[0], seq_len=key_mask.shape[1],
                    full=False)  # one graph for every batch: always the masked attention path
         return self.module(p)
@@ -67,7 +67,7 @@ class PackedInputs(nn.Module):
 def packed_inputs(p: Packed) -> dict[str, torch.Tensor]:
     types = p.token_type_ids if p.token_type_ids is not None else torch.zeros_like(p.input_ids)
     return dict(input_ids=p.input_ids, token_type_ids=types, position_ids=p.position_ids, indices=p.indices,
-                seq_index=p.seq_index, cu_seqlens=p.cu_seqlens, lengths=p.lengths, key_mask=p.key_mask)
+                cu_seqlens=p.cu_seqlens, lengths=p.lengths, key_mask=p.key_mask)
 
 
 def default_cache_dir() -> Path:
@@ -139,7 +139,7 @@ def export_fp32(spec: ModelSpec, path: Path) -> None:
     wrapper = PackedInputs(module, with_types=spec.family in ("bert", "xlm-roberta")).eval()
     args = tuple(packed_inputs(sample_packed(spec)).values())
     n, b, t, b1 = (torch.export.Dim(x) for x in ("N", "B", "T", "B1"))
-    dims = dict(input_ids={0: n}, token_type_ids={0: n}, position_ids={0: n}, indices={0: n}, seq_index={0: n},
+    dims = dict(input_ids={0: n}, token_type_ids={0: n}, position_ids={0: n}, indices={0: n},
                 cu_seqlens={0: b1}, lengths={0: b}, key_mask={0: b, 1: t})
     with quiet(), torch.inference_mode(False), torch.no_grad():
         program = torch.onnx.export(wrapper, args, input_names=list(INPUTS), output_names=["out"],

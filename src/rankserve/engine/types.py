@@ -21,7 +21,6 @@ class Packed:
     token_type_ids: torch.Tensor | None  # [N] long
     position_ids: torch.Tensor  # [N] long: 0.. within each sequence
     indices: torch.Tensor  # [N] long: where each real token sits in the flattened [B*T] grid
-    seq_index: torch.Tensor  # [N] long: which sequence each token belongs to
     cu_seqlens: torch.Tensor  # [B+1] long: sequence b owns packed rows cu[b]:cu[b+1]
     lengths: torch.Tensor  # [B] long
     key_mask: torch.Tensor  # [B, T] bool: True where a key is a real token
@@ -101,7 +100,6 @@ class Batch:
             token_type_ids=flat_types,
             position_ids=position_ids,
             indices=indices,
-            seq_index=seq_index,
             cu_seqlens=cu,
             lengths=lengths,
             key_mask=mask,
