@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 
 from rankserve.config import ServerConfig
+from rankserve.engine.malloc import retain_freed_memory
 from rankserve.engine.tokenize import Encoded
 from rankserve.engine.types import Batch, Packed
 from rankserve.models.loader import ModelSpec
@@ -68,6 +69,7 @@ class TorchRunner:
         self.device = device
         if device.type == "cpu":
             torch.set_num_threads(threads or available_cores())
+            retain_freed_memory()
 
     @torch.inference_mode()
     def forward(self, items: Sequence[Encoded]) -> torch.Tensor:
