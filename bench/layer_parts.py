@@ -22,6 +22,7 @@ from rankserve.engine.batcher import WorkItem, cut_batches  # noqa: E402
 from rankserve.engine.malloc import retain_freed_memory  # noqa: E402
 from rankserve.engine.runner import BATCH_TOKENS, available_cores, packed_batch  # noqa: E402
 from rankserve.engine.tokenize import TokenizerPolicy  # noqa: E402
+from rankserve.models.cpu_gemm import use_cpu_gemm  # noqa: E402
 from rankserve.models.loader import load_model  # noqa: E402
 from rankserve.models.rows import by_rows  # noqa: E402
 
@@ -35,6 +36,7 @@ def main() -> None:
     torch.set_num_threads(available_cores())
     retain_freed_memory()
     spec = load_model(minilm_cross_encoder(Path(tempfile.gettempdir()) / "rankserve-bench-minilm-ce"))
+    gemm = use_cpu_gemm(spec.module)  # as the engine does
     policy = TokenizerPolicy(str(spec.tokenizer_file), max_length=spec.max_length, rerank_template=None,
                              with_type_ids=True)
     items = [e for q, ps in workload("mixed", args.queries, args.per_query) for e in policy.pairs(q, ps, "END")]
@@ -75,7 +77,7 @@ def main() -> None:
     total = sum(times.values())
     print(f"{len(items)} pairs, {n} real tokens in {len(packs)} batches of <= {BATCH_TOKENS['cpu']} tokens; "
           f"attention FLOPs padded/real {padded_attn / real_attn:.2f}; GEMM peak {peak:.1f} GFLOP/s; "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads; linear layers: {gemm}")
     print("| part (one layer) | ms | share of layer | GFLOP/s | % of peak |")
     print("|---|---:|---:|---:|---:|")
     for name, (_, flops) in parts.items():

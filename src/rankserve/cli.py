@@ -18,6 +18,7 @@ HELP = {
     "device": "auto | cpu | cuda | cuda:N",
     "dtype": "auto (fp32 on CPU, bf16/fp16 on CUDA) | float32 | bfloat16 | float16",
     "threads": "torch CPU threads; 0 = all cores available",
+    "cpu_gemm": "fp32 linear layers on CPU: auto (time both at start, keep the faster) | torch | onednn",
     "max_length": "token limit per sequence; 0 = the model's own",
     "max_batch_tokens": "padded tokens (longest x rows) per forward pass; 0 = 4096 on CPU, 65536 on CUDA",
     "api_key": "require 'Authorization: Bearer <key>' on API routes",

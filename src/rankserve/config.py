@@ -17,6 +17,7 @@ from rankserve.errors import ConfigError
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 BACKENDS = ("torch", "onnxruntime")
 QUANTIZE = ("none", "int8")
+CPU_GEMMS = ("auto", "torch", "onednn")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 # NIM's env names for the settings it has (the NIM docs' names; users' compose files use them).
@@ -42,6 +43,7 @@ class ServerConfig:
     backend: str = "torch"
     quantize: str = "none"  # none | int8 (lossy, opt-in: dynamic int8 weights, backend onnxruntime only)
     threads: int = 0  # torch intra-op threads; 0 = the cores this process may use
+    cpu_gemm: str = "auto"  # fp32 linear layers on CPU: auto (time both at start) | torch | onednn
     max_passages: int = 1000  # per /v1/ranking request
     max_inputs: int = 2048  # per /v1/embeddings request
     max_length: int = 0  # token limit per sequence; 0 = the model's own
@@ -71,6 +73,8 @@ class ServerConfig:
             bad("backend", f"choose one of {', '.join(BACKENDS)}")
         if self.quantize not in QUANTIZE:
             bad("quantize", f"choose one of {', '.join(QUANTIZE)}")
+        if self.cpu_gemm not in CPU_GEMMS:
+            bad("cpu_gemm", f"choose one of {', '.join(CPU_GEMMS)}")
         if self.quantize != "none" and self.backend != "onnxruntime":
             bad("quantize", "int8 runs on --backend onnxruntime")
         if self.backend == "onnxruntime" and (self.device.startswith("cuda") or self.dtype not in ("auto", "float32")):

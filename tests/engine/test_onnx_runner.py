@@ -21,6 +21,7 @@ from rankserve.engine.onnx_runner import OnnxRunner, exported_model  # noqa: E40
 from rankserve.engine.runner import TorchRunner, make_runner  # noqa: E402
 from rankserve.engine.tokenize import TokenizerPolicy  # noqa: E402
 from rankserve.errors import ConfigError  # noqa: E402
+from rankserve.models.cpu_gemm import onednn_available  # noqa: E402
 from rankserve.models.loader import load_model  # noqa: E402
 
 FP32_TOL = 1e-4  # |onnxruntime fp32 - torch fp32|, logits and normalized vectors
@@ -63,14 +64,20 @@ def kendall_tau(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((da * db).sum() / (n * (n - 1)))
 
 
+@pytest.mark.parametrize("gemm", ["torch", "onednn"])
 @pytest.mark.parametrize("name", ["bert-ce", "xlmr-ce", "bert-bi"])
-def test_fp32_equals_torch(models, cache, name):
+def test_fp32_equals_torch(models, cache, name, gemm, tmp_path):
+    """Also: exporting a module whose linear layers were swapped to oneDNN (models/cpu_gemm.py)."""
+    if gemm == "onednn" and not onednn_available():
+        pytest.skip("this torch build has no oneDNN linear kernel")
     spec = models[name]
     texts = passages(12)
     encoded = encode(spec, texts)
     assert len({len(e) for e in encoded}) > 3  # a padded, mixed-length batch
-    torch_runner = TorchRunner(spec, torch.device("cpu"), threads=1)
-    onnx_runner = OnnxRunner(spec, threads=1, cache_dir=cache[1])
+    torch_runner = TorchRunner(spec, torch.device("cpu"), threads=1, cpu_gemm=gemm)
+    assert torch_runner.gemm == gemm
+    # The oneDNN case exports afresh (a cached file would hide a failed export of the swapped module).
+    onnx_runner = OnnxRunner(spec, threads=1, cache_dir=cache[1] if gemm == "torch" else tmp_path)
     expected, got = torch_runner.forward(encoded), onnx_runner.forward(encoded)
     assert got.dtype == torch.float32 and got.shape == expected.shape
     assert (got - expected).abs().max().item() <= FP32_TOL

@@ -10,6 +10,7 @@ import torch
 
 from rankserve.engine.tokenize import TokenizerPolicy
 from rankserve.engine.types import Batch
+from rankserve.models.cpu_gemm import onednn_available, use_cpu_gemm
 from rankserve.models.loader import load_model
 
 TOL = 1e-5
@@ -34,15 +35,19 @@ def ours(spec, encoded) -> torch.Tensor:
         return spec.module(batch.packed())
 
 
+@pytest.mark.parametrize("gemm", ["torch", "onednn"])
 @pytest.mark.parametrize("rows", [None, 5], ids=["whole-mlp", "mlp-in-5-row-slices"])
 @pytest.mark.parametrize("fixture", ["bert_ce_dir", "xlmr_ce_dir"])
-def test_cross_encoder_matches_transformers(fixture, rows, request, monkeypatch):
+def test_cross_encoder_matches_transformers(fixture, rows, gemm, request, monkeypatch):
     from transformers import AutoModelForSequenceClassification
 
+    if gemm == "onednn" and not onednn_available():
+        pytest.skip("this torch build has no oneDNN linear kernel")
     if rows:  # the CPU path slices the MLP by rows (models/rows.py); slices must not change a score
         monkeypatch.setattr("rankserve.models.rows.CPU_ROWS", rows)
     directory = request.getfixturevalue(fixture)
     spec = load_model(directory)
+    assert use_cpu_gemm(spec.module, gemm) == gemm  # the library the CPU runner may pick (cpu_gemm.py)
     assert spec.kind == "cross-encoder"
     encoded = encode(spec, QUERY, PASSAGES)
     batch = Batch.from_sequences([e.ids for e in encoded], [e.type_ids for e in encoded], pad_id=spec.pad_id)

@@ -23,6 +23,7 @@ from rankserve.engine.runner import TorchRunner
 from rankserve.engine.tokenize import TokenizerPolicy
 from rankserve.engine.types import Batch
 from rankserve.errors import InputTooLong
+from rankserve.models.cpu_gemm import onednn_available, use_cpu_gemm
 from rankserve.models.loader import load_model
 
 TOL = 1e-4
@@ -93,13 +94,17 @@ def reference_logits(directory, ids, mode="mean", left=False, dtype=torch.float3
 
 # -- rerankers ---------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("gemm", ["torch", "onednn"])
 @pytest.mark.parametrize("rows", [None, 5], ids=["whole-mlp", "mlp-in-5-row-slices"])
 @pytest.mark.parametrize("fixture", ["llama_rr", "mistral_rr"])
-def test_reranker_matches_transformers(fixture, rows, request, monkeypatch):
+def test_reranker_matches_transformers(fixture, rows, gemm, request, monkeypatch):
+    if gemm == "onednn" and not onednn_available():
+        pytest.skip("this torch build has no oneDNN linear kernel")
     if rows:  # the CPU path slices the MLP by rows (models/rows.py); slices must not change a score
         monkeypatch.setattr("rankserve.models.rows.CPU_ROWS", rows)
     directory = request.getfixturevalue(fixture)
     spec = load_model(directory)
+    assert use_cpu_gemm(spec.module, gemm) == gemm  # the library the CPU runner may pick (cpu_gemm.py)
     assert (spec.kind, spec.pooling, spec.extra["causal"]) == ("cross-encoder", "mean", False)
     ids = [e.ids for e in policy(spec).pairs(QUERY, PASSAGES, "END")]
     got = ours(spec, ids)

@@ -24,15 +24,18 @@ def test_precedence(tmp_path):
 
 def test_cli_flags_become_config(tmp_path, monkeypatch):
     monkeypatch.setenv("RANKSERVE_MAX_PASSAGES", "7")
-    args = build_parser().parse_args(["serve", "--model", str(tmp_path), "--max-batch-tokens", "2048", "--no-warmup"])
+    args = build_parser().parse_args(["serve", "--model", str(tmp_path), "--max-batch-tokens", "2048", "--no-warmup",
+                                      "--cpu-gemm", "onednn"])
     c = config_from(args)
     assert (c.model, c.max_batch_tokens, c.max_passages, c.warmup) == (str(tmp_path), 2048, 7, False)
+    assert c.cpu_gemm == "onednn" and load_config(environ={}).cpu_gemm == "auto"
 
 
 @pytest.mark.parametrize("overrides,word", [
     ({"dtype": "int4"}, "dtype"), ({"port": 0}, "port"), ({"max_passages": 0}, "max_passages"),
     ({"model": "/nonexistent/dir"}, "model"), ({"device": "tpu"}, "device"),
     ({"rerank_template": "question:{query}"}, "rerank_template"), ({"max_batch_tokens": -1}, "max_batch_tokens"),
+    ({"cpu_gemm": "blas"}, "cpu_gemm"),
 ])
 def test_invalid_values(overrides, word):
     with pytest.raises(ConfigError, match=word):

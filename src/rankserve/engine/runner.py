@@ -16,6 +16,7 @@ from rankserve.config import ServerConfig
 from rankserve.engine.malloc import retain_freed_memory
 from rankserve.engine.tokenize import Encoded
 from rankserve.engine.types import Batch, Packed
+from rankserve.models.cpu_gemm import use_cpu_gemm
 from rankserve.models.loader import ModelSpec
 
 
@@ -64,12 +65,14 @@ def finish(spec: ModelSpec, out: torch.Tensor) -> torch.Tensor:
 
 
 class TorchRunner:
-    def __init__(self, spec: ModelSpec, device: torch.device, threads: int = 0):
+    def __init__(self, spec: ModelSpec, device: torch.device, threads: int = 0, cpu_gemm: str = "auto"):
         self.spec = spec
         self.device = device
+        self.gemm: str | None = None  # the CPU GEMM library in use (see models/cpu_gemm.py)
         if device.type == "cpu":
             torch.set_num_threads(threads or available_cores())
             retain_freed_memory()
+            self.gemm = use_cpu_gemm(spec.module, cpu_gemm)  # after set_num_threads: auto times both
 
     @torch.inference_mode()
     def forward(self, items: Sequence[Encoded]) -> torch.Tensor:
@@ -83,4 +86,4 @@ def make_runner(spec: ModelSpec, device: torch.device, config: ServerConfig):
         from rankserve.engine.onnx_runner import OnnxRunner  # onnxruntime is an optional dependency
 
         return OnnxRunner(spec, threads=config.threads, quantize=config.quantize)
-    return TorchRunner(spec, device, config.threads)
+    return TorchRunner(spec, device, config.threads, config.cpu_gemm)

@@ -1,0 +1,88 @@
+"""Which library runs the fp32 linear layers on CPU: torch's default GEMM or oneDNN.
+
+Why: torch's fp32 ``nn.Linear`` calls MKL's sgemm, and MKL takes a slower code path on CPUs that
+are not Intel's. On an AMD EPYC with AVX-512 it ran MiniLM-shaped products at 181-214 GFLOP/s
+where oneDNN (``torch.ops.mkldnn._linear_pointwise``, the kernel ``torch.compile`` uses on CPU)
+and onnxruntime ran at 442-486; on an AVX2-only EPYC the two libraries ran alike
+(``python bench/cpu_gemm.py``). So with ``--cpu-gemm auto`` (the default) the runner times both
+on the model's own widest layer at start and keeps the faster; ``torch`` and ``onednn`` force one.
+
+Swapping keeps the modules' parameters and names (a class change, no copy), so checkpoints, the
+loader and ONNX export are untouched: under export or tracing, or off CPU / float32, the layer
+falls back to ``F.linear``. The two libraries round differently (|difference| ~1e-6 relative).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rankserve.config import CPU_GEMMS
+
+log = logging.getLogger("rankserve")
+
+AUTO_MARGIN = 1.10  # oneDNN must be this much faster to be chosen: a tie keeps torch's own path
+
+
+def onednn_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+class OneDnnLinear(nn.Linear):
+    """``nn.Linear`` whose CPU float32 product runs in oneDNN; anything else takes ``F.linear``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type == "cpu" and x.dtype == torch.float32 and self.weight.dtype == torch.float32
+                and not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+                and not torch.jit.is_tracing()):
+            return onednn_linear(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
+
+
+def gemm_rates(weight: torch.Tensor, rows: int = 1024, repeats: int = 5) -> dict[str, float]:
+    """GFLOP/s of ``[rows, in] x weight^T`` with torch's default GEMM and with oneDNN (best of ``repeats``)."""
+    x = torch.randn(rows, weight.shape[1], dtype=weight.dtype)
+    kernels = {"torch": lambda: F.linear(x, weight), "onednn": lambda: onednn_linear(x, weight, None)}
+    rates = {}
+    with torch.inference_mode():
+        for name, fn in kernels.items():
+            fn()
+            best = float("inf")
+            for _ in range(repeats):
+                t = time.perf_counter()
+                fn()
+                best = min(best, time.perf_counter() - t)
+            rates[name] = 2 * rows * weight.numel() / best / 1e9
+    return rates
+
+
+def use_cpu_gemm(module: nn.Module, choice: str = "auto") -> str:
+    """Route ``module``'s linear layers through the ``choice`` GEMM (auto: the faster one measured
+    here, now); returns the one in use. Only for float32 modules on CPU; others stay as they are."""
+    if choice not in CPU_GEMMS:
+        raise ValueError(f"cpu_gemm={choice!r}: choose one of {CPU_GEMMS}")
+    linears = [m for m in module.modules() if type(m) in (nn.Linear, OneDnnLinear)]
+    if not linears or linears[0].weight.device.type != "cpu" or linears[0].weight.dtype != torch.float32:
+        return "torch"
+    if choice == "auto":
+        if not onednn_available():
+            choice = "torch"
+        else:
+            widest = max(linears, key=lambda m: m.weight.numel()).weight
+            rates = gemm_rates(widest)
+            choice = "onednn" if rates["onednn"] >= AUTO_MARGIN * rates["torch"] else "torch"
+            log.info("cpu gemm: %s (oneDNN %.0f GFLOP/s, torch default %.0f GFLOP/s on a %s layer)",
+                     choice, rates["onednn"], rates["torch"], "x".join(map(str, widest.shape)))
+    elif choice == "onednn" and not onednn_available():
+        raise ValueError("cpu_gemm=onednn: this torch build has no oneDNN linear kernel")
+    for m in linears:
+        m.__class__ = OneDnnLinear if choice == "onednn" else nn.Linear
+    return choice
