@@ -3,7 +3,9 @@
 Both serve the same MiniLM-L6-size cross-encoder on 127.0.0.1 (one at a time, so they never
 share the CPU). The same seeded requests (20-100 passages, 16-256 words) are sent by
 `rankserve bench`'s load generator at each concurrency level. The offline reference is
-CrossEncoder.predict given all the pairs of those requests at once, measured in the same run.
+CrossEncoder.predict given all the pairs of those requests at once, and rankserve's own Engine
+given all those requests at once in-process (no HTTP: what serving costs is server / this),
+both measured in the same run.
 
     python bench/server.py [--concurrency 4,8,16] [--requests 48]
 """
@@ -68,6 +70,8 @@ def main() -> None:
     offline = len(pairs) / (time.perf_counter() - t)
     del ce
     print(f"offline CrossEncoder.predict, all {len(pairs)} pairs at once: {offline:.1f} pairs/s")
+    engine_offline = offline_engine(model_dir, bodies)
+    print(f"offline rankserve Engine, all {len(bodies)} requests at once: {engine_offline:.1f} pairs/s")
 
     results = {}
     servers = {
@@ -84,17 +88,47 @@ def main() -> None:
             stop(proc)
         print(f"\n{name}\n{loadgen.table(results[name])}")
 
-    print("\n| clients | rankserve pairs/s | naive pairs/s | rankserve/naive | rankserve/offline | rankserve p99/p50 |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("\n| clients | rankserve pairs/s | naive pairs/s | rankserve/naive | rankserve/offline predict "
+          "| rankserve/offline Engine | rankserve p99/p50 |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for ours, naive in zip(results["rankserve"], results["naive"]):
         print(f"| {ours.concurrency} | {ours.pairs_per_s:.1f} | {naive.pairs_per_s:.1f} | "
               f"{ours.pairs_per_s / naive.pairs_per_s:.2f}x | {ours.pairs_per_s / offline:.2f}x | "
-              f"{ours.p99_ms / ours.p50_ms:.2f} |")
+              f"{ours.pairs_per_s / engine_offline:.2f}x | {ours.p99_ms / ours.p50_ms:.2f} |")
     if args.out:
-        write_out(Path(args.out), results, offline)
+        write_out(Path(args.out), results, offline, engine_offline)
 
 
-def write_out(out: Path, results: dict, offline: float) -> None:
+def offline_engine(model_dir: Path, bodies: list[dict]) -> float:
+    """pairs/s of rankserve's Engine (the server's defaults) given every request at once, in a child
+    process so this one (the load generator) keeps torch's and glibc's defaults."""
+    code = f"""
+import asyncio, json, sys, time
+from rankserve.config import load_config
+from rankserve.engine.engine import Engine
+from rankserve.metrics import Metrics
+bodies = json.load(sys.stdin)
+work = [(b["query"]["text"], [p["text"] for p in b["passages"]]) for b in bodies]
+async def main():
+    engine = Engine.load(load_config({{"model": {str(model_dir)!r}}}, environ={{}}), Metrics())
+    await engine.start()
+    best = float("inf")
+    for _ in range(2):
+        t = time.perf_counter()
+        await asyncio.gather(*(engine.rank(q, ps, "END") for q, ps in work))
+        best = min(best, time.perf_counter() - t)
+    await engine.stop()
+    print(sum(len(ps) for _, ps in work) / best)
+asyncio.run(main())
+"""
+    import json
+
+    out = subprocess.run([sys.executable, "-c", code], input=json.dumps(bodies), capture_output=True, text=True,
+                         check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def write_out(out: Path, results: dict, offline: float, engine_offline: float) -> None:
     """JSON of every level plus a bar chart of pairs/s per concurrency level."""
     import json
 
@@ -105,7 +139,7 @@ def write_out(out: Path, results: dict, offline: float) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "server.json").write_text(json.dumps(
-        {"offline_pairs_per_s": offline, **{k: json.loads(loadgen.to_json(v)) for k, v in results.items()}}, indent=2))
+        {"offline_pairs_per_s": offline, "offline_engine_pairs_per_s": engine_offline, **{k: json.loads(loadgen.to_json(v)) for k, v in results.items()}}, indent=2))
     levels = [r.concurrency for r in results["rankserve"]]
     fig, ax = plt.subplots(figsize=(6, 3.2))
     width = 0.38
@@ -113,6 +147,7 @@ def write_out(out: Path, results: dict, offline: float) -> None:
         ax.bar([x + (i - 0.5) * width for x in range(len(levels))], [r.pairs_per_s for r in results[name]],
                width, label=name)
     ax.axhline(offline, color="gray", linestyle="--", label="offline CrossEncoder.predict")
+    ax.axhline(engine_offline, color="black", linestyle=":", label="offline rankserve Engine")
     ax.set_xticks(range(len(levels)), [f"{c} clients" for c in levels])
     ax.set_ylabel("pairs/s")
     ax.set_title("Server throughput, MiniLM-L6 cross-encoder, 2 CPU cores")

@@ -1,10 +1,10 @@
 """Which library runs the fp32 linear layers on CPU: torch's default GEMM or oneDNN.
 
 Why: torch's fp32 ``nn.Linear`` calls MKL's sgemm, and MKL takes a slower code path on CPUs that
-are not Intel's. On an AMD EPYC with AVX-512 it ran MiniLM-shaped products at 181-214 GFLOP/s
-where oneDNN (``torch.ops.mkldnn._linear_pointwise``, the kernel ``torch.compile`` uses on CPU)
-and onnxruntime ran at 442-486; on an AVX2-only EPYC the two libraries ran alike
-(``python bench/cpu_gemm.py``). So with ``--cpu-gemm auto`` (the default) the runner times both
+are not Intel's. On an AMD EPYC with AVX-512 it ran MiniLM- and Llama-1B-shaped products at
+180-214 GFLOP/s where oneDNN (``torch.ops.mkldnn._linear_pointwise``, the kernel ``torch.compile``
+uses on CPU) and onnxruntime ran at 442-486 (``python bench/cpu_gemm.py``); on the AVX2-only EPYC
+of earlier runs a oneDNN linear gave no gain. Which is faster depends on the CPU. So with ``--cpu-gemm auto`` (the default) the runner times both
 on the model's own widest layer at start and keeps the faster; ``torch`` and ``onednn`` force one.
 
 Swapping keeps the modules' parameters and names (a class change, no copy), so checkpoints, the
