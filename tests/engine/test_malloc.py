@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -30,16 +31,21 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def faults(mode: str) -> int:
-    out = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True)
+    # Both children start from glibc's initial mmap threshold (128 KiB), pinned: left dynamic, glibc
+    # raises it on its own as blocks are freed, so the untuned count varied from run to run
+    # (3,000-180,000 here) with the order of frees. retain_freed_memory() must override it.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    out = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True, env=env)
     return int(out.stdout.strip())
 
 
 @pytest.mark.skipif(not retain_freed_memory(), reason="needs glibc")
 def test_freed_activations_are_reused_not_faulted_in_again():
     default, tuned = faults("default"), faults("tuned")
-    # 100 MLP outputs of up to 6 MiB: by default most come from fresh mmap pages (~1,500 faults each).
-    assert default > 20_000, default
-    assert tuned < default / 20, (tuned, default)
+    # 100 MLP outputs of up to 6 MiB: from fresh mmap pages each time (~1,500 faults each) ...
+    assert default > 50_000, default
+    # ... or from reused heap blocks (a few thousand faults at most where the heap first grows).
+    assert tuned < 10_000, (tuned, default)
 
 
 def test_second_call_is_a_no_op_that_still_reports_success():

@@ -73,3 +73,14 @@ def test_other_dtypes_are_left_alone(bert_ce_dir):
 def test_unknown_choice_is_refused(bert_ce_dir):
     with pytest.raises(ValueError, match="cpu_gemm"):
         use_cpu_gemm(load_model(bert_ce_dir).module, "blas")
+
+
+def test_without_onednn_auto_keeps_torch_and_onednn_is_a_config_error(bert_ce_dir, monkeypatch):
+    from rankserve.errors import ConfigError
+
+    monkeypatch.setattr(cpu_gemm, "onednn_available", lambda: False)
+    spec = load_model(bert_ce_dir)
+    assert use_cpu_gemm(spec.module, "auto") == "torch"
+    with pytest.raises(ConfigError, match="no oneDNN"):
+        use_cpu_gemm(spec.module, "onednn")
+    assert linear_classes(spec.module) == {nn.Linear}

@@ -5,9 +5,9 @@ Why: glibc serves allocations above its mmap threshold (dynamic, at most 32 MiB)
 pass allocates and frees megabyte-sized activations hundreds of times (a MiniLM MLP slice is
 1,024 x 1,536 floats, 6 MiB), so each one page-faults its pages in again and the kernel zeroes
 them: 70,000-240,000 minor faults per 256-pair pass of a MiniLM cross-encoder, which ran
-1.01-1.09x faster with none (``bench/malloc.py``, logits identical). Raising both thresholds makes freed blocks
-reusable, the usual fix (PyTorch's CPU tuning guide suggests jemalloc/tcmalloc for the same
-reason); the price is that the process keeps its peak heap (resident memory does not shrink
+1.01-1.09x faster with none (``bench/malloc.py``, logits identical). Raising both thresholds
+makes freed blocks reusable, the usual fix (PyTorch's CPU tuning guide suggests jemalloc/tcmalloc
+for the same reason); the price is that the process keeps its peak heap (resident memory does not shrink
 between bursts), which a long-running server holds anyway.
 """
 
@@ -38,10 +38,12 @@ def retain_freed_memory() -> bool:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.gnu_get_libc_version  # only glibc has it (musl's mallopt is a no-op)
-        ok = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+        ok = (libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+              and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1)
     except (OSError, AttributeError):
         return False
     if ok:
         _done = True
-        log.debug("glibc malloc: mmap threshold %d MiB, trim threshold %d MiB", MMAP_THRESHOLD >> 20, TRIM_THRESHOLD >> 20)
+        log.debug("glibc malloc: mmap threshold %d MiB, trim threshold %d MiB",
+                  MMAP_THRESHOLD >> 20, TRIM_THRESHOLD >> 20)
     return ok

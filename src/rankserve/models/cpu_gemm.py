@@ -4,8 +4,9 @@ Why: torch's fp32 ``nn.Linear`` calls MKL's sgemm, and MKL takes a slower code p
 are not Intel's. On an AMD EPYC with AVX-512 it ran MiniLM- and Llama-1B-shaped products at
 180-214 GFLOP/s where oneDNN (``torch.ops.mkldnn._linear_pointwise``, the kernel ``torch.compile``
 uses on CPU) and onnxruntime ran at 442-486 (``python bench/cpu_gemm.py``); on the AVX2-only EPYC
-of earlier runs a oneDNN linear gave no gain. Which is faster depends on the CPU. So with ``--cpu-gemm auto`` (the default) the runner times both
-on the model's own widest layer at start and keeps the faster; ``torch`` and ``onednn`` force one.
+of earlier runs a oneDNN linear gave no gain. Which is faster depends on the CPU, so with
+``--cpu-gemm auto`` (the default) the runner times both on the model's own widest layer at start
+and keeps the faster; ``torch`` and ``onednn`` force one.
 
 Swapping keeps the modules' parameters and names (a class change, no copy), so checkpoints, the
 loader and ONNX export are untouched: under export or tracing, or off CPU / float32, the layer
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rankserve.config import CPU_GEMMS
+from rankserve.errors import ConfigError
 
 log = logging.getLogger("rankserve")
 
@@ -32,6 +34,13 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+def tracing() -> bool:
+    """Inside torch.compile / torch.export / jit tracing (getattr: older torch lacks some of these)."""
+    compiler = getattr(torch, "compiler", None)
+    return (getattr(compiler, "is_compiling", lambda: False)() or getattr(compiler, "is_exporting", lambda: False)()
+            or torch.jit.is_tracing())
+
+
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
@@ -40,9 +49,7 @@ class OneDnnLinear(nn.Linear):
     """``nn.Linear`` whose CPU float32 product runs in oneDNN; anything else takes ``F.linear``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type == "cpu" and x.dtype == torch.float32 and self.weight.dtype == torch.float32
-                and not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
-                and not torch.jit.is_tracing()):
+        if x.device.type == "cpu" and x.dtype == self.weight.dtype == torch.float32 and not tracing():
             return onednn_linear(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
 
@@ -82,7 +89,7 @@ def use_cpu_gemm(module: nn.Module, choice: str = "auto") -> str:
             log.info("cpu gemm: %s (oneDNN %.0f GFLOP/s, torch default %.0f GFLOP/s on a %s layer)",
                      choice, rates["onednn"], rates["torch"], "x".join(map(str, widest.shape)))
     elif choice == "onednn" and not onednn_available():
-        raise ValueError("cpu_gemm=onednn: this torch build has no oneDNN linear kernel")
+        raise ConfigError("cpu_gemm=onednn: this torch build has no oneDNN linear kernel; use auto or torch")
     for m in linears:
         m.__class__ = OneDnnLinear if choice == "onednn" else nn.Linear
     return choice
