@@ -54,8 +54,12 @@ class OneDnnLinear(nn.Linear):
         return F.linear(x, self.weight, self.bias)
 
 
-def gemm_rates(weight: torch.Tensor, rows: int = 1024, repeats: int = 5) -> dict[str, float]:
-    """GFLOP/s of ``[rows, in] x weight^T`` with torch's default GEMM and with oneDNN (best of ``repeats``)."""
+def gemm_rates(weight: torch.Tensor, rows: int | None = None, repeats: int = 5) -> dict[str, float]:
+    """GFLOP/s of ``[rows, in] x weight^T`` with torch's default GEMM and with oneDNN (best of
+    ``repeats``). Default rows: ~1 GFLOP per product, 128-1024 rows, so that timing a large
+    model's widest layer (Llama-8B: 14336 x 4096) adds well under a second to its start."""
+    if rows is None:
+        rows = max(128, min(1024, int(1e9 / (2 * weight.numel()))))
     x = torch.randn(rows, weight.shape[1], dtype=weight.dtype)
     kernels = {"torch": lambda: F.linear(x, weight), "onednn": lambda: onednn_linear(x, weight, None)}
     rates = {}
