@@ -4,7 +4,7 @@ Both serve the same MiniLM-L6-size cross-encoder on 127.0.0.1 (one at a time, so
 share the CPU). The same seeded requests (20-100 passages, 16-256 words) are sent by
 `rankserve bench`'s load generator at each concurrency level. The offline reference is
 CrossEncoder.predict given all the pairs of those requests at once, and rankserve's own Engine
-given all those requests at once in-process (no HTTP: what serving costs is server / this),
+given all those requests at once in a child process (no HTTP: serving costs = 1 - server / this),
 both measured in the same run.
 
     python bench/server.py [--concurrency 4,8,16] [--requests 48]
@@ -13,6 +13,7 @@ both measured in the same run.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -121,8 +122,6 @@ async def main():
     print(sum(len(ps) for _, ps in work) / best)
 asyncio.run(main())
 """
-    import json
-
     out = subprocess.run([sys.executable, "-c", code], input=json.dumps(bodies), capture_output=True, text=True,
                          check=True)
     return float(out.stdout.strip().splitlines()[-1])
@@ -130,8 +129,6 @@ asyncio.run(main())
 
 def write_out(out: Path, results: dict, offline: float, engine_offline: float) -> None:
     """JSON of every level plus a bar chart of pairs/s per concurrency level."""
-    import json
-
     import matplotlib
 
     matplotlib.use("Agg")
