@@ -5,7 +5,7 @@ round (the setting is process-wide and cannot be undone), rounds interleaved.
 Prints pairs/s (best round), the ratio, minor page faults per pass, and max |difference| of the
 logits (the setting changes where memory comes from, never the math: expect 0).
 
-    python bench/malloc.py [--rounds 3] [--queries 4] [--per-query 64]
+    python bench/malloc.py [--rounds 3] [--queries 4] [--per-query 64] [--cpu-gemm auto|torch|onednn]
 """
 
 from __future__ import annotations
@@ -28,14 +28,16 @@ from rankserve.engine.batcher import WorkItem, cut_batches  # noqa: E402
 from rankserve.engine.malloc import retain_freed_memory  # noqa: E402
 from rankserve.engine.runner import BATCH_TOKENS, available_cores, finish, packed_batch  # noqa: E402
 from rankserve.engine.tokenize import TokenizerPolicy  # noqa: E402
+from rankserve.models.cpu_gemm import use_cpu_gemm  # noqa: E402
 from rankserve.models.loader import load_model  # noqa: E402
 
 
-def child(mode: str, queries: int, per_query: int, passes: int) -> None:
+def child(mode: str, gemm: str, queries: int, per_query: int, passes: int) -> None:
     torch.set_num_threads(available_cores())
     if mode == "retain":
         assert retain_freed_memory(), "not glibc"
     spec = load_model(minilm_cross_encoder(Path(tempfile.gettempdir()) / "rankserve-bench-minilm-ce"))
+    use_cpu_gemm(spec.module, gemm)
     policy = TokenizerPolicy(str(spec.tokenizer_file), max_length=spec.max_length, rerank_template=None,
                              with_type_ids=True)
     items = [e for q, ps in workload("mixed", queries, per_query) for e in policy.pairs(q, ps, "END")]
@@ -57,21 +59,24 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=4)
     ap.add_argument("--per-query", type=int, default=64)
     ap.add_argument("--passes", type=int, default=3, help="forward passes per child (first warms up)")
+    ap.add_argument("--cpu-gemm", default="auto", help="linear-layer library, as the server's --cpu-gemm")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        return child(args.child, args.queries, args.per_query, args.passes)
+        return child(args.child, args.cpu_gemm, args.queries, args.per_query, args.passes)
     runs: dict[str, list[dict]] = {"default": [], "retain": []}
     for _ in range(args.rounds):
         for mode in runs:
-            out = subprocess.run([sys.executable, __file__, "--child", mode, "--queries", str(args.queries),
+            out = subprocess.run([sys.executable, __file__, "--child", mode, "--cpu-gemm", args.cpu_gemm,
+                                  "--queries", str(args.queries),
                                   "--per-query", str(args.per_query), "--passes", str(args.passes)],
                                  capture_output=True, text=True, check=True)
             runs[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
     best = {m: max(runs[m], key=lambda r: r["pairs_s"]) for m in runs}
     diff = (torch.tensor(best["retain"]["logits"]) - torch.tensor(best["default"]["logits"])).abs().max().item()
     print(f"{args.queries * args.per_query} pairs, mixed 16..512 tokens, {BATCH_TOKENS['cpu']}-token batches, "
-          f"{available_cores()} threads, best of {args.rounds} rounds x {args.passes - 1} timed passes")
+          f"{available_cores()} threads, --cpu-gemm {args.cpu_gemm}, best of {args.rounds} rounds x "
+          f"{args.passes - 1} timed passes")
     print("| malloc | pairs/s | vs default | minor faults per pass |")
     print("|---|---:|---:|---:|")
     for mode, r in best.items():
