@@ -45,13 +45,18 @@ def batch_tokens(configured: int, device: torch.device) -> int:
     return configured or BATCH_TOKENS.get(device.type, BATCH_TOKENS["cpu"])
 
 
-def packed_batch(spec: ModelSpec, items: Sequence[Encoded]) -> Packed:
-    """Encoded items -> the padded batch's packed view (on CPU)."""
+# Attention groups on CPU (Batch.packed): sequences within 0.9x of their group's longest share one
+# padded grid. A GPU keeps one grid per batch (one kernel launch; padding is cheap there).
+CPU_ATTENTION_GROUP_RATIO = 0.9
+
+
+def packed_batch(spec: ModelSpec, items: Sequence[Encoded], group_ratio: float = 0.0) -> Packed:
+    """Encoded items -> the padded batch's packed view (on CPU), attention grouped at ``group_ratio``."""
     with_types = items[0].type_ids is not None
     batch = Batch.from_sequences(
         [it.ids for it in items], [it.type_ids for it in items] if with_types else None, pad_id=spec.pad_id
     )
-    return batch.packed()
+    return batch.packed(group_ratio)
 
 
 def finish(spec: ModelSpec, out: torch.Tensor) -> torch.Tensor:
@@ -77,7 +82,8 @@ class TorchRunner:
     @torch.inference_mode()
     def forward(self, items: Sequence[Encoded]) -> torch.Tensor:
         """-> [B] logits (cross-encoder) or [B, H] vectors (embedder), float32 on CPU."""
-        return finish(self.spec, self.spec.module(packed_batch(self.spec, items).to(self.device)))
+        ratio = CPU_ATTENTION_GROUP_RATIO if self.device.type == "cpu" else 0.0
+        return finish(self.spec, self.spec.module(packed_batch(self.spec, items, ratio).to(self.device)))
 
 
 def make_runner(spec: ModelSpec, device: torch.device, config: ServerConfig):

@@ -27,6 +27,10 @@ class Packed:
     batch_size: int
     seq_len: int
     full: bool  # no padding anywhere: pad/unpad are free views, attention needs no mask
+    # Attention groups: (first packed row, end row, the packed view of those sequences alone). When
+    # set, attention runs per group, each padded only to its own longest sequence (see
+    # ``Batch.packed``); everything else still runs on the whole packed batch.
+    groups: tuple[tuple[int, int, "Packed"], ...] = ()
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         """[N, ...] -> [B, T, ...], zeros at padding."""
@@ -46,6 +50,7 @@ class Packed:
         moved = {
             k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()
         }
+        moved["groups"] = tuple((s, e, g.to(device)) for s, e, g in self.groups)
         return Packed(**moved)
 
 
@@ -81,7 +86,12 @@ class Batch:
                 types[row, span] = torch.tensor(type_ids[row], dtype=torch.long)
         return cls(input_ids, mask, types)
 
-    def packed(self) -> Packed:
+    def packed(self, group_ratio: float = 0.0) -> Packed:
+        """The packed view. With ``group_ratio`` (0 < r < 1), consecutive sequences are grouped for
+        attention while each is at least r x the length of its group's first: attention costs
+        length^2, so one [B, T_max] grid over a batch of mixed lengths wastes most of it on padding
+        (a length-sorted 4,096-token CPU batch ran its attention 1.14-1.43x faster grouped at 0.9,
+        bench/layer_parts.py). Batches cut by the engine are sorted longest first, so groups are tight."""
         mask = self.attention_mask.bool()
         bsz, width = mask.shape
         lengths = mask.sum(dim=1)
@@ -106,4 +116,24 @@ class Batch:
             batch_size=bsz,
             seq_len=width,
             full=int(cu[-1]) == bsz * width,
+            groups=self.attention_groups(lengths.tolist(), cu.tolist(), group_ratio) if 0 < group_ratio < 1 else (),
         )
+
+    def attention_groups(self, lengths: list[int], cu: list[int], ratio: float) -> tuple[tuple[int, int, Packed], ...]:
+        # Greedy: a sequence opens a new group when it is shorter than ratio x the group's first, or
+        # longer than it (an unsorted batch still groups correctly, only less tightly).
+        starts, first = [0], lengths[0]
+        for i in range(1, len(lengths)):
+            if lengths[i] < ratio * first or lengths[i] > first:
+                starts.append(i)
+                first = lengths[i]
+        if len(starts) == 1:
+            return ()
+        groups = []
+        for s, e in zip(starts, starts[1:] + [len(lengths)]):
+            cols = self.attention_mask[s:e].bool().any(0).nonzero().squeeze(1)  # left or right padding
+            c0, c1 = int(cols[0]), int(cols[-1]) + 1
+            sub = Batch(self.input_ids[s:e, c0:c1], self.attention_mask[s:e, c0:c1],
+                        None if self.token_type_ids is None else self.token_type_ids[s:e, c0:c1])
+            groups.append((cu[s], cu[e], sub.packed()))
+        return tuple(groups)

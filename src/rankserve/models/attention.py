@@ -24,6 +24,9 @@ def packed_attention(
     causal: bool = False,
 ) -> torch.Tensor:
     """q [N, nh*hd], k/v [N, nkv*hd] -> [N, nh*hd]."""
+    if packed.groups:  # each group of similar lengths on its own, tighter grid (Batch.packed)
+        return torch.cat([packed_attention(q[s:e], k[s:e], v[s:e], g, num_heads, num_kv_heads, causal)
+                          for s, e, g in packed.groups])
     head_dim = q.shape[-1] // num_heads
     bsz, width = packed.batch_size, packed.seq_len
 
