@@ -89,8 +89,8 @@ class Batch:
     def packed(self, group_ratio: float = 0.0) -> Packed:
         """The packed view. With ``group_ratio`` (0 < r < 1), consecutive sequences are grouped for
         attention while each is at least r x the length of its group's first: attention costs
-        length^2, so one [B, T_max] grid over a batch of mixed lengths wastes most of it on padding
-        (a length-sorted 4,096-token CPU batch ran its attention 1.14-1.43x faster grouped at 0.9,
+        length^2, so one [B, T_max] grid over a batch of mixed lengths spends much of it on padding
+        (length-sorted 4,096-token CPU batches ran their attention 1.07-1.41x faster grouped at 0.9,
         bench/layer_parts.py). Batches cut by the engine are sorted longest first, so groups are tight."""
         mask = self.attention_mask.bool()
         bsz, width = mask.shape
