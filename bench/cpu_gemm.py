@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
+from common import best_of  # noqa: E402
 
 from rankserve.engine.runner import available_cores  # noqa: E402
 from rankserve.models.cpu_gemm import onednn_available, onednn_linear  # noqa: E402
@@ -49,13 +49,9 @@ def onnx_matmul(x: torch.Tensor, weight: torch.Tensor):
 
 
 def best(fn, repeats: int) -> float:
+    """Best seconds over ``repeats`` after one warm-up call."""
     fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+    return best_of(fn, repeats)[0]
 
 
 def main() -> None:

@@ -6,10 +6,10 @@ pass allocates and frees megabyte-sized activations hundreds of times (a MiniLM 
 1,024 x 1,536 floats, 6 MiB), so each one page-faults its pages in again and the kernel zeroes
 them: up to 920,000 minor faults per 256-pair pass of a MiniLM cross-encoder. With none, it ran
 1.19-1.23x faster with oneDNN linear layers and 1.00-1.11x with MKL's (``bench/malloc.py``,
-logits identical). Raising both thresholds
-makes freed blocks reusable, the usual fix (PyTorch's CPU tuning guide suggests jemalloc/tcmalloc
-for the same reason); the price is that the process keeps its peak heap (resident memory does not shrink
-between bursts), which a long-running server holds anyway.
+logits identical). Raising both thresholds makes freed blocks reusable, the usual fix (PyTorch's
+CPU tuning guide suggests jemalloc/tcmalloc for the same reason); the price is that the process
+keeps its peak heap (resident memory does not shrink between bursts), which a long-running server
+holds anyway.
 """
 
 from __future__ import annotations

@@ -74,6 +74,7 @@ class TorchRunner:
         self.spec = spec
         self.device = device
         self.gemm: str | None = None  # the CPU GEMM library in use (see models/cpu_gemm.py)
+        self.group_ratio = CPU_ATTENTION_GROUP_RATIO if device.type == "cpu" else 0.0
         if device.type == "cpu":
             torch.set_num_threads(threads or available_cores())
             retain_freed_memory()
@@ -82,8 +83,8 @@ class TorchRunner:
     @torch.inference_mode()
     def forward(self, items: Sequence[Encoded]) -> torch.Tensor:
         """-> [B] logits (cross-encoder) or [B, H] vectors (embedder), float32 on CPU."""
-        ratio = CPU_ATTENTION_GROUP_RATIO if self.device.type == "cpu" else 0.0
-        return finish(self.spec, self.spec.module(packed_batch(self.spec, items, ratio).to(self.device)))
+        packed = packed_batch(self.spec, items, self.group_ratio)
+        return finish(self.spec, self.spec.module(packed.to(self.device)))
 
 
 def make_runner(spec: ModelSpec, device: torch.device, config: ServerConfig):

@@ -116,10 +116,11 @@ class Batch:
             batch_size=bsz,
             seq_len=width,
             full=int(cu[-1]) == bsz * width,
-            groups=self.attention_groups(lengths.tolist(), cu.tolist(), group_ratio) if 0 < group_ratio < 1 else (),
+            groups=self.attention_groups(mask, lengths.tolist(), cu.tolist(), group_ratio) if 0 < group_ratio < 1 else (),
         )
 
-    def attention_groups(self, lengths: list[int], cu: list[int], ratio: float) -> tuple[tuple[int, int, Packed], ...]:
+    def attention_groups(self, mask: torch.Tensor, lengths: list[int], cu: list[int],
+                         ratio: float) -> tuple[tuple[int, int, Packed], ...]:
         # Greedy: a sequence opens a new group when it is shorter than ratio x the group's first, or
         # longer than it (an unsorted batch still groups correctly, only less tightly).
         starts, first = [0], lengths[0]
@@ -131,7 +132,7 @@ class Batch:
             return ()
         groups = []
         for s, e in zip(starts, starts[1:] + [len(lengths)]):
-            cols = self.attention_mask[s:e].bool().any(0).nonzero().squeeze(1)  # left or right padding
+            cols = mask[s:e].any(0).nonzero().squeeze(1)  # real columns, left or right padding
             c0, c1 = int(cols[0]), int(cols[-1]) + 1
             sub = Batch(self.input_ids[s:e, c0:c1], self.attention_mask[s:e, c0:c1],
                         None if self.token_type_ids is None else self.token_type_ids[s:e, c0:c1])
