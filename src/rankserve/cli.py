@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 from typing import Any, Sequence
 
@@ -21,7 +20,18 @@ HELP = {
     "cpu_gemm": "fp32 linear layers on CPU: auto (time both at start, keep the faster) | torch | onednn",
     "max_length": "token limit per sequence; 0 = the model's own",
     "max_batch_tokens": "padded tokens (longest x rows) per forward pass; 0 = 4096 on CPU, 65536 on CUDA",
-    "api_key": "require 'Authorization: Bearer <key>' on API routes",
+    "api_key": "require 'Authorization: Bearer <key>' on API routes; several keys comma-separated",
+    "api_key_file": "file with one accepted API key per line (with or instead of --api-key)",
+    "max_queue_items": "pairs/texts admitted and waiting; beyond it requests get 503 + Retry-After",
+    "max_queue_tokens": "tokens admitted and waiting; beyond it requests get 503; 0 = unbounded",
+    "max_queue_requests": "requests admitted and waiting; beyond it requests get 503; 0 = unbounded",
+    "request_timeout": "seconds a request may take before a 504 drops its queued work; 0 = none",
+    "drain_timeout": "seconds SIGTERM waits for admitted requests to finish",
+    "max_text_chars": "characters per text (query, passage, input); more is a 413",
+    "max_request_tokens": "tokens per request after truncation; more is a 413",
+    "ssl_certfile": "PEM certificate chain: serve HTTPS (with --ssl-keyfile)",
+    "ssl_keyfile": "PEM private key for --ssl-certfile",
+    "log_format": "text | json (one JSON object per line, with request ids)",
     "cache_size": "passage embeddings cached for bi-encoder ranking; 0 = off",
     "rerank_template": "single-sequence rerank prompt with {query} and {passage} (Llama rerankers)",
     "query_prefix": "text put before queries (embeddings, bi-encoder ranking)",
@@ -38,7 +48,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         if field.type in ("bool", bool):
             parser.add_argument(flag, dest=name, default=None, action=argparse.BooleanOptionalAction, help=help_)
         else:
-            kind = int if field.type in ("int", int) else str
+            kind = {"int": int, "float": float}.get(str(field.type), str)
             parser.add_argument(flag, dest=name, default=None, type=kind, help=help_)
 
 
@@ -47,14 +57,9 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    from rankserve.api.server import serve
 
-    from rankserve.api.app import create_app
-
-    config = config_from(args)
-    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(config), host=config.host, port=config.port, log_level=config.log_level.lower())
-    return 0
+    return serve(config_from(args))
 
 
 async def _with_engine(config: ServerConfig, work: Any) -> Any:

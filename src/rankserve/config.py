@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
 from rankserve.errors import ConfigError
@@ -19,6 +20,7 @@ BACKENDS = ("torch", "onnxruntime")
 QUANTIZE = ("none", "int8")
 CPU_GEMMS = ("auto", "torch", "onednn")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+LOG_FORMATS = ("text", "json")
 
 # NIM's env names for the settings it has (the NIM docs' names; users' compose files use them).
 NIM_ENV = {
@@ -26,6 +28,10 @@ NIM_ENV = {
     "port": "NIM_HTTP_API_PORT",
     "served_model_name": "NIM_SERVED_MODEL_NAME",
     "log_level": "NIM_LOG_LEVEL",
+    "max_queue_requests": "NIM_SERVER_MAX_QUEUE_SIZE",
+    "request_timeout": "NIM_SERVER_REQUEST_TIMEOUT_S",
+    "ssl_certfile": "NIM_SSL_CERT_PATH",
+    "ssl_keyfile": "NIM_SSL_KEY_PATH",
 }
 
 
@@ -53,10 +59,27 @@ class ServerConfig:
     passage_prefix: str | None = None  # e.g. "passage: "
     max_batch_tokens: int = 0  # padded tokens (longest x rows) per forward pass; 0 = 4096 on CPU, 65536 on CUDA
     max_queue_items: int = 100_000  # pairs/texts waiting; beyond this requests get 503
+    max_queue_tokens: int = 4_000_000  # tokens waiting; beyond this requests get 503; 0 = unbounded
+    max_queue_requests: int = 1024  # requests waiting (NIM's default queue size); 0 = unbounded
+    request_timeout: float = 120.0  # seconds per request (NIM's default), then 504; 0 = none
+    drain_timeout: float = 30.0  # seconds SIGTERM waits for admitted requests before closing
     max_request_bytes: int = 8 * 1024 * 1024
+    max_text_chars: int = 100_000  # characters per query/passage/input text; more is a 413
+    max_request_tokens: int = 1_000_000  # tokens per request after truncation; more is a 413
     cache_size: int = 50_000  # passage embeddings kept (bi-encoder ranking); 0 = off
-    api_key: str | None = None  # when set, requests need `Authorization: Bearer <key>`
+    api_key: str | None = None  # when set, requests need `Authorization: Bearer <key>`; comma-separated for several
+    api_key_file: str | None = None  # a file with one accepted key per line (added to api_key's)
+    ssl_certfile: str | None = None  # serve HTTPS with this certificate chain (PEM) ...
+    ssl_keyfile: str | None = None  # ... and this private key
+    log_format: str = "text"  # text | json (one JSON object per line)
     warmup: bool = True
+
+    def api_keys(self) -> tuple[str, ...]:
+        """Every accepted key: ``api_key`` split on commas, plus ``api_key_file``'s non-empty lines."""
+        keys = [k.strip() for k in (self.api_key or "").split(",")]
+        if self.api_key_file:
+            keys += [line.strip() for line in Path(self.api_key_file).read_text(encoding="utf-8").splitlines()]
+        return tuple(k for k in keys if k)
 
     def model_overrides(self) -> dict[str, str]:
         """ModelSpec fields the operator set explicitly (flags beat the model's config files)."""
@@ -79,18 +102,37 @@ class ServerConfig:
             bad("quantize", "int8 runs on --backend onnxruntime")
         if self.backend == "onnxruntime" and (self.device.startswith("cuda") or self.dtype not in ("auto", "float32")):
             bad("backend", "onnxruntime runs on the CPU in float32 (--device cpu|auto, --dtype auto|float32)")
+        if self.log_format not in LOG_FORMATS:
+            bad("log_format", f"choose one of {', '.join(LOG_FORMATS)}")
         if self.log_level.lower() not in LOG_LEVELS:
             bad("log_level", f"choose one of {', '.join(LOG_LEVELS)}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             bad("device", "use auto, cpu, cuda or cuda:N")
         if not 0 < self.port < 65536:
             bad("port", "must be 1..65535")
-        for name in ("max_passages", "max_inputs", "max_queue_items", "max_request_bytes"):
+        for name in ("max_passages", "max_inputs", "max_queue_items", "max_request_bytes", "max_text_chars",
+                     "max_request_tokens"):
             if getattr(self, name) < 1:
                 bad(name, "must be >= 1")
-        for name in ("threads", "max_length", "cache_size", "max_batch_tokens"):
-            if getattr(self, name) < 0:
+        for name in ("threads", "max_length", "cache_size", "max_batch_tokens", "max_queue_tokens",
+                     "max_queue_requests", "request_timeout", "drain_timeout"):
+            if not getattr(self, name) >= 0:  # also refuses NaN
                 bad(name, "must be >= 0")
+        if self.max_queue_tokens and self.max_queue_tokens < self.max_request_tokens:
+            bad("max_queue_tokens", f"must be 0 or >= max_request_tokens ({self.max_request_tokens}), "
+                                    "or a request within limits could never be admitted")
+        if self.api_key_file is not None:
+            try:
+                keys = self.api_keys()
+            except (OSError, UnicodeDecodeError) as exc:
+                bad("api_key_file", f"cannot read it: {exc}")
+            if not keys:
+                bad("api_key_file", "holds no key")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            bad("ssl_certfile", "HTTPS needs both --ssl-certfile and --ssl-keyfile")
+        for name in ("ssl_certfile", "ssl_keyfile"):
+            if getattr(self, name) is not None and not os.path.isfile(getattr(self, name)):
+                bad(name, "no such file")
         if self.rerank_template is not None and not ("{query}" in self.rerank_template and "{passage}" in self.rerank_template):
             bad("rerank_template", "must contain {query} and {passage}")
         if self.model is not None and not os.path.isdir(self.model):
@@ -111,6 +153,11 @@ def _coerce(field: str, raw: str) -> Any:
             return int(raw)
         except ValueError:
             raise ConfigError(f"{field} must be an integer, got {raw!r}") from None
+    if kind in ("float", float):
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{field} must be a number, got {raw!r}") from None
     if kind in ("bool", bool):
         if raw.lower() in ("1", "true", "yes", "on"):
             return True

@@ -9,6 +9,7 @@ has the same shape, readable by NIM clients (``detail``) and the OpenAI SDK (``e
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 log = logging.getLogger("rankserve")
@@ -60,14 +61,29 @@ class ModelFailure(RankserveError):
     """The forward pass failed; every request in that batch gets this."""
 
 
+class RequestTimeout(RankserveError):
+    """The request did not finish within ``request_timeout``; its queued work was dropped."""
+
+
+class ClientDisconnected(RankserveError):
+    """The client left before its answer was ready; its queued work was dropped (nobody reads this)."""
+
+
+class ShuttingDown(RankserveError):
+    """The server is draining (SIGTERM): admitted requests finish, new ones are refused."""
+
+
 # The table: error class -> (HTTP status, error type string).
 STATUS: dict[type[RankserveError], tuple[int, str]] = {
     InputTooLong: (400, "input_too_long"),
     InvalidRequest: (400, "invalid_request_error"),
     Unauthorized: (401, "authentication_error"),
     PayloadTooLarge: (413, "payload_too_large"),
+    ClientDisconnected: (499, "client_closed_request"),  # nginx's code; logged and counted, never read
     NotReady: (503, "not_ready"),
     Overloaded: (503, "overloaded"),
+    ShuttingDown: (503, "shutting_down"),
+    RequestTimeout: (504, "timeout"),
     ModelFailure: (500, "model_error"),
     ConfigError: (500, "config_error"),
     ModelLoadError: (500, "model_load_error"),
@@ -83,9 +99,11 @@ def status_of(exc: RankserveError) -> tuple[int, str]:
 
 
 def error_body(status: int, type_: str, message: str, param: str | None = None, detail: Any = None) -> dict:
+    """The one error shape; every string in it is made encodable (see ``safe_json``)."""
+    message, param = safe_json(message), safe_json(param)
     return {
         "error": {"message": message, "type": type_, "code": status, "param": param},
-        "detail": message if detail is None else detail,
+        "detail": message if detail is None else safe_json(detail),
     }
 
 
@@ -95,31 +113,43 @@ def install_handlers(app: Any) -> None:
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    async def domain(_request: Any, exc: RankserveError) -> JSONResponse:
+    def count(request: Any, type_: str) -> None:
+        metrics = getattr(request.app.state, "metrics", None)
+        if metrics is not None:
+            metrics.rejections.labels(type_).inc()
+
+    async def domain(request: Any, exc: RankserveError) -> JSONResponse:
         status, type_ = status_of(exc)
+        count(request, type_)
         return JSONResponse(error_body(status, type_, exc.message, exc.param), status_code=status, headers=exc.headers)
 
-    async def validation(_request: Any, exc: RequestValidationError) -> JSONResponse:
+    async def validation(request: Any, exc: RequestValidationError) -> JSONResponse:
         errors = [
-            {k: v for k, v in e.items() if k in ("type", "loc", "msg", "input")} for e in exc.errors()
+            {k: v for k, v in e.items() if k in ("type", "loc", "msg", "input")} for e in exc.errors()[:MAX_ERRORS]
         ]
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
         message = f"{where}: {first['msg']}"
+        count(request, "validation_error")
         return JSONResponse(
-            error_body(VALIDATION_STATUS, "validation_error", message, where, _jsonable(errors)),
+            error_body(VALIDATION_STATUS, "validation_error", message, where, errors),
             status_code=VALIDATION_STATUS,
         )
 
-    async def http(_request: Any, exc: StarletteHTTPException) -> JSONResponse:
+    async def http(request: Any, exc: StarletteHTTPException) -> JSONResponse:
+        message = str(exc.detail)
+        if exc.status_code == 400 and message == "There was an error parsing the body":
+            message = "the request body is not valid JSON (or not UTF-8)"
+        count(request, "http_error")
         return JSONResponse(
-            error_body(exc.status_code, "http_error", str(exc.detail)),
+            error_body(exc.status_code, "http_error", message),
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
         )
 
-    async def unexpected(_request: Any, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", exc_info=exc)
+    async def unexpected(request: Any, exc: Exception) -> JSONResponse:
+        log.error("unhandled error: %s: %s", type(exc).__name__, exc, exc_info=exc)
+        count(request, "internal_error")
         return JSONResponse(error_body(500, "internal_error", f"internal error: {type(exc).__name__}"), status_code=500)
 
     app.add_exception_handler(RankserveError, domain)
@@ -128,12 +158,32 @@ def install_handlers(app: Any) -> None:
     app.add_exception_handler(Exception, unexpected)
 
 
-def _jsonable(value: Any) -> Any:
-    """Pydantic error dicts may hold bytes or exceptions; keep only JSON types."""
+MAX_ERRORS = 20  # validation errors echoed per response
+MAX_ECHO_CHARS = 200  # characters of any echoed string (client input comes back in pydantic's ``input``)
+MAX_ECHO_ITEMS = 20  # items of any echoed list or object
+
+
+def safe_json(value: Any, depth: int = 0) -> Any:
+    """A JSON-safe, bounded copy of ``value`` for an error body.
+
+    Error bodies echo client input (pydantic's ``input``, a requested model name), and that input
+    can be anything JSON allows: lone UTF-16 surrogates (not encodable as UTF-8: rendering them
+    turned a 422 into a 500 and dropped the connection), NaN/Infinity (not JSON), megabytes of
+    text. Strings get surrogates escaped as ``\\udXXX`` and are cut to MAX_ECHO_CHARS, containers
+    to MAX_ECHO_ITEMS and depth 8; non-finite floats and other types become their ``repr``.
+    """
+    if value is None or isinstance(value, (bool, int)):
+        return value if not isinstance(value, int) or abs(value) < 1 << 63 else repr(value)[:MAX_ECHO_CHARS]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, str):
+        text = value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return text if len(text) <= MAX_ECHO_CHARS else f"{text[:MAX_ECHO_CHARS]}... ({len(text)} characters)"
+    if depth >= 8:
+        return "..."
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        items = list(value.items())[:MAX_ECHO_ITEMS]
+        return {str(safe_json(k, depth + 1)): safe_json(v, depth + 1) for k, v in items}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return repr(value)
+        return [safe_json(v, depth + 1) for v in value[:MAX_ECHO_ITEMS]]
+    return safe_json(repr(value), depth + 1)

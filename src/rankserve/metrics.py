@@ -28,6 +28,16 @@ class Metrics:
         self.cache_misses = Counter("rankserve_passage_cache_misses", "Passage embeddings computed", registry=r)
         self.cache_size = Gauge("rankserve_passage_cache_entries", "Passage embeddings held in the cache", registry=r)
         self.cache_capacity = Gauge("rankserve_passage_cache_capacity", "Passage cache size bound", registry=r)
+        # Reliability: why requests were refused, how long admitted work waited, how full batches ran.
+        self.rejections = Counter("rankserve_rejections", "Error responses by reason (the error body's type)",
+                                  ["reason"], registry=r)
+        self.queue_tokens = Gauge("rankserve_queue_tokens", "Tokens waiting for the model", registry=r)
+        self.queue_wait = Histogram("rankserve_queue_wait_seconds", "Time an item waited before its forward pass",
+                                    buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_fill = Histogram("rankserve_batch_fill", "Real tokens / padded tokens per forward pass",
+                                    buckets=(0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0), registry=r)
+        self.worker_restarts = Counter("rankserve_worker_restarts", "Model worker loop restarts after a crash",
+                                       registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,4 +1,4 @@
-"""create_app: the FastAPI application, its lifespan (load, warm up, drain) and its middleware."""
+"""create_app: the FastAPI application, its lifespan (load, warm up, stop) and its middleware."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any, AsyncIterator
+import uuid
+from typing import Any, AsyncIterator, Callable
 
 from fastapi import FastAPI
 
@@ -15,17 +16,19 @@ from rankserve.api import compat
 from rankserve.api.routes import router
 from rankserve.config import ServerConfig
 from rankserve.engine.engine import Engine, served_name
-from rankserve.errors import PayloadTooLarge, error_body, install_handlers, status_of
+from rankserve.errors import PayloadTooLarge, RankserveError, error_body, install_handlers, status_of
+from rankserve.logs import request_id
 from rankserve.metrics import Metrics
 
 log = logging.getLogger("rankserve")
+access = logging.getLogger("rankserve.access")
 
 
 class BodyLimit:
     """Reject bodies over ``limit`` bytes with 413 before they are buffered (declared or streamed)."""
 
-    def __init__(self, app: Any, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app: Any, limit: int, metrics: Metrics):
+        self.app, self.limit, self.metrics = app, limit, metrics
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -52,8 +55,9 @@ class BodyLimit:
     async def _reject(self, send: Any) -> None:
         import json
 
-        exc = PayloadTooLarge(f"request body exceeds {self.limit} bytes")
+        exc = PayloadTooLarge(f"request body exceeds {self.limit} bytes (max_request_bytes)")
         status, type_ = status_of(exc)
+        self.metrics.rejections.labels(type_).inc()
         body = json.dumps(error_body(status, type_, exc.message)).encode()
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
@@ -64,37 +68,64 @@ class _TooLarge(Exception):
     pass
 
 
-class RequestMetrics:
-    """Count every response by route template and status, and time it."""
+class RequestObserver:
+    """Per request: the request id (``X-Request-Id`` accepted or generated, echoed), the access log
+    line, Prometheus counts by route template and status, and the count of requests in flight that
+    a graceful shutdown waits for."""
 
-    def __init__(self, app: Any, metrics: Metrics):
-        self.app, self.metrics = app, metrics
+    def __init__(self, app: Any, metrics: Metrics, state: Any):
+        self.app, self.metrics, self.state = app, metrics, state
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start = time.perf_counter()
         status = 500
+        rid = client_request_id(scope) or uuid.uuid4().hex
+        token = request_id.set(rid)
+        self.state.active += 1
 
         async def recording_send(message: dict) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
             await send(message)
 
         try:
             await self.app(scope, receive, recording_send)
         finally:
+            self.state.active -= 1
+            elapsed = time.perf_counter() - start
             route = scope.get("route")
             label = getattr(route, "path", "other")
             self.metrics.requests.labels(label, str(status)).inc()
             if status >= 400:
                 self.metrics.errors.labels(label, str(status)).inc()
-            self.metrics.latency.labels(label).observe(time.perf_counter() - start)
+            self.metrics.latency.labels(label).observe(elapsed)
+            access.info("%s %s %d %.1f ms", scope["method"], scope["path"], status, elapsed * 1000,
+                        extra={"method": scope["method"], "path": scope["path"], "status": status,
+                               "ms": round(elapsed * 1000, 2)})
+            request_id.reset(token)
 
 
-def create_app(config: ServerConfig, engine: Engine | None = None) -> FastAPI:
-    """Build the app. Without ``engine`` the lifespan loads one in a thread; ready flips after warm-up."""
+def client_request_id(scope: dict) -> str | None:
+    """The client's X-Request-Id if it is a sane token (printable ASCII, <= 128 chars), else None."""
+    for name, value in scope.get("headers") or []:
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            if 0 < len(text) <= 128 and text.isascii() and text.isprintable():
+                return text
+    return None
+
+
+def create_app(config: ServerConfig, engine: Engine | None = None,
+               on_fatal: Callable[[str], None] | None = None) -> FastAPI:
+    """Build the app. Without ``engine`` the lifespan loads one in a thread; ready flips after warm-up.
+
+    ``on_fatal(message)`` is called when the app cannot go on (the model failed to load, the model
+    worker died): ``api.server.serve`` uses it to stop and exit non-zero so a supervisor restarts it.
+    """
     metrics = engine.metrics if engine is not None else Metrics()
 
     @contextlib.asynccontextmanager
@@ -115,15 +146,28 @@ def create_app(config: ServerConfig, engine: Engine | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.engine = None
     app.state.ready = False
-    app.state.load_error = None
+    app.state.draining = False  # SIGTERM received: readiness 503, new work refused
+    app.state.active = 0  # HTTP requests in flight
+    app.state.fatal = None  # why the app cannot serve (load failure, dead worker)
+    app.state.on_fatal = on_fatal
+    app.state.api_keys = tuple(k.encode("utf-8") for k in config.api_keys())
     app.state.served_name = engine.name if engine is not None else served_name(config)
     app.state.created = int(time.time())
     install_handlers(app)
     app.include_router(router)
     app.include_router(compat.router)
-    app.add_middleware(BodyLimit, limit=config.max_request_bytes)
-    app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(BodyLimit, limit=config.max_request_bytes, metrics=metrics)
+    app.add_middleware(RequestObserver, metrics=metrics, state=app.state)
     return app
+
+
+def fail(app: FastAPI, message: str) -> None:
+    """The app cannot serve any more: readiness says why, and the server (if any) exits non-zero."""
+    app.state.fatal = message
+    app.state.ready = False
+    log.error("cannot serve: %s", message)
+    if app.state.on_fatal is not None:
+        app.state.on_fatal(message)
 
 
 async def _bring_up(app: FastAPI, engine: Engine | None) -> None:
@@ -131,9 +175,10 @@ async def _bring_up(app: FastAPI, engine: Engine | None) -> None:
         if engine is None:
             engine = await asyncio.to_thread(Engine.load, app.state.config, app.state.metrics)
         app.state.engine = engine
+        engine.batcher.on_fatal = lambda why: fail(app, why)
         await engine.start()
         app.state.ready = True
         log.info("ready: serving %s", engine.name)
-    except Exception as exc:  # keep serving health so operators can see why
-        app.state.load_error = f"{type(exc).__name__}: {exc}"
-        log.exception("model failed to load")
+    except Exception as exc:  # one line says why; the traceback only at debug level
+        log.debug("model start-up failed", exc_info=exc)
+        fail(app, f"model failed to load: {exc.message if isinstance(exc, RankserveError) else repr(exc)}")

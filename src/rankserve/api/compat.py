@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 
 from rankserve.api import schemas as s
-from rankserve.api.routes import ERRORS, check_auth, check_model, engine_of, ranking
+from rankserve.api.routes import ERRORS, check_auth, check_model, check_texts, engine_of, ranking, unless_disconnected
 from rankserve.engine.engine import Engine, RankResult
 from rankserve.errors import InvalidRequest
 
@@ -72,12 +72,15 @@ def relevance(engine: Engine, logit: float, raw: bool = False) -> float:
     return logit if raw or engine.spec.kind == "embedder" else sigmoid(logit)
 
 
-async def _rank(request: Request, query: str, texts: list[str], truncate: str) -> tuple[Engine, RankResult, list[int]]:
+async def _rank(request: Request, query: str, texts: list[str], truncate: str,
+                field: str = "documents") -> tuple[Engine, RankResult, list[int]]:
     engine = engine_of(request)
     limit = request.app.state.config.max_passages
     if len(texts) > limit:
         raise InvalidRequest(f"{len(texts)} documents exceed the limit of {limit} per request", param="documents")
-    result = await engine.rank(query, texts, truncate)  # type: ignore[arg-type]
+    check_texts(request, [query], "query")
+    check_texts(request, texts, field)
+    result = await unless_disconnected(request, engine.rank(query, texts, truncate))  # type: ignore[arg-type]
     order = sorted(range(len(texts)), key=lambda i: (-result.scores[i], i))
     return engine, result, order
 
@@ -104,7 +107,7 @@ async def cohere_rerank(body: CohereRerankRequest, request: Request) -> CohereRe
 async def tei_rerank(body: TeiRerankRequest, request: Request) -> list[TeiRank]:
     if body.truncation_direction == "Left":
         raise InvalidRequest("truncation_direction Left is not supported for pairs; use Right", param="truncation_direction")
-    engine, result, order = await _rank(request, body.query, body.texts, "END" if body.truncate else "NONE")
+    engine, result, order = await _rank(request, body.query, body.texts, "END" if body.truncate else "NONE", "texts")
     return [TeiRank(index=i, score=relevance(engine, result.scores[i], body.raw_scores),
                     text=body.texts[i] if body.return_text else None) for i in order]
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from typing import Any, Awaitable, TypeVar
+import hmac
+from typing import Any, Awaitable, Iterable, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
@@ -12,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 
 from rankserve.api import schemas as s
 from rankserve.engine.engine import Engine
-from rankserve.errors import InvalidRequest, NotReady, Unauthorized
+from rankserve.errors import ClientDisconnected, InvalidRequest, NotReady, PayloadTooLarge, RequestTimeout, ShuttingDown, Unauthorized
 
 T = TypeVar("T")
 router = APIRouter()
@@ -21,31 +22,51 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     for code, why in (
         (400, "Invalid request (wrong model, too long with truncate NONE, too many inputs)"),
         (401, "Missing or wrong API key (only when an API key is configured)"),
-        (413, "Request body too large"),
+        (413, "Request body, a text or the request's tokens over a limit"),
         (422, "Schema validation failed"),
         (500, "Model failure"),
-        (503, "Not ready yet, or at capacity (see Retry-After)"),
+        (503, "Not ready yet, shutting down, or at capacity (see Retry-After)"),
+        (504, "The request took longer than the request timeout; its queued work was dropped"),
     )
 }
 
 
 def engine_of(request: Request) -> Engine:
-    engine = request.app.state.engine
-    if engine is None or not request.app.state.ready:
+    state = request.app.state
+    if state.draining:
+        raise ShuttingDown("server is shutting down; retry on another replica",
+                           headers={"Retry-After": "1", "Connection": "close"})
+    if state.engine is None or not state.ready:
         raise NotReady("model is loading; retry shortly", headers={"Retry-After": "2"})
-    return engine
+    return state.engine
 
 
 def check_auth(request: Request) -> None:
-    """With an API key configured, require it as a Bearer token; without one, accept anything."""
-    key = request.app.state.config.api_key
-    if key is None:
+    """With API keys configured, require one as a Bearer token; without any, accept anything.
+
+    Every key is compared in constant time (``hmac.compare_digest``), and all of them are compared,
+    so neither the time nor the number of comparisons says how much of a guess was right.
+    """
+    keys: tuple[bytes, ...] = request.app.state.api_keys
+    if not keys:
         return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or token.strip() != key:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    given = token.strip().encode("utf-8", "surrogateescape")
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(given, key)
+    if scheme.lower() != "bearer" or not matched:
         raise Unauthorized("missing or invalid API key (send Authorization: Bearer <key>)",
                            headers={"WWW-Authenticate": "Bearer"})
+
+
+def check_texts(request: Request, texts: Iterable[str], field: str) -> None:
+    """Each text within ``max_text_chars`` (413 naming the text and the limit)."""
+    limit = request.app.state.config.max_text_chars
+    for i, text in enumerate(texts):
+        if len(text) > limit:
+            raise PayloadTooLarge(f"{field}[{i}] has {len(text)} characters; the limit is {limit} per text "
+                                  "(max_text_chars)", param=f"{field}.{i}")
 
 
 def check_model(engine: Engine, requested: str | None, suffixes: tuple[str, ...] = ()) -> str | None:
@@ -59,8 +80,10 @@ def check_model(engine: Engine, requested: str | None, suffixes: tuple[str, ...]
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Run ``work``; if the client disconnects first, cancel it so its queued items are dropped."""
-    task = asyncio.ensure_future(work)
+    """Run ``work`` within the request timeout; if the client disconnects first, or the deadline
+    passes (504), cancel it so its queued items are dropped."""
+    timeout = request.app.state.config.request_timeout or None
+    task = asyncio.ensure_future(asyncio.wait_for(work, timeout))
 
     async def watch() -> None:
         while True:
@@ -73,9 +96,12 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
         done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
         if task not in done:
             task.cancel()
-            # Nobody is listening any more; 499 is nginx's "client closed request".
-            return JSONResponse({"detail": "client disconnected"}, status_code=499)  # type: ignore[return-value]
-        return task.result()
+            raise ClientDisconnected("client disconnected; its queued work was dropped")
+        try:
+            return task.result()
+        except asyncio.TimeoutError:
+            raise RequestTimeout(f"the request did not finish within {timeout:g} s (request_timeout); "
+                                 "its queued work was dropped") from None
     finally:
         watcher.cancel()
 
@@ -87,11 +113,11 @@ async def ranking(body: s.RankingRequest, request: Request) -> s.RankingResponse
     limit = request.app.state.config.max_passages
     if len(body.passages) > limit:
         raise InvalidRequest(f"{len(body.passages)} passages exceed the limit of {limit} per request", param="passages")
+    check_texts(request, [body.query.text], "query")
+    check_texts(request, (p.text for p in body.passages), "passages")
     result = await unless_disconnected(
         request, engine.rank(body.query.text, [p.text for p in body.passages], body.truncate)
     )
-    if isinstance(result, Response):
-        return result  # type: ignore[return-value]
     order = sorted(range(len(result.scores)), key=lambda i: (-result.scores[i], i))
     top = body.top_k or body.top_n
     if top is not None:
@@ -117,10 +143,9 @@ async def embeddings(body: s.EmbeddingsRequest, request: Request) -> s.Embedding
     limit = request.app.state.config.max_inputs
     if len(texts) > limit:
         raise InvalidRequest(f"{len(texts)} inputs exceed the limit of {limit} per request", param="input")
+    check_texts(request, texts, "input")
     input_type = body.input_type or suffix_type
     result = await unless_disconnected(request, engine.embed(texts, input_type, body.truncate, body.dimensions))
-    if isinstance(result, Response):
-        return result  # type: ignore[return-value]
     vectors = result.vectors.numpy()
     if body.encoding_format == "base64":
         data = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
@@ -140,11 +165,16 @@ async def live() -> s.HealthResponse:
 
 @router.get("/v1/health/ready", response_model=s.HealthResponse, responses={503: {"model": s.HealthResponse}})
 async def ready(request: Request) -> Any:
-    if request.app.state.ready:
+    state = request.app.state
+    if state.ready and not state.draining and state.fatal is None:
         return s.HealthResponse(message="Service is ready.", status="ready")
-    failed = request.app.state.load_error
-    message = f"Model failed to load: {failed}" if failed else "Service is not ready: model is loading."
-    return JSONResponse(s.HealthResponse(message=message, status="not_ready").model_dump(), status_code=503)
+    if state.draining:
+        message, status = "Service is shutting down: finishing admitted requests.", "draining"
+    elif state.fatal is not None:
+        message, status = f"Service failed: {state.fatal}", "failed"
+    else:
+        message, status = "Service is not ready: model is loading.", "not_ready"
+    return JSONResponse(s.HealthResponse(message=message, status=status).model_dump(), status_code=503)
 
 
 @router.get("/v1/models", response_model=s.ModelList, dependencies=[Depends(check_auth)])

@@ -21,7 +21,7 @@ from rankserve.engine.batcher import Batcher
 from rankserve.engine.cache import EmbeddingCache, text_key
 from rankserve.engine.runner import batch_tokens, make_runner, resolve_device
 from rankserve.engine.tokenize import Encoded, TokenizerPolicy, Truncate
-from rankserve.errors import InvalidRequest
+from rankserve.errors import InvalidRequest, PayloadTooLarge
 from rankserve.metrics import Metrics
 from rankserve.models.loader import ModelSpec, default_model_dir, load_model, resolve_dtype
 
@@ -68,6 +68,8 @@ class Engine:
             self.runner.forward,
             max_batch_tokens=batch_tokens(config.max_batch_tokens, device),
             max_queue_items=config.max_queue_items,
+            max_queue_tokens=config.max_queue_tokens,
+            max_queue_requests=config.max_queue_requests,
             metrics=metrics,
         )
         self.cache = EmbeddingCache(config.cache_size if spec.kind == "embedder" else 0)
@@ -102,6 +104,13 @@ class Engine:
     async def _in_pool(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._tokenize_pool, fn, *args)
 
+    def check_request_tokens(self, tokens: int) -> None:
+        """A request's tokens after truncation must fit ``max_request_tokens`` (413 otherwise)."""
+        limit = self.config.max_request_tokens
+        if tokens > limit:
+            raise PayloadTooLarge(f"the request holds {tokens} tokens after truncation; the limit is {limit} "
+                                  "per request (max_request_tokens): split it")
+
     def prefix(self, input_type: InputType | None) -> str:
         if input_type == "query":
             return self.spec.query_prefix
@@ -118,6 +127,7 @@ class Engine:
     async def rank(self, query: str, passages: Sequence[str], truncate: Truncate = "END") -> RankResult:
         if self.spec.kind == "cross-encoder":
             encoded: list[Encoded] = await self._in_pool(self.policy.pairs, query, passages, truncate)
+            self.check_request_tokens(sum(len(e) for e in encoded))
             rows = await self.batcher.submit(encoded)
             return RankResult([float(r) for r in rows], sum(len(e) for e in encoded))
         return await self._rank_by_cosine(query, passages, truncate)
@@ -136,6 +146,8 @@ class Engine:
             return q + self.policy.texts([passages[i] for i in missing], truncate, prefix, "passages", missing)
 
         encoded = await self._in_pool(encode)
+        cached_tokens = sum(f[1] for f in found if f is not None)
+        self.check_request_tokens(sum(len(e) for e in encoded) + cached_tokens)
         rows = await self.batcher.submit(encoded)
         for i, enc, row in zip(missing, encoded[1:], rows[1:]):
             found[i] = (torch.nn.functional.normalize(row, dim=-1), len(enc))
@@ -155,6 +167,7 @@ class Engine:
         if dimensions is not None:
             self.check_dimensions(dimensions)
         encoded = await self._in_pool(self.policy.texts, texts, truncate, self.prefix(input_type), "input")
+        self.check_request_tokens(sum(len(e) for e in encoded))
         vectors = torch.stack(await self.batcher.submit(encoded))  # the runner already L2-normalized
         if dimensions is not None:  # Matryoshka: keep the first d components, renormalize
             vectors = torch.nn.functional.normalize(vectors[:, :dimensions], dim=-1)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
@@ -58,24 +59,81 @@ class ModelSpec:
 def read_json(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
-    with path.open(encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with path.open(encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc}") from exc
+
+
+# Pickle formats: never unpickled (loading one runs arbitrary code); named in the refusal.
+PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """The safetensors files a load would read (model.safetensors, or the index's shards)."""
+    single = directory / "model.safetensors"
+    if single.is_file():
+        return [single]
+    index = read_json(directory / "model.safetensors.index.json")
+    if index is None:
+        pickles = sorted(p.name for pattern in PICKLE_PATTERNS for p in directory.glob(pattern))
+        hint = (f" (found {', '.join(pickles)}: pickle files are never loaded because unpickling runs code; "
+                "convert them to safetensors, e.g. with transformers: "
+                "AutoModel.from_pretrained(dir).save_pretrained(dir, safe_serialization=True))") if pickles else ""
+        raise ModelLoadError(f"no model.safetensors or model.safetensors.index.json in {directory}{hint}")
+    try:
+        shards = sorted(set(index["weight_map"].values()))
+    except (KeyError, AttributeError, TypeError) as exc:
+        raise ModelLoadError(f"{directory / 'model.safetensors.index.json'} has no valid weight_map") from exc
+    missing = [s for s in shards if not (directory / s).is_file()]
+    if missing:
+        raise ModelLoadError(f"weight shards named by model.safetensors.index.json are missing in {directory}: {missing}")
+    return [directory / s for s in shards]
 
 
 def load_state(directory: Path) -> dict[str, torch.Tensor]:
     """Read model.safetensors, or every shard a model.safetensors.index.json names."""
-    single = directory / "model.safetensors"
-    index = read_json(directory / "model.safetensors.index.json")
-    if single.is_file():
-        return load_file(str(single))
-    if index is not None:
-        state: dict[str, torch.Tensor] = {}
-        for shard in sorted(set(index["weight_map"].values())):
-            state.update(load_file(str(directory / shard)))
-        return state
-    pickles = [p.name for p in directory.glob("*.bin")] + [p.name for p in directory.glob("*.pt")]
-    hint = f" (found {', '.join(pickles)}: pickle files are never loaded; convert them to safetensors)" if pickles else ""
-    raise ModelLoadError(f"no model.safetensors or model.safetensors.index.json in {directory}{hint}")
+    state: dict[str, torch.Tensor] = {}
+    for path in weight_files(directory):
+        try:
+            state.update(load_file(str(path)))
+        except (SafetensorError, OSError) as exc:
+            raise ModelLoadError(f"{path} is not a readable safetensors file: {exc}") from exc
+    return state
+
+
+# Bounds on config.json sizes, checked before any module is built: a typo or a hostile config
+# (hidden_size 10**9) must be a clear error, not minutes of allocation and an OOM kill.
+CONFIG_BOUNDS = {
+    "num_hidden_layers": 1024, "hidden_size": 1 << 16, "intermediate_size": 1 << 20, "num_attention_heads": 1024,
+    "num_key_value_heads": 1024, "vocab_size": 1 << 23, "max_position_embeddings": 1 << 21, "type_vocab_size": 1 << 10,
+    "head_dim": 4096,
+}
+
+
+def check_config_sizes(cfg: dict[str, Any], path: Path) -> None:
+    for name, bound in CONFIG_BOUNDS.items():
+        value = cfg.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= bound:
+            raise ModelLoadError(f"{path}: {name}={value!r} is out of range (a positive integer <= {bound})")
+
+
+def check_weights_fit(module: nn.Module, files: list[Path]) -> None:
+    """The architecture config.json describes must be about as big as the weight files hold.
+
+    ``module`` is built on the meta device (no memory): a config that promises far more parameters
+    than the files carry is refused before the real, allocating build.
+    """
+    params = sum(p.numel() for p in module.parameters())
+    on_disk = sum(f.stat().st_size for f in files)
+    # >= 1 byte per parameter even for 8-bit weights; slack for untied/absent heads and headers.
+    if params > 1.5 * on_disk + (1 << 20):
+        raise ModelLoadError(
+            f"config.json describes {params:,} parameters but the weight files hold only {on_disk:,} bytes "
+            f"({', '.join(f.name for f in files)}): the config or the weights are wrong")
 
 
 def fit_state(module: nn.Module, state: dict[str, torch.Tensor], renames: dict[str, str] | None = None) -> None:
@@ -201,6 +259,8 @@ def load_model(directory: str | Path, *, dtype: torch.dtype = torch.float32, dev
     cfg = read_json(directory / "config.json")
     if cfg is None:
         raise ModelLoadError(f"{directory} has no config.json")
+    if not isinstance(cfg, dict):
+        raise ModelLoadError(f"{directory / 'config.json'} is not a JSON object")
     archs = cfg.get("architectures") or []
     arch = next((a for a in archs if a in ARCHITECTURES), None if archs else MODEL_TYPES.get(cfg.get("model_type")))
     if arch is None:
@@ -211,10 +271,11 @@ def load_model(directory: str | Path, *, dtype: torch.dtype = torch.float32, dev
     tokenizer_file = directory / "tokenizer.json"
     if not tokenizer_file.is_file():
         raise ModelLoadError(f"{directory} has no tokenizer.json (a fast tokenizer file is required)")
-    try:
-        fields = ARCHITECTURES[arch](directory, cfg, arch)
-    except (KeyError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read {directory / 'config.json'}: {exc}") from exc
+    check_config_sizes(cfg, directory / "config.json")
+    files = weight_files(directory)
+    with torch.device("meta"):
+        check_weights_fit(_build(directory, cfg, arch)["module"], files)
+    fields = _build(directory, cfg, arch)
     module: nn.Module = fields.pop("module")
     renames = fields.pop("renames", None)
     fit_state(module, load_state(directory), renames)
@@ -226,6 +287,16 @@ def load_model(directory: str | Path, *, dtype: torch.dtype = torch.float32, dev
     spec = ModelSpec(module=module, architecture=arch, tokenizer_file=tokenizer_file, **fields)
     log.info("loaded %s (%s, %s) from %s, max_length=%d", arch, spec.family, spec.kind, directory, spec.max_length)
     return spec
+
+
+def _build(directory: Path, cfg: dict[str, Any], arch: str) -> dict[str, Any]:
+    """The architecture's builder; a config it cannot use is a ModelLoadError naming the file."""
+    try:
+        return ARCHITECTURES[arch](directory, cfg, arch)
+    except ModelLoadError:
+        raise
+    except (KeyError, ValueError, TypeError, ZeroDivisionError, RuntimeError) as exc:
+        raise ModelLoadError(f"cannot use {directory / 'config.json'}: {type(exc).__name__}: {exc}") from exc
 
 
 def default_model_dir() -> Path:
