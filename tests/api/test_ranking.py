@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
+from checkpoints import WORDS
 from conftest import app_client, wait_ready
+
+# Logits vs independent references (transformers for the tiny cross-encoder, sentence-transformers
+# cosines for the default bi-encoder), fp32 on CPU: measured max abs diff ~1e-7 to 5e-7.
+REF_TOL = 1e-5
 
 # (query, relevant passage, irrelevant passages): real English, judged by the real default model.
 CASES = [
@@ -40,18 +46,115 @@ def test_default_model_ranks_relevant_first(default_client, query, relevant, oth
     assert logits == sorted(logits, reverse=True)
 
 
-def test_cross_encoder_scores_match_engine_order(ce_client):
+@pytest.fixture(scope="module")
+def ce_reference(bert_ce_dir):
+    """transformers' BertForSequenceClassification and the checkpoint's tokenizer (no padding and no
+    truncation: the copied MiniLM tokenizer.json pads to 128 by default)."""
+    from tokenizers import Tokenizer
+    from transformers import BertForSequenceClassification
+
+    tok = Tokenizer.from_file(str(bert_ce_dir / "tokenizer.json"))
+    tok.no_padding()
+    tok.no_truncation()
+    return BertForSequenceClassification.from_pretrained(bert_ce_dir).eval(), tok
+
+
+def hf_logit(model, encoding) -> float:
+    """transformers' logit for one tokenized (query, passage) pair."""
+    with torch.inference_mode():
+        out = model(input_ids=torch.tensor([encoding.ids]), token_type_ids=torch.tensor([encoding.type_ids]),
+                    attention_mask=torch.tensor([encoding.attention_mask]))
+    return out.logits[0, 0].item()
+
+
+def truncating_tokenizer(directory, limit, side):
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    tok.no_padding()
+    tok.enable_truncation(limit, strategy="only_second", direction=side)
+    return tok
+
+
+def check_sorted_permutation(rankings, n):
+    assert sorted(x["index"] for x in rankings) == list(range(n))  # every passage exactly once
+    logits = [x["logit"] for x in rankings]
+    assert logits == sorted(logits, reverse=True)
+
+
+def test_cross_encoder_scores_match_engine_order(ce_client, ce_reference):
+    model, tok = ce_reference
+    query = "list files"
     passages = ["list files in a directory", "banana fruit", "show disk space usage", "paris"]
-    r = rank(ce_client, "list files", passages, model="tiny-ce")
+    r = rank(ce_client, query, passages, model="tiny-ce")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    rankings = body["rankings"]
+    check_sorted_permutation(rankings, len(passages))
+    encodings = [tok.encode(query, p) for p in passages]
+    expected = [hf_logit(model, e) for e in encodings]
+    got = {x["index"]: x["logit"] for x in rankings}
+    diff = max(abs(got[i] - expected[i]) for i in range(len(passages)))
+    print(f"cross-encoder HTTP vs transformers: max abs diff {diff:.2e}; logits {expected}")
+    assert diff <= REF_TOL
+    assert max(expected) - min(expected) > 0.1  # the check can fail: scores differ between passages
+    assert body["usage"]["prompt_tokens"] == sum(len(e.ids) for e in encodings)
+    # Same passages in reverse order: same logits per passage, indices follow the request.
+    r2 = rank(ce_client, query, passages[::-1]).json()["rankings"]
+    check_sorted_permutation(r2, len(passages))
+    for x in r2:
+        assert x["logit"] == pytest.approx(expected[len(passages) - 1 - x["index"]], abs=REF_TOL)
+
+
+@pytest.fixture(scope="module")
+def st_default():
+    from sentence_transformers import SentenceTransformer
+
+    from rankserve.models.loader import default_model_dir
+
+    return SentenceTransformer(str(default_model_dir()), device="cpu")
+
+
+def st_cosines(st, query, passages) -> list[float]:
+    q, p = st.encode([query]), st.encode(list(passages))  # ends in Normalize: unit vectors
+    q, p = torch.nn.functional.normalize(torch.tensor(q), dim=-1), torch.nn.functional.normalize(torch.tensor(p), dim=-1)
+    return (p @ q[0]).tolist()
+
+
+@pytest.mark.parametrize("query,relevant,others", CASES)
+def test_default_model_logits_are_sentence_transformers_cosines(default_client, st_default, query, relevant, others):
+    passages = [*others, relevant]
+    r = rank(default_client, query, passages)
     assert r.status_code == 200, r.text
     rankings = r.json()["rankings"]
-    assert len(rankings) == 4 and len({x["logit"] for x in rankings}) == 4
-    # Same passages in reverse order: same logits per passage, indices follow the request.
-    r2 = rank(ce_client, "list files", passages[::-1]).json()["rankings"]
-    by_text = {passages[x["index"]]: x["logit"] for x in rankings}
-    by_text2 = {passages[::-1][x["index"]]: x["logit"] for x in r2}
-    for text in passages:
-        assert by_text[text] == pytest.approx(by_text2[text], abs=1e-5)
+    check_sorted_permutation(rankings, len(passages))
+    expected = st_cosines(st_default, query, passages)
+    got = {x["index"]: x["logit"] for x in rankings}
+    diff = max(abs(got[i] - expected[i]) for i in range(len(passages)))
+    print(f"bi-encoder HTTP vs sentence-transformers cosine: max abs diff {diff:.2e}")
+    assert diff <= REF_TOL
+
+
+README_PASSAGES = ["Bananas are a good source of potassium.", "The ls command lists the contents of a directory.",
+                   "Paris is the capital of France."]
+README_OUTPUT = [(1, 0.649397611618042), (2, 0.025144480168819427), (0, -0.0491013377904892)]
+
+
+def test_readme_ranking_example(default_client, st_default):
+    """README's curl request returns README's printed output (and sentence-transformers' cosines)."""
+    query = "How do I list the files in a directory?"
+    r = default_client.post("/v1/ranking", json={
+        "model": "sentence-transformers/all-MiniLM-L6-v2", "query": {"text": query},
+        "passages": [{"text": p} for p in README_PASSAGES]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [x["index"] for x in body["rankings"]] == [i for i, _ in README_OUTPUT]
+    for x, (_, logit) in zip(body["rankings"], README_OUTPUT):
+        assert x["logit"] == pytest.approx(logit, abs=REF_TOL)
+    expected = st_cosines(st_default, query, README_PASSAGES)
+    for x in body["rankings"]:
+        assert x["logit"] == pytest.approx(expected[x["index"]], abs=REF_TOL)
+    assert body["usage"] == {"prompt_tokens": 44, "total_tokens": 44}
 
 
 @pytest.mark.parametrize("field", ["top_k", "top_n"])
@@ -112,10 +215,43 @@ def test_truncate_none_too_long_names_passage_count_and_limit(ce_client):
     assert "passages[1]" in msg and "128" in msg and str(3 + 2 + 200) in msg
 
 
-def test_truncate_end_is_default_and_scores_long_passages(ce_client):
-    long = "list files " * 100
-    r = rank(ce_client, "list files", ["short", long])
-    assert r.status_code == 200 and len(r.json()["rankings"]) == 2
+def test_truncate_end_is_default_and_scores_long_passages(ce_client, ce_reference, bert_ce_dir):
+    """END (the default) drops passage tokens from the right, then query tokens, to fit 128 tokens;
+    the logit is transformers' on exactly that pair."""
+    model, tok = ce_reference
+    limit = 128  # the tiny checkpoint's max_position_embeddings
+    query = "list files"
+    long = " ".join(WORDS * 2)  # 214 tokens of varied words: cutting the wrong side changes the score
+    default = rank(ce_client, query, ["short", long])
+    end = rank(ce_client, query, ["short", long], truncate="END")
+    assert default.status_code == end.status_code == 200, default.text
+    assert default.json() == end.json()  # no field == explicit END
+    got = {x["index"]: x["logit"] for x in default.json()["rankings"]}
+    full = tok.encode(query, long)
+    assert len(full.ids) > limit
+    # Reference truncation: tokenizers' own "only_second" strategy (passage tokens only), from the right.
+    cut, start_cut = (truncating_tokenizer(bert_ce_dir, limit, side).encode(query, long) for side in ("right", "left"))
+    assert len(cut.ids) == limit and cut.ids[:4] == full.ids[:4] and cut.ids[-1] == full.ids[-1]  # [CLS] q [SEP] .. [SEP]
+    expected, wrong = hf_logit(model, cut), hf_logit(model, start_cut)
+    print(f"long passage: HTTP {got[1]:.7f}, transformers on the END-cut pair {expected:.7f} "
+          f"(passage cut from the start instead: {wrong:.7f})")
+    assert got[1] == pytest.approx(expected, abs=REF_TOL)
+    assert abs(wrong - expected) > 100 * REF_TOL  # the check can tell which side was cut
+    assert got[0] == pytest.approx(hf_logit(model, tok.encode(query, "short")), abs=REF_TOL)
+    assert default.json()["usage"]["prompt_tokens"] == len(tok.encode(query, "short").ids) + limit
+    # A query too long by itself: the passage goes entirely, then the query is cut from the right.
+    long_query = " ".join(WORDS * 2)
+    r = rank(ce_client, long_query, ["short"])
+    assert r.status_code == 200, r.text
+    q = tok.encode(long_query, "short")
+    cls_id, sep_id = q.ids[0], q.ids[-1]
+    q_ids = q.ids[1:q.type_ids.index(1) - 1]  # the query's own tokens
+    ids = [cls_id, *q_ids[: limit - 3], sep_id, sep_id]
+    types = [0] * (limit - 1) + [1]
+    with torch.inference_mode():
+        expected_q = model(input_ids=torch.tensor([ids]), token_type_ids=torch.tensor([types])).logits[0, 0].item()
+    assert r.json()["rankings"][0]["logit"] == pytest.approx(expected_q, abs=REF_TOL)
+    assert r.json()["usage"]["prompt_tokens"] == limit
 
 
 def test_server_keeps_serving_after_errors(default_client):
