@@ -137,8 +137,11 @@ def create_app(config: ServerConfig, engine: Engine | None = None,
             loader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await loader
-            if app.state.engine is not None:
-                await app.state.engine.stop()
+            # Not ready before the engine stops: a late request gets a 503, never a stopped engine.
+            app.state.ready = False
+            stopping, app.state.engine = app.state.engine, None
+            if stopping is not None:
+                await stopping.stop()
 
     app = FastAPI(title="rankserve", version=__version__, lifespan=lifespan,
                   description="Reranking and embeddings with NVIDIA NIM-compatible APIs")
