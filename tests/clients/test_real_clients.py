@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import warnings
 
+import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DOCS = ["Bananas are a good source of potassium.", "The ls command lists directory contents.",
@@ -26,6 +28,30 @@ def reference(texts):
     from rankserve.models.loader import default_model_dir
 
     return SentenceTransformer(str(default_model_dir()), device="cpu").encode(texts)
+
+
+def served_embeddings(base, texts, input_type):
+    """The server's own /v1/embeddings vectors (float), in input order."""
+    r = httpx.post(base + "/embeddings", timeout=60, json={"input": texts, "model": MODEL, "input_type": input_type,
+                                                           "encoding_format": "float"})
+    assert r.status_code == 200, r.text
+    return np.asarray([d["embedding"] for d in sorted(r.json()["data"], key=lambda d: d["index"])])
+
+
+def served_rankings(base, query, docs):
+    """The server's own /v1/ranking answer: [(index, logit)] best first."""
+    r = httpx.post(base + "/ranking", timeout=60,
+                   json={"model": MODEL, "query": {"text": query}, "passages": [{"text": d} for d in docs]})
+    assert r.status_code == 200, r.text
+    return [(x["index"], x["logit"]) for x in r.json()["rankings"]]
+
+
+def models_listed(base) -> float:
+    """How many GET /v1/models the server has answered 200 (its Prometheus counter)."""
+    text = httpx.get(base + "/metrics", timeout=30).text
+    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+               if s.name == "rankserve_requests_total" and s.labels.get("route") == "/v1/models"
+               and s.labels.get("status") == "200")
 
 
 def assert_same_vectors(got, texts):
@@ -67,13 +93,22 @@ def test_langchain_embeddings(base):
 
 
 def test_langchain_picks_model_from_models_list(base):
+    from langchain_core.documents import Document
     from langchain_nvidia_ai_endpoints import NVIDIAEmbeddings, NVIDIARerank
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         emb, rr = NVIDIAEmbeddings(base_url=base), NVIDIARerank(base_url=base)
     assert emb.model == rr.model == MODEL
-    assert len(emb.embed_query("hello")) == 384
+    np.testing.assert_allclose([emb.embed_query(QUERY)], served_embeddings(base, [QUERY], "query"),
+                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose(emb.embed_documents(DOCS), served_embeddings(base, DOCS, "passage"),
+                               rtol=0, atol=1e-6)
+    out = rr.compress_documents(query=QUERY, documents=[Document(page_content=d) for d in DOCS])
+    served = served_rankings(base, QUERY, DOCS)
+    assert [d.page_content for d in out] == [DOCS[i] for i, _ in served]
+    np.testing.assert_allclose([d.metadata["relevance_score"] for d in out], [x for _, x in served],
+                               rtol=0, atol=1e-5)
 
 
 def test_langchain_rerank(base):
@@ -93,6 +128,43 @@ def test_llama_index_embeddings(base):
     emb = NVIDIAEmbedding(base_url=base, model=MODEL)
     assert_same_vectors([emb.get_query_embedding(QUERY)], [QUERY])
     assert_same_vectors(emb.get_text_embedding_batch(DOCS), DOCS)
+
+
+def test_llama_index_embedding_without_model(base):
+    """No ``model``: NVIDIAEmbedding asks GET /v1/models, picks the served id, and its vectors are the
+    server's own /v1/embeddings vectors (query -> input_type query, texts -> passage)."""
+    from llama_index.embeddings.nvidia import NVIDIAEmbedding
+
+    listed = models_listed(base)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Default model is set as: ..."
+        emb = NVIDIAEmbedding(base_url=base)
+    assert models_listed(base) > listed
+    assert emb.model == MODEL
+    q = emb.get_query_embedding(QUERY)
+    assert len(q) == 384
+    np.testing.assert_allclose([q], served_embeddings(base, [QUERY], "query"), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(emb.get_text_embedding_batch(DOCS), served_embeddings(base, DOCS, "passage"),
+                               rtol=0, atol=1e-6)
+
+
+def test_llama_index_rerank_without_model(base):
+    """No ``model``: NVIDIARerank asks GET /v1/models, and its node order and scores are the server's
+    own /v1/ranking rankings and logits."""
+    from llama_index.core.schema import NodeWithScore, TextNode
+    from llama_index.postprocessor.nvidia_rerank import NVIDIARerank
+
+    listed = models_listed(base)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rr = NVIDIARerank(base_url=base)
+    assert models_listed(base) > listed
+    assert rr.model == MODEL
+    nodes = rr.postprocess_nodes([NodeWithScore(node=TextNode(text=d)) for d in DOCS], query_str=QUERY)
+    served = served_rankings(base, QUERY, DOCS)
+    assert served[0][0] == 1 and len(nodes) == len(DOCS)
+    assert [n.node.text for n in nodes] == [DOCS[i] for i, _ in served]
+    np.testing.assert_allclose([n.score for n in nodes], [x for _, x in served], rtol=0, atol=1e-5)
 
 
 def test_llama_index_rerank(base):
