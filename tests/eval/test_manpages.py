@@ -8,16 +8,44 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import require
 
 from rankserve.eval import beir
 from rankserve.eval.manpages import BuildOptions, Chunker, build, list_pages, parse, render, renderer
 
 MAN = Path("/usr/share/man")
-needs_groff = pytest.mark.skipif(not (shutil.which("groff") or shutil.which("mandoc")),
-                                 reason="no man renderer: apt-get install groff-base")
-needs_tree = pytest.mark.skipif(
-    not ((MAN / "man1" / "ls.1.gz").is_file() and (MAN / "de" / "man1" / "ls.1.gz").is_file()),
-    reason="man pages not installed: apt-get install manpages manpages-dev manpages-de manpages-fr groff-base")
+
+
+@pytest.fixture
+def man_renderer() -> None:
+    require(bool(shutil.which("groff") or shutil.which("mandoc")), "no man renderer (groff or mandoc) on PATH",
+            "apt-get install groff-base")
+
+
+@pytest.fixture
+def man_tree_installed() -> None:
+    require((MAN / "man1" / "ls.1.gz").is_file() and (MAN / "de" / "man1" / "ls.1.gz").is_file(),
+            f"English and German man pages not installed under {MAN}",
+            "apt-get install manpages manpages-dev manpages-de manpages-fr groff-base")
+
+
+# Skipped locally with the install line when missing; a failure when CI is set (conftest.require).
+needs_groff = pytest.mark.usefixtures("man_renderer")
+needs_tree = pytest.mark.usefixtures("man_tree_installed")
+
+
+@pytest.mark.parametrize("ci, outcome", [(None, "skip"), ("", "skip"), ("0", "skip"), ("false", "skip"),
+                                         ("False", "skip"), ("true", "fail"), ("1", "fail"), ("yes", "fail")])
+def test_require_skips_locally_and_fails_in_ci(monkeypatch, ci, outcome):
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    expected = {"skip": pytest.skip.Exception, "fail": pytest.fail.Exception}[outcome]
+    with pytest.raises(expected) as info:
+        require(False, "no frobnicator", "apt-get install frob")
+    assert "no frobnicator" in str(info.value) and "apt-get install frob" in str(info.value)
+    require(True, "never shown", "never run")  # a met prerequisite neither skips nor fails
 
 RENDERED = """LS(1)                         User Commands                        LS(1)
 
