@@ -61,12 +61,22 @@ def check_auth(request: Request) -> None:
 
 
 def check_texts(request: Request, texts: Iterable[str], field: str) -> None:
-    """Each text within ``max_text_chars`` (413 naming the text and the limit)."""
+    """Each text within ``max_text_chars`` (413 naming the text and the limit) and valid Unicode.
+
+    JSON may carry lone UTF-16 surrogates (``"\\ud83d"``, an emoji cut in half) and pydantic lets
+    some through inside unions; the tokenizer cannot take them, so they are a 400 here, not a 500.
+    """
     limit = request.app.state.config.max_text_chars
     for i, text in enumerate(texts):
         if len(text) > limit:
             raise PayloadTooLarge(f"{field}[{i}] has {len(text)} characters; the limit is {limit} per text "
                                   "(max_text_chars)", param=f"{field}.{i}")
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InvalidRequest(f"{field}[{i}] is not valid Unicode: a lone UTF-16 surrogate at character "
+                                     f"{exc.start}", param=f"{field}.{i}") from None
 
 
 def check_model(engine: Engine, requested: str | None, suffixes: tuple[str, ...] = ()) -> str | None:
