@@ -92,7 +92,7 @@ class Batcher:
         self._task.add_done_callback(self._worker_exited)
 
     async def stop(self) -> None:
-        if self._task:
+        if self._task and not self._task.done():  # a dead worker's task is done: nothing to stop
             self._task.remove_done_callback(self._worker_exited)
             self._task.cancel()
             try:
