@@ -4,12 +4,16 @@ cache serves repeats, and a client that disconnects has its queued work dropped.
 from __future__ import annotations
 
 import concurrent.futures
+import json
+import socket
+import threading
 import time
 
 import httpx
 import pytest
 
-from conftest import LiveServer
+from conftest import LiveServer, app_client, wait_ready
+from rankserve.engine import batcher as batcher_module
 from rankserve.loadgen import make_requests
 
 
@@ -17,11 +21,80 @@ def metric(text: str, name: str) -> float:
     return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
 
 
-def test_concurrent_requests_equal_sequential(ce_client):
-    bodies = make_requests(12, (3, 8), (2, 40), seed=3)  # ce_client allows 8 passages
-    alone = [ce_client.post("/v1/ranking", json=b).json()["rankings"] for b in bodies]
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        together = list(pool.map(lambda b: ce_client.post("/v1/ranking", json=b).json()["rankings"], bodies))
+class GatedForward:
+    """Wraps the engine's forward pass: records every batch and, once ``hold()`` is called, holds the
+    next batch in the model (``started`` set) until ``release`` is set, so later requests queue up."""
+
+    def __init__(self, real):
+        self.real = real
+        self.calls: list[list] = []
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.holding = False
+
+    def hold(self) -> None:
+        self.calls.clear()
+        self.holding = True
+
+    def __call__(self, items):
+        self.calls.append(list(items))
+        if self.holding and not self.started.is_set():
+            self.started.set()
+            if not self.release.wait(180):  # a safety net: the test always releases
+                raise RuntimeError("the test never released the held batch")
+        return self.real(items)
+
+
+def wait_until(predicate, what: str, timeout: float = 60) -> None:
+    """Poll ``predicate`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.002)
+
+
+def query_of(pair) -> tuple[int, ...]:
+    """The query tokens of a BERT pair ([CLS] query [SEP], token type 0): which request it came from."""
+    return tuple(i for i, t in zip(pair.ids, pair.type_ids) if t == 0)
+
+
+def test_concurrent_requests_share_forward_passes_and_equal_sequential(bert_ce_dir):
+    bodies = make_requests(12, (3, 8), (2, 40), seed=3)
+    with app_client(model=str(bert_ce_dir), max_batch_tokens=1 << 16) as client:  # every request fits one pass
+        wait_ready(client)
+        engine = client.app.state.engine
+        forward = engine.batcher.forward = GatedForward(engine.batcher.forward)
+        try:
+            alone, request_of = [], {}
+            for i, b in enumerate(bodies):
+                forward.calls.clear()
+                alone.append(client.post("/v1/ranking", json=b).json()["rankings"])
+                assert [len(c) for c in forward.calls] == [len(b["passages"])]  # alone: one pass of its own
+                request_of[query_of(forward.calls[0][0])] = i
+            assert len(request_of) == len(bodies)  # distinct queries tell the requests apart
+
+            # Hold request 0's pass in the model; the other 11 arrive and wait in the queue together.
+            forward.hold()
+            queued = sum(len(b["passages"]) for b in bodies[1:])
+            with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
+                post = lambda b: client.post("/v1/ranking", json=b)  # noqa: E731
+                try:
+                    held = pool.submit(post, bodies[0])
+                    assert forward.started.wait(60), "request 0 never reached the model"
+                    rest = [pool.submit(post, b) for b in bodies[1:]]
+                    wait_until(lambda: len(engine.batcher.pending) == queued, f"{queued} pairs of 11 requests to queue")
+                finally:
+                    forward.release.set()  # before the pool waits for its threads
+                responses = [held.result(60)] + [f.result(60) for f in rest]
+        finally:
+            forward.release.set()
+    assert [r.status_code for r in responses] == [200] * len(bodies)
+    # Two passes in all: request 0 alone, then one pass holding every pair of the 11 queued requests.
+    requests_per_pass = [sorted({request_of[query_of(p)] for p in c}) for c in forward.calls]
+    assert requests_per_pass == [[0], list(range(1, len(bodies)))], requests_per_pass
+    assert [len(c) for c in forward.calls] == [len(bodies[0]["passages"]), queued]
+    together = [r.json()["rankings"] for r in responses]
     for a, t in zip(alone, together):
         assert [x["index"] for x in a] == [x["index"] for x in t]
         assert [x["logit"] for x in a] == pytest.approx([x["logit"] for x in t], abs=1e-5)
@@ -46,25 +119,47 @@ def test_passage_cache_serves_repeated_passages(default_client):
     assert [x["logit"] for x in again] == pytest.approx([x["logit"] for x in first["rankings"]], abs=1e-6)
 
 
-def test_disconnected_client_work_is_dropped(bert_ce_dir):
-    calls = []
-    with LiveServer(model=str(bert_ce_dir), max_batch_tokens=64) as server:
-        engine = server.server.config.app.state.engine
-        real = engine.batcher.forward
+def test_disconnected_client_work_is_dropped(bert_ce_dir, monkeypatch):
+    budget = 64
+    rounds = []  # every round the batcher cuts: its WorkItems (with their futures)
+    real_cut = batcher_module.cut_batches
 
-        def slow(items):
-            calls.append(len(items))
-            time.sleep(0.05)
-            return real(items)
+    def recording_cut(items, max_batch_tokens):
+        rounds.append(list(items))
+        return real_cut(items, max_batch_tokens)
 
-        engine.batcher.forward = slow
-        body = {"query": {"text": "list files"}, "passages": [{"text": "list files in a directory " * 8}] * 60}
-        with pytest.raises(httpx.TimeoutException):
-            httpx.post(server.url + "/v1/ranking", json=body, timeout=0.3)
-        time.sleep(1.5)
-        done_after_disconnect = sum(calls)
-        assert done_after_disconnect < 60  # most of the 60 pairs never reached the model
-        time.sleep(0.5)
-        assert sum(calls) == done_after_disconnect  # and nothing more runs later
-        ok = httpx.post(server.url + "/v1/ranking", json={**body, "passages": body["passages"][:2]}, timeout=30)
-        assert ok.status_code == 200 and len(ok.json()["rankings"]) == 2
+    monkeypatch.setattr(batcher_module, "cut_batches", recording_cut)
+    with LiveServer(model=str(bert_ce_dir), max_batch_tokens=budget) as server:
+        app = server.server.config.app
+        engine = app.state.engine
+        query, passage = "list files", "list files in a directory " * 3
+        length = len(engine.policy.pairs(query, [passage], "END")[0])
+        per_batch = budget // length  # equal-length pairs: this many share a pass within the budget
+        assert 2 <= per_batch < 60, (length, per_batch)
+        forward = engine.batcher.forward = GatedForward(engine.batcher.forward)
+        forward.hold()
+        rounds.clear()
+        try:
+            body = json.dumps({"query": {"text": query}, "passages": [{"text": passage}] * 60}).encode()
+            with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+                sock.sendall(b"POST /v1/ranking HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                assert forward.started.wait(60), "the request never reached the model"
+            # The socket is closed while the first batch is held in the model. Wait until the server
+            # has answered 499 and every one of the request's 60 items is cancelled, then release.
+            assert len(rounds) == 1 and len(rounds[0]) == 60
+            closed = lambda: app.state.metrics.registry.get_sample_value(  # noqa: E731
+                "rankserve_requests_total", {"route": "/v1/ranking", "status": "499"})
+            wait_until(lambda: closed() == 1, "the server to notice the disconnect (499)")
+            wait_until(lambda: all(it.future.cancelled() for it in rounds[0]), "the request's items to be cancelled")
+            forward.release.set()
+            ok = httpx.post(server.url + "/v1/ranking", json={"query": {"text": query},
+                                                              "passages": [{"text": passage}] * 2}, timeout=60)
+        finally:
+            forward.release.set()
+        assert ok.status_code == 200 and len(ok.json()["rankings"]) == 2  # the server still serves
+        # The model saw the first batch only (it was running when the client left); none of the other
+        # pairs ran, before or after the next request, which was answered from a round of its own.
+        assert [len(c) for c in forward.calls] == [per_batch, 2], [len(c) for c in forward.calls]
+        assert [len(r) for r in rounds] == [60, 2]
+        assert engine.batcher.depth == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 import torch
@@ -79,39 +80,99 @@ def test_a_request_fitting_one_budget_runs_in_one_batch():
     assert calls == [[9, 7, 5, 3]]
 
 
-def test_cancelled_request_items_are_dropped():
-    calls = []
-    started = asyncio.Event
+class GatedForward:
+    """A forward pass that records each batch's tags (``ids[0]``) and holds its first call until released.
+
+    ``started`` is set when the first batch reaches the model; that call then blocks (bounded) on
+    ``release``, so everything submitted meanwhile queues up behind it.
+    """
+
+    def __init__(self):
+        self.calls: list[list[int]] = []
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, items):
+        self.calls.append([i.ids[0] for i in items])
+        if len(self.calls) == 1:
+            self.started.set()
+            if not self.release.wait(120):  # a safety net: the test always releases
+                raise RuntimeError("the test never released the first batch")
+        return torch.tensor([float(i.ids[0]) for i in items])
+
+
+async def until(predicate, what: str, timeout: float = 10) -> None:
+    """Yield to the event loop until ``predicate()`` holds; fail after ``timeout`` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.001)
+
+
+def test_concurrent_requests_share_one_forward_pass():
+    forward = GatedForward()
+    metrics = Metrics()
+    reqs = [[enc(3 + j, tag=100 * i + j) for j in range(3)] for i in range(1, 5)]  # 4 requests x 3 items
 
     async def main():
-        gate = asyncio.Event()
-        loop = asyncio.get_running_loop()
-
-        def slow_forward(items):
-            asyncio.run_coroutine_threadsafe(_set(gate), loop)
-            import time; time.sleep(0.2)
-            return echo_forward(calls)(items)
-
-        b = Batcher(slow_forward, max_batch_tokens=10, max_queue_items=1000, metrics=Metrics())
+        b = Batcher(forward, max_batch_tokens=1000, max_queue_items=1000, metrics=metrics)
         b.start()
-        first = asyncio.create_task(b.submit([enc(10, 1)]))
-        await gate.wait()  # first batch is running; the next request waits in the queue
-        doomed = asyncio.create_task(b.submit([enc(10, 2), enc(10, 3)]))
-        await asyncio.sleep(0.01)
-        doomed.cancel()
-        assert [int(x) for x in await first] == [1]
-        with pytest.raises(asyncio.CancelledError):
-            await doomed
-        kept = await b.submit([enc(10, 4)])
+        try:
+            first = asyncio.create_task(b.submit([enc(4, tag=1)]))
+            assert await asyncio.to_thread(forward.started.wait, 10), "the first batch never reached the model"
+            others = [asyncio.create_task(b.submit(r)) for r in reqs]
+            await until(lambda: len(b.pending) == 12, "all 4 requests to queue behind the held batch")
+        finally:
+            forward.release.set()
+        outs = await asyncio.gather(first, *others)
         await b.stop()
-        return kept
+        return outs
 
-    async def _set(e):
-        e.set()
+    outs = run(main())
+    assert [int(x) for x in outs[0]] == [1]
+    for r, o in zip(reqs, outs[1:]):
+        assert [int(x) for x in o] == [e.ids[0] for e in r]  # each request gets its own rows back, in order
+    # The held batch, then ONE forward pass holding all four queued requests' items (longest first).
+    assert len(forward.calls) == 2, forward.calls
+    assert forward.calls[0] == [1]
+    assert sorted(forward.calls[1]) == sorted(e.ids[0] for r in reqs for e in r)
+    assert {tag // 100 for tag in forward.calls[1]} == {1, 2, 3, 4}
+    assert metrics.registry.get_sample_value("rankserve_batch_size_count") == 2
+    assert metrics.registry.get_sample_value("rankserve_batch_size_sum") == 13
 
-    kept = run(main())
+
+def test_cancelled_request_items_are_dropped():
+    forward = GatedForward()
+
+    async def main():
+        # Budget 30, items of 10 tokens: three per batch, so dropped items would share a batch with kept ones.
+        b = Batcher(forward, max_batch_tokens=30, max_queue_items=1000, metrics=Metrics())
+        b.start()
+        try:
+            first = asyncio.create_task(b.submit([enc(10, 1)]))
+            assert await asyncio.to_thread(forward.started.wait, 10), "the first batch never reached the model"
+            doomed = asyncio.create_task(b.submit([enc(10, 2), enc(10, 3)]))
+            survivor = asyncio.create_task(b.submit([enc(10, 5)]))
+            await until(lambda: len(b.pending) == 3, "both requests to queue behind the held batch")
+            doomed.cancel()  # the client left while its items wait in the queue
+            with pytest.raises(asyncio.CancelledError):
+                await doomed
+            assert [it.future.cancelled() for it in b.pending] == [True, True, False]
+        finally:
+            forward.release.set()
+        assert [int(x) for x in await first] == [1]
+        assert [int(x) for x in await survivor] == [5]
+        kept = await b.submit([enc(10, 4)])
+        depth = b.depth
+        await b.stop()
+        return kept, depth
+
+    kept, depth = run(main())
     assert [int(x) for x in kept] == [4]
-    assert len(calls) == 2  # the cancelled request's two items never reached the model
+    assert depth == 0
+    # The cancelled request's two items never reached the model; the survivor queued with them ran alone.
+    assert forward.calls == [[1], [5], [4]]
 
 
 def test_forward_failure_fails_every_waiter_and_keeps_serving():

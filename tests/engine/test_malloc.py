@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 
+from rankserve.engine import malloc
 from rankserve.engine.malloc import retain_freed_memory
 
 # A MiniLM-size MLP slice of varying row counts, the allocation pattern of a forward pass; prints
@@ -48,6 +52,76 @@ def test_freed_activations_are_reused_not_faulted_in_again():
     assert tuned < 10_000, (tuned, default)
 
 
-def test_second_call_is_a_no_op_that_still_reports_success():
-    first = retain_freed_memory()
-    assert retain_freed_memory() == first
+class FakeLibc:
+    """Stands in for ``ctypes.CDLL("libc.so.6")``: records mallopt calls, returns ``result`` (glibc: 1 = ok)."""
+
+    def __init__(self, log: list, result: int, glibc: bool = True):
+        self.log, self.result = log, result
+        if glibc:
+            self.gnu_get_libc_version = lambda: b"2.99"
+
+    def mallopt(self, param: int, value: int) -> int:
+        self.log.append((param, value))
+        return self.result
+
+
+@pytest.fixture
+def fake_libc(monkeypatch):
+    """Route retain_freed_memory's dlopen to a FakeLibc; start from a process that has not tuned malloc yet.
+
+    Returns ``(opened, mallopt_calls, results, glibc)``: set ``results[0]`` to the mallopt return value
+    and ``glibc[0]`` to whether the next opened libc is glibc. ``_done`` (and ``ctypes``, ``sys`` in
+    that module only) are restored after the test.
+    """
+    opened: list[str] = []
+    calls: list[tuple[int, int]] = []
+    results = [1]
+    glibc = [True]
+
+    def cdll(name):
+        opened.append(name)
+        return FakeLibc(calls, results[0], glibc[0])
+
+    monkeypatch.setattr(malloc, "ctypes", types.SimpleNamespace(CDLL=cdll, util=ctypes.util))
+    monkeypatch.setattr(malloc, "sys", types.SimpleNamespace(platform="linux"))
+    monkeypatch.setattr(malloc, "_done", False)
+    return opened, calls, results, glibc
+
+
+TUNE = [(malloc.M_MMAP_THRESHOLD, malloc.MMAP_THRESHOLD), (malloc.M_TRIM_THRESHOLD, malloc.TRIM_THRESHOLD)]
+
+
+def test_second_call_is_a_no_op_that_still_reports_success(fake_libc):
+    opened, calls, _, _ = fake_libc
+    assert malloc.retain_freed_memory() is True
+    assert calls == TUNE  # both thresholds set
+    assert len(opened) == 1
+    assert malloc.retain_freed_memory() is True
+    assert malloc.retain_freed_memory() is True
+    assert calls == TUNE  # later calls call mallopt no more ...
+    assert len(opened) == 1  # ... and do not even open libc
+
+
+def test_failed_mallopt_reports_false_and_a_later_call_retries(fake_libc):
+    opened, calls, results, _ = fake_libc
+    results[0] = 0  # glibc's mallopt returns 0 on error
+    assert malloc.retain_freed_memory() is False
+    assert calls and calls[0] == TUNE[0]
+    failed = len(calls)
+    results[0] = 1
+    assert malloc.retain_freed_memory() is True  # not remembered as done: tried again, and succeeded
+    assert calls[failed:] == TUNE
+    assert malloc.retain_freed_memory() is True  # and now it is done
+    assert calls[failed:] == TUNE
+    assert len(opened) == 2
+
+
+def test_not_glibc_reports_false_without_calling_mallopt(fake_libc, monkeypatch):
+    opened, calls, _, glibc = fake_libc
+    glibc[0] = False  # musl: no gnu_get_libc_version, and its mallopt does nothing
+    assert malloc.retain_freed_memory() is False
+    assert calls == []
+    assert len(opened) == 1
+    monkeypatch.setattr(malloc, "sys", types.SimpleNamespace(platform="darwin"))
+    assert malloc.retain_freed_memory() is False
+    assert len(opened) == 1  # not Linux: libc is not even opened
