@@ -30,8 +30,8 @@ NIM_ENV = {
     "log_level": "NIM_LOG_LEVEL",
     "max_queue_requests": "NIM_SERVER_MAX_QUEUE_SIZE",
     "request_timeout": "NIM_SERVER_REQUEST_TIMEOUT_S",
-    "ssl_certfile": "NIM_SSL_CERT_PATH",
-    "ssl_keyfile": "NIM_SSL_KEY_PATH",
+    "ssl_certfile": "NIM_TLS_CERT_PATH",
+    "ssl_keyfile": "NIM_TLS_KEY_PATH",
 }
 
 
