@@ -5,7 +5,11 @@ mask (padding keys only, no causal triangle) and explicit per-sequence position 
 real tokens and multiplied by the same ``score`` weights.
 Tolerances: fp32 max abs diff <= 1e-4 (logits and unit vectors); bf16 (ours, bf16 weights and
 activations, RoPE/RMSNorm in fp32) vs the fp32 reference: <= 0.1 on logits of magnitude ~1 and
-<= 0.03 on unit-vector components (transformers' own bf16 run is of the same order).
+<= 0.03 on unit-vector components, and also <= BF16_VS_HF x transformers' own bf16 error on the
+same inputs (floored, in case transformers' run is luckily exact): over 12 seeded checkpoints
+(Llama and Mistral, seeds 0-5) ours/transformers' bf16 max abs diff was 0.55-2.0 for reranker
+logits and 0.73-1.24 for embedding components; the fixtures measure 0.0223 vs 0.0145 (logits)
+and 0.0083 vs 0.0071 (vectors).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from rankserve.models.loader import load_model
 TOL = 1e-4
 BF16_LOGIT_TOL = 0.1
 BF16_VECTOR_TOL = 0.03
+BF16_VS_HF = 2.5  # ours may be at most this many times transformers' own bf16 error...
+BF16_LOGIT_FLOOR, BF16_VECTOR_FLOOR = 0.02, 0.01  # ...or this, whichever is larger
 QUERY = "how do i list files in a directory"
 PASSAGES = [
     "the ls command lists directory contents, sorted by name",
@@ -144,6 +150,8 @@ def test_reranker_bf16_within_bound(llama_rr):
     diff, hf_diff = (got - expected).abs().max().item(), (hf_bf16 - expected).abs().max().item()
     print(f"bf16 max abs diff vs fp32 reference: ours {diff:.4f}, transformers bf16 {hf_diff:.4f}")
     assert diff <= BF16_LOGIT_TOL
+    assert diff <= max(BF16_VS_HF * hf_diff, BF16_LOGIT_FLOOR), (diff, hf_diff)
+    assert 0 < hf_diff <= BF16_LOGIT_TOL  # the reference really ran in bf16, and sanely
     assert torch.equal(got.argsort(0), expected.argsort(0))  # same ranking
 
 
@@ -176,17 +184,24 @@ def test_hf_llama_classifier_is_causal_last_token(tmp_path):
 
 # -- embedders ---------------------------------------------------------------------------------
 
-def embed_check(directory, dtype=torch.float32, tol=TOL) -> float:
+def embed_check(directory, dtype=torch.float32, tol=TOL) -> tuple[float, float | None]:
+    """Max abs diff of our unit vectors vs transformers' fp32 ones (asserted <= tol), and for a
+    non-fp32 dtype transformers' own error in that dtype (None for fp32)."""
     spec = load_model(directory, dtype=dtype)
     texts = [spec.query_prefix + QUERY] + [spec.passage_prefix + p for p in PASSAGES]
     ids = [e.ids for e in policy(spec).texts(texts, "END")]
     got = torch.nn.functional.normalize(ours(spec, ids), dim=-1)
-    model, _ = reference_model(directory)
-    hidden, real = reference_hidden(model, ids)
-    expected = torch.nn.functional.normalize(reference_pool(hidden, real, "mean"), dim=-1)
+
+    def reference(ref_dtype) -> torch.Tensor:
+        model, _ = reference_model(directory)
+        hidden, real = reference_hidden(model, ids, dtype=ref_dtype)
+        return torch.nn.functional.normalize(reference_pool(hidden, real, "mean"), dim=-1)
+
+    expected = reference(torch.float32)
     diff = (got - expected).abs().max().item()
     assert diff <= tol, diff
-    return diff
+    hf_diff = None if dtype == torch.float32 else (reference(dtype) - expected).abs().max().item()
+    return diff, hf_diff
 
 
 def test_embedder_matches_transformers(llama_emb):
@@ -209,8 +224,10 @@ def test_checkpoint_layouts_load(variant, tmp_path):
 
 
 def test_embedder_bf16_within_bound(llama_emb):
-    diff = embed_check(llama_emb, dtype=torch.bfloat16, tol=BF16_VECTOR_TOL)
-    print(f"bf16 embedder max abs diff vs fp32 reference: {diff:.4f}")
+    diff, hf_diff = embed_check(llama_emb, dtype=torch.bfloat16, tol=BF16_VECTOR_TOL)
+    print(f"bf16 embedder max abs diff vs fp32 reference: ours {diff:.4f}, transformers bf16 {hf_diff:.4f}")
+    assert diff <= max(BF16_VS_HF * hf_diff, BF16_VECTOR_FLOOR), (diff, hf_diff)
+    assert 0 < hf_diff <= BF16_VECTOR_TOL  # the reference really ran in bf16, and sanely
 
 
 # -- prompts and truncation (byte-level BPE offsets) ---------------------------------------------
