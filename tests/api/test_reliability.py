@@ -204,3 +204,19 @@ def test_request_id_is_echoed_or_generated(ce):
         assert re.fullmatch(r"[0-9a-f]{32}", too_long)
         error = client.post("/v1/ranking", json={}, headers={"X-Request-Id": "bad-one"})
         assert error.status_code == 422 and error.headers["x-request-id"] == "bad-one"
+
+
+def test_queue_wait_and_batch_fill_are_measured_per_pass(ce):
+    with ce() as client:
+        wait_ready(client)
+        mixed = {"query": {"text": "list files"},
+                 "passages": [{"text": "list files in a directory " * 4}, {"text": "banana"}]}
+        for _ in range(3):
+            assert rank(client, mixed).status_code == 200
+        passes = metric(client, "rankserve_batch_size_count")
+        assert passes >= 3
+        assert metric(client, "rankserve_batch_fill_count") == passes
+        fill = metric(client, "rankserve_batch_fill_sum") / passes
+        assert 0.2 < fill < 1.0  # a 26-token and a 6-token pair padded to 26: (26 + 6) / 52
+        assert metric(client, "rankserve_queue_wait_seconds_count") == metric(client, "rankserve_batch_size_sum")
+        assert metric(client, "rankserve_queue_tokens") == 0 and metric(client, "rankserve_queue_depth") == 0
