@@ -77,7 +77,7 @@ async def _rank(request: Request, query: str, texts: list[str], truncate: str,
     engine = engine_of(request)
     limit = request.app.state.config.max_passages
     if len(texts) > limit:
-        raise InvalidRequest(f"{len(texts)} documents exceed the limit of {limit} per request", param="documents")
+        raise InvalidRequest(f"{len(texts)} {field} exceed the limit of {limit} per request", param=field)
     check_texts(request, [query], "query")
     check_texts(request, texts, field)
     result = await unless_disconnected(request, engine.rank(query, texts, truncate))  # type: ignore[arg-type]

@@ -36,6 +36,9 @@ def engine_of(request: Request) -> Engine:
     if state.draining:
         raise ShuttingDown("server is shutting down; retry on another replica",
                            headers={"Retry-After": "1", "Connection": "close"})
+    if state.fatal is not None:
+        raise NotReady(f"server failed and is stopping ({state.fatal}); retry on another replica",
+                       headers={"Retry-After": "5"})
     if state.engine is None or not state.ready:
         raise NotReady("model is loading; retry shortly", headers={"Retry-After": "2"})
     return state.engine
