@@ -20,7 +20,9 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 
 from rankserve.api import schemas as s
-from rankserve.api.routes import ERRORS, check_auth, check_model, check_texts, engine_of, ranking, unless_disconnected
+from rankserve.api.routes import (
+    ERRORS, check_auth, check_model, check_texts, engine_of, priority_of, ranking, unless_disconnected,
+)
 from rankserve.engine.engine import Engine, RankResult
 from rankserve.errors import InvalidRequest
 
@@ -80,7 +82,8 @@ async def _rank(request: Request, query: str, texts: list[str], truncate: str,
         raise InvalidRequest(f"{len(texts)} {field} exceed the limit of {limit} per request", param=field)
     check_texts(request, [query], "query")
     check_texts(request, texts, field)
-    result = await unless_disconnected(request, engine.rank(query, texts, truncate))  # type: ignore[arg-type]
+    work = engine.rank(query, texts, truncate, priority_of(request))  # type: ignore[arg-type]
+    result = await unless_disconnected(request, work)
     order = sorted(range(len(texts)), key=lambda i: (-result.scores[i], i))
     return engine, result, order
 

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from rankserve.api import schemas as s
+from rankserve.engine.batcher import PRIORITIES, Priority
 from rankserve.engine.engine import Engine
 from rankserve.errors import ClientDisconnected, InvalidRequest, NotReady, PayloadTooLarge, RequestTimeout, ShuttingDown, Unauthorized
 
@@ -82,6 +83,14 @@ def check_texts(request: Request, texts: Iterable[str], field: str) -> None:
                                      f"{exc.start}", param=f"{field}.{i}") from None
 
 
+def priority_of(request: Request) -> Priority:
+    """``X-Priority: interactive`` (default) or ``batch``: batch work yields to interactive work."""
+    value = request.headers.get("x-priority", "interactive").strip().lower()
+    if value not in PRIORITIES:
+        raise InvalidRequest(f"X-Priority must be one of {', '.join(PRIORITIES)}", param="X-Priority")
+    return value  # type: ignore[return-value]
+
+
 def check_model(engine: Engine, requested: str | None, suffixes: tuple[str, ...] = ()) -> str | None:
     """The request's model must name the served model (optionally with an allowed suffix)."""
     if requested is None or requested == engine.name:
@@ -129,7 +138,7 @@ async def ranking(body: s.RankingRequest, request: Request) -> s.RankingResponse
     check_texts(request, [body.query.text], "query")
     check_texts(request, (p.text for p in body.passages), "passages")
     result = await unless_disconnected(
-        request, engine.rank(body.query.text, [p.text for p in body.passages], body.truncate)
+        request, engine.rank(body.query.text, [p.text for p in body.passages], body.truncate, priority_of(request))
     )
     order = sorted(range(len(result.scores)), key=lambda i: (-result.scores[i], i))
     top = body.top_k or body.top_n
@@ -158,7 +167,8 @@ async def embeddings(body: s.EmbeddingsRequest, request: Request) -> s.Embedding
         raise InvalidRequest(f"{len(texts)} inputs exceed the limit of {limit} per request", param="input")
     check_texts(request, texts, "input")
     input_type = body.input_type or suffix_type
-    result = await unless_disconnected(request, engine.embed(texts, input_type, body.truncate, body.dimensions))
+    result = await unless_disconnected(
+        request, engine.embed(texts, input_type, body.truncate, body.dimensions, priority_of(request)))
     vectors = result.vectors.numpy()
     if body.encoding_format == "base64":
         data = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]

@@ -1,11 +1,16 @@
-"""Dynamic batching across requests: an asyncio admission queue, one model worker.
+"""Dynamic batching across requests: an asyncio admission queue, one model worker, fair scheduling.
 
-Work arrives as ``Encoded`` items (one pair or text each) with a future. The worker takes
-everything pending as a *round*, sorts it by length, and cuts it into micro-batches whose padded
-cost (longest x rows) stays under ``max_batch_tokens``; a request's items all enter one round, so
-they never wait behind each other in separate rounds. Items whose future was cancelled (client
-left, deadline passed) are skipped. A failing forward pass fails every item in that batch, never
-silently; a crashed worker loop fails everything it held and restarts (see ``Batcher``).
+Work arrives as ``Encoded`` items (one pair or text each) with a future; one request's items form
+a *job*. Each time the model thread is free, the worker forms **one** micro-batch from everything
+pending at that moment, new arrivals included (continuous batching): jobs are taken in order of
+priority (``interactive`` before ``batch``), then smallest remaining work first, and their
+items, longest first, fill the padded budget (longest x rows <= ``max_batch_tokens``). So a
+3-passage request that arrives while a 600-passage job runs goes into the very next pass instead
+of waiting for the whole job; a job nobody has served for ``STARVE_AFTER`` seconds goes first, so
+big jobs always progress. A request's items may run in many passes; its answer still comes back
+whole and in order. Items whose future was cancelled (client left, deadline passed) are dropped.
+A failing forward pass fails every item in that batch, never silently; a crashed worker loop fails
+everything it held and restarts (see ``Batcher``).
 """
 
 from __future__ import annotations
@@ -13,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Sequence
 
 import torch
 
@@ -25,6 +31,10 @@ from rankserve.metrics import Metrics
 
 log = logging.getLogger("rankserve")
 Forward = Callable[[Sequence[Encoded]], torch.Tensor]
+Priority = Literal["interactive", "batch"]
+PRIORITIES: dict[str, int] = {"interactive": 0, "batch": 1}
+# A job not served for this long goes before every other (bounded starvation for big/batch jobs).
+STARVE_AFTER = 1.0
 
 
 @dataclass(slots=True)
@@ -35,7 +45,11 @@ class WorkItem:
 
 
 def cut_batches(items: list[WorkItem], max_batch_tokens: int) -> list[list[WorkItem]]:
-    """Length-sorted (longest first) micro-batches with padded cost <= budget (at least one row)."""
+    """Length-sorted (longest first) micro-batches with padded cost <= budget (at least one row).
+
+    The offline form of the budget rule (benchmarks batch a fixed workload with it); the server's
+    ``Batcher.next_batch`` applies the same rule to live jobs.
+    """
     ordered = sorted(items, key=lambda it: len(it.encoded), reverse=True)
     batches: list[list[WorkItem]] = []
     current: list[WorkItem] = []
@@ -48,6 +62,23 @@ def cut_batches(items: list[WorkItem], max_batch_tokens: int) -> list[list[WorkI
     if current:
         batches.append(current)
     return batches
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    """One request's items not yet taken into a batch, longest first."""
+
+    items: deque[WorkItem]
+    priority: int  # PRIORITIES value: lower goes first
+    arrival: float
+    tokens: int  # tokens still waiting
+    served: float = field(default=0.0)  # when an item last went into a batch (arrival until then)
+
+    def key(self, now: float) -> tuple:
+        """Sort key: starved jobs first, longest-unserved first; then priority, remaining work, arrival."""
+        if now - self.served >= STARVE_AFTER:
+            return (0, self.served, 0, 0.0)
+        return (1, self.priority, self.tokens, self.arrival)
 
 
 class Batcher:
@@ -76,13 +107,13 @@ class Batcher:
         # Test-only fault hook: called in the model thread with each batch before ``forward``; it
         # can raise to simulate a failing pass or a dying worker. Not reachable from config or HTTP.
         self.fault: Callable[[Sequence[Encoded]], None] | None = None
-        self.pending: list[WorkItem] = []
-        self.in_flight = 0  # items taken into the current round, not yet answered
+        self.jobs: list[Job] = []  # admitted requests with items still waiting, in arrival order
+        self.in_flight = 0  # items of the batch in the model, not yet answered
         self.queued_tokens = 0  # tokens of pending + in-flight items
         self.requests = 0  # submits not yet answered
         self.restarts = 0
         self.dead: str | None = None
-        self._round: list[WorkItem] = []
+        self._current: list[WorkItem] = []  # the batch in the model
         self._wake = asyncio.Event()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rankserve-model")
         self._task: asyncio.Task | None = None
@@ -103,15 +134,20 @@ class Batcher:
         self._thread.shutdown(wait=True)
 
     @property
+    def pending(self) -> list[WorkItem]:
+        """Items admitted and not yet in a batch, job by job in arrival order."""
+        return [it for job in self.jobs for it in job.items]
+
+    @property
     def depth(self) -> int:
-        return len(self.pending) + self.in_flight
+        return sum(len(job.items) for job in self.jobs) + self.in_flight
 
     def _refuse(self, what: str, have: int, limit: int) -> Overloaded:
         return Overloaded(f"server is at capacity ({have} {what} queued, limit {limit}); retry shortly",
                           headers={"Retry-After": "1"})
 
-    async def submit(self, encoded: Sequence[Encoded]) -> list[torch.Tensor]:
-        """Queue the items; resolve to one output row per item, in order."""
+    async def submit(self, encoded: Sequence[Encoded], priority: Priority = "interactive") -> list[torch.Tensor]:
+        """Queue the items as one job; resolve to one output row per item, in order."""
         if self.dead is not None:
             raise NotReady(f"the model worker has stopped ({self.dead}); the server is restarting",
                            headers={"Retry-After": "5"})
@@ -125,7 +161,8 @@ class Batcher:
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
         items = [WorkItem(e, loop.create_future(), now) for e in encoded]
-        self.pending.extend(items)
+        longest_first = sorted(items, key=lambda it: len(it.encoded), reverse=True)
+        self.jobs.append(Job(deque(longest_first), PRIORITIES[priority], now, tokens, now))
         self.queued_tokens += tokens
         self.requests += 1
         self._gauges()
@@ -144,27 +181,53 @@ class Batcher:
         self.metrics.queue_tokens.set(self.queued_tokens)
 
     def _release(self, items: Sequence[WorkItem]) -> None:
-        """Items leave the in-flight count (answered, failed, or skipped because cancelled)."""
-        self.in_flight -= len(items)
+        """A batch's items leave the queue's token count (answered or failed)."""
         self.queued_tokens -= sum(len(it.encoded) for it in items)
+
+    def next_batch(self) -> list[WorkItem]:
+        """One micro-batch from the jobs waiting now (see the module docstring), longest first.
+
+        Jobs go in order of ``Job.key``; each gives its items, longest first, while the padded cost
+        stays within the budget; a job whose next item does not fit leaves room for later jobs'
+        shorter items. Cancelled items are dropped here. An item over the budget runs alone.
+        """
+        now = time.perf_counter()
+        batch: list[WorkItem] = []
+        longest = 0
+        for job in sorted(self.jobs, key=lambda j: j.key(now)):
+            while job.items:
+                item = job.items[0]
+                if item.future.done():  # cancelled: drop it
+                    job.items.popleft()
+                    job.tokens -= len(item.encoded)
+                    self.queued_tokens -= len(item.encoded)
+                    continue
+                n = len(item.encoded)
+                if batch and max(longest, n) * (len(batch) + 1) > self.max_batch_tokens:
+                    break
+                job.items.popleft()
+                job.tokens -= n
+                job.served = now
+                batch.append(item)
+                longest = max(longest, n)
+        self.jobs = [job for job in self.jobs if job.items]
+        batch.sort(key=lambda it: len(it.encoded), reverse=True)
+        return batch
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self.pending:
-                self._round, self.pending = self.pending, []
-                self.in_flight = len(self._round)
-                for batch in cut_batches(self._round, self.max_batch_tokens):
-                    live = [it for it in batch if not it.future.done()]
-                    self._release([it for it in batch if it.future.done()])
-                    if live:
-                        await self._run_batch(loop, live)
-                        self._release(live)
-                    self._gauges()
-                self._round = []
+            while self.jobs:
+                self._current = self.next_batch()
+                self.in_flight = len(self._current)
+                if self._current:
+                    await self._run_batch(loop, self._current)
+                    self._release(self._current)
+                self._current = []
                 self.in_flight = 0
+                self._gauges()
 
     def _model_pass(self, encoded: Sequence[Encoded]) -> torch.Tensor:
         """Runs in the model thread."""
@@ -203,10 +266,10 @@ class Batcher:
 
     def _fail_all(self, error: Exception) -> None:
         """Fail every item still queued or in the current round; reset the counters."""
-        for item in [*self._round, *self.pending]:
+        for item in [*self._current, *self.pending]:
             if not item.future.done():
                 item.future.set_exception(error)
-        self._round, self.pending = [], []
+        self._current, self.jobs = [], []
         self.in_flight = self.queued_tokens = 0
         self._gauges()
 

@@ -17,7 +17,7 @@ from typing import Literal, Sequence
 import torch
 
 from rankserve.config import ServerConfig
-from rankserve.engine.batcher import Batcher
+from rankserve.engine.batcher import Batcher, Priority
 from rankserve.engine.cache import EmbeddingCache, text_key
 from rankserve.engine.runner import batch_tokens, make_runner, resolve_device
 from rankserve.engine.tokenize import Encoded, TokenizerPolicy, Truncate
@@ -124,15 +124,17 @@ class Engine:
         return self.spec.query_prefix != self.spec.passage_prefix
 
     # -- API -------------------------------------------------------------------------------
-    async def rank(self, query: str, passages: Sequence[str], truncate: Truncate = "END") -> RankResult:
+    async def rank(self, query: str, passages: Sequence[str], truncate: Truncate = "END",
+                   priority: Priority = "interactive") -> RankResult:
         if self.spec.kind == "cross-encoder":
             encoded: list[Encoded] = await self._in_pool(self.policy.pairs, query, passages, truncate)
             self.check_request_tokens(sum(len(e) for e in encoded))
-            rows = await self.batcher.submit(encoded)
+            rows = await self.batcher.submit(encoded, priority)
             return RankResult([float(r) for r in rows], sum(len(e) for e in encoded))
-        return await self._rank_by_cosine(query, passages, truncate)
+        return await self._rank_by_cosine(query, passages, truncate, priority)
 
-    async def _rank_by_cosine(self, query: str, passages: Sequence[str], truncate: Truncate) -> RankResult:
+    async def _rank_by_cosine(self, query: str, passages: Sequence[str], truncate: Truncate,
+                              priority: Priority) -> RankResult:
         """Bi-encoder ranking: the query and the passages missing from the cache share one round."""
         prefix = self.spec.passage_prefix
         keys = [text_key(p, prefix, truncate) for p in passages]
@@ -148,7 +150,7 @@ class Engine:
         encoded = await self._in_pool(encode)
         cached_tokens = sum(f[1] for f in found if f is not None)
         self.check_request_tokens(sum(len(e) for e in encoded) + cached_tokens)
-        rows = await self.batcher.submit(encoded)
+        rows = await self.batcher.submit(encoded, priority)
         for i, enc, row in zip(missing, encoded[1:], rows[1:]):
             found[i] = (torch.nn.functional.normalize(row, dim=-1), len(enc))
             self.cache.put(keys[i], *found[i])
@@ -157,7 +159,7 @@ class Engine:
         return RankResult(scores.tolist(), len(encoded[0]) + sum(f[1] for f in found))
 
     async def embed(self, texts: Sequence[str], input_type: InputType | None, truncate: Truncate = "END",
-                    dimensions: int | None = None) -> EmbedResult:
+                    dimensions: int | None = None, priority: Priority = "interactive") -> EmbedResult:
         if self.spec.kind != "embedder":
             raise InvalidRequest(f"model {self.name!r} is a reranker (cross-encoder); it does not produce embeddings")
         if self.asymmetric and input_type is None:
@@ -168,7 +170,7 @@ class Engine:
             self.check_dimensions(dimensions)
         encoded = await self._in_pool(self.policy.texts, texts, truncate, self.prefix(input_type), "input")
         self.check_request_tokens(sum(len(e) for e in encoded))
-        vectors = torch.stack(await self.batcher.submit(encoded))  # the runner already L2-normalized
+        vectors = torch.stack(await self.batcher.submit(encoded, priority))  # the runner already L2-normalized
         if dimensions is not None:  # Matryoshka: keep the first d components, renormalize
             vectors = torch.nn.functional.normalize(vectors[:, :dimensions], dim=-1)
         return EmbedResult(vectors, sum(len(e) for e in encoded))
