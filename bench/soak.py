@@ -26,9 +26,11 @@ token counts exact).
 Prints a table per phase; exits 1 if any check failed (each failure is listed with an example).
 Server RSS is reported, and only checked with ``--max-rss-growth-mb``: with oneDNN linear layers
 (``--cpu-gemm onednn``, or ``auto`` when it wins the start-up timing) every new input shape builds
-a oneDNN primitive and resident memory keeps growing under varied traffic (490 -> 1554 MB over a
-300 s soak on 2 cores); ``--serve-args '--cpu-gemm torch'`` compares. Server logs (info level)
-are kept in ``--log-dir``; each phase reports the server's CPU GEMM choice.
+a oneDNN primitive, and resident memory keeps growing under varied traffic (on 2 cores, 60 s of
+this mix after a 20 s warm-up: 698 -> 954 MB, 774 MB after a malloc_trim(0) in the server; with
+``--cpu-gemm torch``: 603 -> 688 MB, 477 MB after malloc_trim); ``--serve-args '--cpu-gemm torch'``
+compares. Server logs (info level) are kept in ``--log-dir``; each phase reports the server's CPU
+GEMM choice.
 """
 
 from __future__ import annotations
