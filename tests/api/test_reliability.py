@@ -70,7 +70,12 @@ def test_full_queue_answers_503_at_once_and_admitted_requests_finish(ce, limit, 
         assert gate.started.wait(30)
         second = pool.submit(rank, client)  # queued behind it
         until(lambda: batcher.requests == 2, "the second request to be queued")
+        policy, tokenized = client.app.state.engine.policy, []
+        real_pairs = policy.pairs
+        policy.pairs = lambda *a: tokenized.append(a) or real_pairs(*a)
         refused = rank(client)
+        # Full in requests or items: refused before tokenizing (cheap under overload); tokens need the count.
+        assert len(tokenized) == (1 if what == "tokens" else 0)
         assert refused.status_code == 503, refused.text
         assert refused.headers["retry-after"] == "1"
         assert refused.json()["error"]["type"] == "overloaded" and what in refused.json()["error"]["message"]

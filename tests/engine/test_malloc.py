@@ -125,3 +125,37 @@ def test_not_glibc_reports_false_without_calling_mallopt(fake_libc, monkeypatch)
     monkeypatch.setattr(malloc, "sys", types.SimpleNamespace(platform="darwin"))
     assert malloc.retain_freed_memory() is False
     assert len(opened) == 1  # not Linux: libc is not even opened
+
+
+def test_periodic_trim_runs_at_most_once_per_interval(monkeypatch):
+    from rankserve.engine import malloc
+
+    trims = []
+    clock = iter([100.0, 100.0, 104.0, 111.0, 112.0, 121.5])
+    monkeypatch.setattr(malloc.time, "monotonic", lambda: next(clock))
+    trim = malloc.PeriodicTrim(interval=10.0)  # created at t=100
+    if trim._trim is None:
+        pytest.skip("needs glibc's malloc_trim")
+    trim._trim = trims.append
+    assert [trim() for _ in range(5)] == [False, False, True, False, True]  # t = 100, 104, 111, 112, 121.5
+    assert trims == [0, 0]
+
+
+def test_periodic_trim_returns_memory_to_the_os():
+    """A process that freed a large heap gets most of it back out of its RSS after one trim."""
+    script = """
+import ctypes, sys
+from rankserve.engine.malloc import PeriodicTrim, retain_freed_memory
+assert retain_freed_memory()
+rss = lambda: next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS"))
+blocks = [bytearray(4 << 20) for _ in range(64)]  # 256 MiB from the heap (below the raised mmap threshold)
+del blocks
+before = rss()
+PeriodicTrim(interval=0.0)()
+print(before, rss())
+"""
+    if not retain_freed_memory():
+        pytest.skip("needs glibc")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    before, after = map(int, out.stdout.split())
+    assert before - after > 200 * 1024, (before, after)  # KiB: most of the 256 MiB went back

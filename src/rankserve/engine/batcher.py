@@ -146,18 +146,26 @@ class Batcher:
         return Overloaded(f"server is at capacity ({have} {what} queued, limit {limit}); retry shortly",
                           headers={"Retry-After": "1"})
 
-    async def submit(self, encoded: Sequence[Encoded], priority: Priority = "interactive") -> list[torch.Tensor]:
-        """Queue the items as one job; resolve to one output row per item, in order."""
+    def check_admission(self, items: int, tokens: int = 0) -> None:
+        """Raise (503) if a request of ``items`` items and ``tokens`` tokens would overfill the queue.
+
+        ``submit`` checks with the real token count; the engine also checks before tokenizing
+        (``tokens=0``) so that a refusal under overload costs no tokenization.
+        """
         if self.dead is not None:
             raise NotReady(f"the model worker has stopped ({self.dead}); the server is restarting",
                            headers={"Retry-After": "5"})
-        tokens = sum(len(e) for e in encoded)
-        if self.depth + len(encoded) > self.max_queue_items:
+        if self.depth + items > self.max_queue_items:
             raise self._refuse("items", self.depth, self.max_queue_items)
         if self.max_queue_tokens and self.queued_tokens + tokens > self.max_queue_tokens:
             raise self._refuse("tokens", self.queued_tokens, self.max_queue_tokens)
         if self.max_queue_requests and self.requests >= self.max_queue_requests:
             raise self._refuse("requests", self.requests, self.max_queue_requests)
+
+    async def submit(self, encoded: Sequence[Encoded], priority: Priority = "interactive") -> list[torch.Tensor]:
+        """Queue the items as one job; resolve to one output row per item, in order."""
+        tokens = sum(len(e) for e in encoded)
+        self.check_admission(len(encoded), tokens)
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
         items = [WorkItem(e, loop.create_future(), now) for e in encoded]

@@ -126,6 +126,7 @@ class Engine:
     # -- API -------------------------------------------------------------------------------
     async def rank(self, query: str, passages: Sequence[str], truncate: Truncate = "END",
                    priority: Priority = "interactive") -> RankResult:
+        self.batcher.check_admission(len(passages))  # refuse before tokenizing when full
         if self.spec.kind == "cross-encoder":
             encoded: list[Encoded] = await self._in_pool(self.policy.pairs, query, passages, truncate)
             self.check_request_tokens(sum(len(e) for e in encoded))
@@ -168,6 +169,7 @@ class Engine:
                 "(or use the model id suffixed -query / -passage)", param="input_type")
         if dimensions is not None:
             self.check_dimensions(dimensions)
+        self.batcher.check_admission(len(texts))  # refuse before tokenizing when full
         encoded = await self._in_pool(self.policy.texts, texts, truncate, self.prefix(input_type), "input")
         self.check_request_tokens(sum(len(e) for e in encoded))
         vectors = torch.stack(await self.batcher.submit(encoded, priority))  # the runner already L2-normalized

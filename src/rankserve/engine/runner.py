@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 
 from rankserve.config import ServerConfig
-from rankserve.engine.malloc import retain_freed_memory
+from rankserve.engine.malloc import PeriodicTrim, retain_freed_memory
 from rankserve.engine.tokenize import Encoded
 from rankserve.engine.types import Batch, Packed
 from rankserve.models.cpu_gemm import use_cpu_gemm
@@ -75,16 +75,21 @@ class TorchRunner:
         self.device = device
         self.gemm: str | None = None  # the CPU GEMM library in use (see models/cpu_gemm.py)
         self.group_ratio = CPU_ATTENTION_GROUP_RATIO if device.type == "cpu" else 0.0
+        self.trim: PeriodicTrim | None = None
         if device.type == "cpu":
             torch.set_num_threads(threads or available_cores())
             retain_freed_memory()
+            self.trim = PeriodicTrim()
             self.gemm = use_cpu_gemm(spec.module, cpu_gemm)  # after set_num_threads: auto times both
 
     @torch.inference_mode()
     def forward(self, items: Sequence[Encoded]) -> torch.Tensor:
         """-> [B] logits (cross-encoder) or [B, H] vectors (embedder), float32 on CPU."""
         packed = packed_batch(self.spec, items, self.group_ratio)
-        return finish(self.spec, self.spec.module(packed.to(self.device)))
+        out = finish(self.spec, self.spec.module(packed.to(self.device)))
+        if self.trim is not None:
+            self.trim()
+        return out
 
 
 def make_runner(spec: ModelSpec, device: torch.device, config: ServerConfig):
