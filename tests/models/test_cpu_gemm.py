@@ -84,3 +84,26 @@ def test_without_onednn_auto_keeps_torch_and_onednn_is_a_config_error(bert_ce_di
     with pytest.raises(ConfigError, match="no oneDNN"):
         use_cpu_gemm(spec.module, "onednn")
     assert linear_classes(spec.module) == {nn.Linear}
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN linear kernel")
+def test_onednn_rows_are_bucketed_and_the_result_is_unchanged(monkeypatch):
+    """Row counts are rounded up to ROW_BUCKET before oneDNN (a bounded set of kernel shapes, so
+    memory stays bounded under varied traffic); the padded rows never reach the output."""
+    from rankserve.models import cpu_gemm
+
+    shapes = []
+    real = cpu_gemm.onednn_linear
+    monkeypatch.setattr(cpu_gemm, "onednn_linear", lambda x, w, b: shapes.append(tuple(x.shape)) or real(x, w, b))
+    torch.manual_seed(0)
+    layer = nn.Linear(24, 40)
+    fast = nn.Linear(24, 40)
+    fast.load_state_dict(layer.state_dict())
+    fast.__class__ = cpu_gemm.OneDnnLinear
+    with torch.inference_mode():
+        for rows in range(1, 200):
+            x = torch.randn(rows, 24)
+            out = fast(x)
+            assert out.shape == (rows, 40)
+            torch.testing.assert_close(out, layer(x), atol=1e-5, rtol=1e-5)
+    assert sorted({s[0] for s in shapes}) == [64, 128, 192, 256]
