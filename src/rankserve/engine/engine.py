@@ -136,7 +136,7 @@ class Engine:
 
     async def _rank_by_cosine(self, query: str, passages: Sequence[str], truncate: Truncate,
                               priority: Priority) -> RankResult:
-        """Bi-encoder ranking: the query and the passages missing from the cache share one round."""
+        """Bi-encoder ranking: the query and the passages missing from the cache form one job."""
         prefix = self.spec.passage_prefix
         keys = [text_key(p, prefix, truncate) for p in passages]
         found = [self.cache.get(k) for k in keys]
