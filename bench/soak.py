@@ -670,17 +670,24 @@ async def post(http: httpx.AsyncClient, url: str, *, body: dict | None = None, r
         return None, time.perf_counter() - t, type(exc).__name__
 
 
-def record_valid(t: Tally, call: Call, r: httpx.Response | None, seconds: float, err: str | None,
-                 ref: Reference, tol: float) -> None:
+def arrived(t: Tally, path: str, r: httpx.Response | None, err: str | None, what: str) -> bool:
+    """Count one request sent to ``path``: answered, or lost (no response) with its error kind."""
     t.sent += 1
-    t.valid_sent += 1
-    t.by_route[call.path] = t.by_route.get(call.path, 0) + 1
+    t.by_route[path] = t.by_route.get(path, 0) + 1
     if r is None:
         t.lost += 1
         t.lost_kinds[err] = t.lost_kinds.get(err, 0) + 1
-        t.note(f"lost {call.kind} {call.path}: {err}")
-        return
+        t.note(f"lost {what}: {err}")
+        return False
     t.answered += 1
+    return True
+
+
+def record_valid(t: Tally, call: Call, r: httpx.Response | None, seconds: float, err: str | None,
+                 ref: Reference, tol: float) -> None:
+    t.valid_sent += 1
+    if not arrived(t, call.path, r, err, f"{call.kind} {call.path}"):
+        return
     if r.status_code >= 500:
         t.status_5xx += 1
         t.note(f"{r.status_code} for valid {call.kind}: {r.text[:200]}")
@@ -701,15 +708,9 @@ def record_valid(t: Tally, call: Call, r: httpx.Response | None, seconds: float,
 
 
 def record_invalid(t: Tally, name: str, path: str, r: httpx.Response | None, err: str | None) -> None:
-    t.sent += 1
     t.invalid_sent += 1
-    t.by_route[path] = t.by_route.get(path, 0) + 1
-    if r is None:
-        t.lost += 1
-        t.lost_kinds[err] = t.lost_kinds.get(err, 0) + 1
-        t.note(f"lost invalid {name}: {err}")
+    if not arrived(t, path, r, err, f"invalid {name}"):
         return
-    t.answered += 1
     hist = t.invalid_status.setdefault(name, {})
     hist[str(r.status_code)] = hist.get(str(r.status_code), 0) + 1
     if r.status_code >= 500:
