@@ -32,16 +32,27 @@ _done = False
 TRIM_INTERVAL = 10.0
 
 
+def glibc() -> ctypes.CDLL | None:
+    """The C library if it is glibc (mallopt and malloc_trim are glibc's; musl's mallopt is a no-op)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version  # only glibc has it
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
 def retain_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds once per process; False where that is not glibc."""
     global _done
     if _done:
         return True
-    if not sys.platform.startswith("linux"):
+    libc = glibc()
+    if libc is None:
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version  # only glibc has it (musl's mallopt is a no-op)
         ok = (libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
               and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1)
     except (OSError, AttributeError):
@@ -68,14 +79,8 @@ class PeriodicTrim:
     def __init__(self, interval: float = TRIM_INTERVAL):
         self.interval = interval
         self.last = time.monotonic()
-        self._trim = None
-        if sys.platform.startswith("linux"):
-            try:
-                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-                libc.gnu_get_libc_version  # glibc only
-                self._trim = libc.malloc_trim
-            except (OSError, AttributeError):
-                self._trim = None
+        libc = glibc()
+        self._trim = None if libc is None else libc.malloc_trim
 
     def __call__(self) -> bool:
         """Trim if the interval has passed; True when it trimmed."""
