@@ -108,7 +108,6 @@ class Batcher:
         # can raise to simulate a failing pass or a dying worker. Not reachable from config or HTTP.
         self.fault: Callable[[Sequence[Encoded]], None] | None = None
         self.jobs: list[Job] = []  # admitted requests with items still waiting, in arrival order
-        self.in_flight = 0  # items of the batch in the model, not yet answered
         self.queued_tokens = 0  # tokens of pending + in-flight items
         self.requests = 0  # submits not yet answered
         self.restarts = 0
@@ -140,7 +139,8 @@ class Batcher:
 
     @property
     def depth(self) -> int:
-        return sum(len(job.items) for job in self.jobs) + self.in_flight
+        """Items admitted and not yet answered: waiting in jobs, or in the batch in the model."""
+        return sum(len(job.items) for job in self.jobs) + len(self._current)
 
     def _refuse(self, what: str, have: int, limit: int) -> Overloaded:
         return Overloaded(f"server is at capacity ({have} {what} queued, limit {limit}); retry shortly",
@@ -229,12 +229,10 @@ class Batcher:
             self._wake.clear()
             while self.jobs:
                 self._current = self.next_batch()
-                self.in_flight = len(self._current)
                 if self._current:
                     await self._run_batch(loop, self._current)
                     self._release(self._current)
                 self._current = []
-                self.in_flight = 0
                 self._gauges()
 
     def _model_pass(self, encoded: Sequence[Encoded]) -> torch.Tensor:
@@ -278,7 +276,7 @@ class Batcher:
             if not item.future.done():
                 item.future.set_exception(error)
         self._current, self.jobs = [], []
-        self.in_flight = self.queued_tokens = 0
+        self.queued_tokens = 0
         self._gauges()
 
     def _worker_exited(self, task: asyncio.Task) -> None:
