@@ -92,10 +92,10 @@ def weight_files(directory: Path) -> list[Path]:
     return [directory / s for s in shards]
 
 
-def load_state(directory: Path) -> dict[str, torch.Tensor]:
-    """Read model.safetensors, or every shard a model.safetensors.index.json names."""
+def load_state(files: list[Path]) -> dict[str, torch.Tensor]:
+    """Read the safetensors ``weight_files`` named: model.safetensors, or the index's shards."""
     state: dict[str, torch.Tensor] = {}
-    for path in weight_files(directory):
+    for path in files:
         try:
             state.update(load_file(str(path)))
         except (SafetensorError, OSError) as exc:
@@ -288,10 +288,15 @@ def load_model(directory: str | Path, *, dtype: torch.dtype = torch.float32, dev
     check_config_sizes(cfg, directory / "config.json")
     files = weight_files(directory)
     check_weights_fit(cfg, files)
-    fields = _build(directory, cfg, arch)
+    try:
+        fields = ARCHITECTURES[arch](directory, cfg, arch)
+    except ModelLoadError:
+        raise
+    except (KeyError, ValueError, TypeError, ZeroDivisionError, RuntimeError) as exc:
+        raise ModelLoadError(f"cannot use {directory / 'config.json'}: {type(exc).__name__}: {exc}") from exc
     module: nn.Module = fields.pop("module")
     renames = fields.pop("renames", None)
-    fit_state(module, load_state(directory), renames)
+    fit_state(module, load_state(files), renames)
     module.to(device=device, dtype=dtype).eval()
     module.requires_grad_(False)
     if max_length:
@@ -300,16 +305,6 @@ def load_model(directory: str | Path, *, dtype: torch.dtype = torch.float32, dev
     spec = ModelSpec(module=module, architecture=arch, tokenizer_file=tokenizer_file, **fields)
     log.info("loaded %s (%s, %s) from %s, max_length=%d", arch, spec.family, spec.kind, directory, spec.max_length)
     return spec
-
-
-def _build(directory: Path, cfg: dict[str, Any], arch: str) -> dict[str, Any]:
-    """The architecture's builder; a config it cannot use is a ModelLoadError naming the file."""
-    try:
-        return ARCHITECTURES[arch](directory, cfg, arch)
-    except ModelLoadError:
-        raise
-    except (KeyError, ValueError, TypeError, ZeroDivisionError, RuntimeError) as exc:
-        raise ModelLoadError(f"cannot use {directory / 'config.json'}: {type(exc).__name__}: {exc}") from exc
 
 
 def default_model_dir() -> Path:
