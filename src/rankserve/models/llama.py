@@ -25,7 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from rankserve.engine.types import Packed
+from rankserve.errors import ModelLoadError
 from rankserve.models.attention import packed_attention
+from rankserve.models.model_dir import num_labels, read_json, st_embedder, tokenizer_max
 from rankserve.models.pooling import PooledEncoder, normalize_pooling, pool
 from rankserve.models.rows import by_rows
 
@@ -252,25 +254,20 @@ def _pad_id(cfg: dict[str, Any]) -> int:
 
 def _prompts(directory: Path) -> dict[str, str]:
     """sentence-transformers ``config_sentence_transformers.json`` prompts, if any."""
-    from rankserve.models.loader import read_json
-
     prompts = (read_json(directory / "config_sentence_transformers.json") or {}).get("prompts") or {}
     return {k: v for k, v in prompts.items() if isinstance(v, str)}
 
 
 def build(directory: Path, cfg: dict[str, Any], arch: str) -> dict[str, Any]:
     """ModelSpec fields for a Llama / Mistral directory; config files first, documented defaults after."""
-    from rankserve.errors import ModelLoadError
-    from rankserve.models.loader import _num_labels, _st_embedder, _tokenizer_max
-
     family = "mistral" if arch.startswith("Mistral") or str(cfg.get("model_type", "")).startswith("mistral") else "llama"
     kind = "cross-encoder" if arch.endswith("ForSequenceClassification") else "embedder"
     bidirectional = _is_bidirectional(cfg, arch)
     c = LlamaConfig.from_hf(cfg, causal=not bidirectional)
     config_max = cfg.get("max_length")
-    limits = [c.max_position_embeddings, DEFAULT_MAX_LENGTH[family, kind], _tokenizer_max(directory),
+    limits = [c.max_position_embeddings, DEFAULT_MAX_LENGTH[family, kind], tokenizer_max(directory),
               config_max if isinstance(config_max, int) and config_max != TRANSFORMERS_GENERATION_MAX_LENGTH else None]
-    st = _st_embedder(directory) if kind == "embedder" else None
+    st = st_embedder(directory) if kind == "embedder" else None
     if st is not None:
         limits.append(st[2])
     fields: dict[str, Any] = dict(kind=kind, family=family, max_length=min(x for x in limits if x),
@@ -278,8 +275,8 @@ def build(directory: Path, cfg: dict[str, Any], arch: str) -> dict[str, Any]:
                                   extra={"causal": c.causal})
     default_pooling = "mean" if bidirectional else "last"
     if kind == "cross-encoder":
-        if _num_labels(cfg) != 1:
-            raise ModelLoadError(f"{arch} with {_num_labels(cfg)} labels: only one-logit cross-encoders rank")
+        if num_labels(cfg) != 1:
+            raise ModelLoadError(f"{arch} with {num_labels(cfg)} labels: only one-logit cross-encoders rank")
         pooling = normalize_pooling(str(cfg.get("pooling", default_pooling)))
         temperature = float(cfg.get("temperature", 1.0))
         if not temperature > 0:

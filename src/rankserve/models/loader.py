@@ -6,7 +6,6 @@ Safetensors only (never pickle) and no code from the model directory is run: ``a
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from torch import nn
 
 from rankserve.errors import ModelLoadError
 from rankserve.models import bert, llama
+from rankserve.models.model_dir import num_labels, read_json, st_embedder, tokenizer_max
 from rankserve.models.pooling import PooledEncoder
 
 log = logging.getLogger("rankserve")
@@ -54,16 +54,6 @@ class ModelSpec:
     dimensions: tuple[int, ...] | None = None  # Matryoshka sizes the model supports; None = any <= hidden
     hidden_size: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        with path.open(encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"cannot read {path}: {exc}") from exc
 
 
 # Pickle formats: never unpickled (loading one runs arbitrary code); named in the refusal.
@@ -189,51 +179,18 @@ def fit_state(module: nn.Module, state: dict[str, torch.Tensor], renames: dict[s
     module.load_state_dict(best, strict=True)
 
 
-def _num_labels(cfg: dict[str, Any]) -> int:
-    return len(cfg["id2label"]) if "id2label" in cfg else int(cfg.get("num_labels", 1))
-
-
-def _tokenizer_max(directory: Path) -> int | None:
-    tok_cfg = read_json(directory / "tokenizer_config.json") or {}
-    value = tok_cfg.get("model_max_length")
-    return int(value) if isinstance(value, (int, float)) and value < 1_000_000 else None
-
-
-def _st_embedder(directory: Path) -> tuple[str, bool, int | None] | None:
-    """sentence-transformers layout -> (pooling, normalize, max_seq_length), or None."""
-    modules = read_json(directory / "modules.json")
-    if modules is None:
-        return None
-    pooling, normalize = "mean", False
-    for m in modules:
-        kind = m.get("type", "")
-        if kind.endswith("Pooling"):
-            pcfg = read_json(directory / m.get("path", "") / "config.json") or {}
-            modes = [k for k in ("cls_token", "mean_tokens", "lasttoken") if pcfg.get(f"pooling_mode_{k}")]
-            unsupported = [k for k in ("max_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens") if pcfg.get(f"pooling_mode_{k}")]
-            if unsupported or len(modes) > 1:
-                raise ModelLoadError(f"sentence-transformers pooling {modes + unsupported} is not supported (one of cls, mean, last)")
-            pooling = {"cls_token": "cls", "mean_tokens": "mean", "lasttoken": "last"}[modes[0]] if modes else "mean"
-        elif kind.endswith("Normalize"):
-            normalize = True
-        elif not kind.endswith("Transformer"):
-            raise ModelLoadError(f"sentence-transformers module {kind!r} is not supported")
-    st_cfg = read_json(directory / "sentence_bert_config.json") or {}
-    return pooling, normalize, st_cfg.get("max_seq_length")
-
-
 def _build_bert(directory: Path, cfg: dict[str, Any], arch: str) -> dict[str, Any]:
     roberta = cfg.get("model_type") in ("xlm-roberta", "roberta") or arch.startswith(("XLMRoberta", "Roberta"))
     c = bert.BertConfig.from_hf(cfg, roberta=roberta)
     family = "xlm-roberta" if roberta else "bert"
-    limits = [c.max_tokens, _tokenizer_max(directory)]
+    limits = [c.max_tokens, tokenizer_max(directory)]
     if arch.endswith("ForSequenceClassification"):
-        if _num_labels(cfg) != 1:
-            raise ModelLoadError(f"{arch} with {_num_labels(cfg)} labels: only one-logit cross-encoders rank")
+        if num_labels(cfg) != 1:
+            raise ModelLoadError(f"{arch} with {num_labels(cfg)} labels: only one-logit cross-encoders rank")
         head = bert.XLMRobertaForSequenceClassification if roberta else bert.BertForSequenceClassification
         return dict(module=head(c), kind="cross-encoder", family=family, max_length=min(x for x in limits if x),
                     pad_id=c.pad_token_id, pooling="cls", hidden_size=c.hidden_size)
-    st = _st_embedder(directory)
+    st = st_embedder(directory)
     pooling, normalize, st_max = st if st else ("mean", True, None)
     limits.append(st_max)
     return dict(module=PooledEncoder(bert.BertModel(c), pooling), kind="embedder", family=family,
