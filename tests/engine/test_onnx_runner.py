@@ -18,7 +18,8 @@ pytest.importorskip("onnxscript")
 from conftest import app_client, wait_ready  # noqa: E402
 from rankserve.config import load_config  # noqa: E402
 from rankserve.engine.onnx_runner import OnnxRunner, exported_model  # noqa: E402
-from rankserve.engine.runner import TorchRunner, make_runner  # noqa: E402
+from rankserve.engine.engine import make_runner  # noqa: E402
+from rankserve.engine.runner import TorchRunner  # noqa: E402
 from rankserve.engine.tokenize import TokenizerPolicy  # noqa: E402
 from rankserve.errors import ConfigError  # noqa: E402
 from rankserve.models.cpu_gemm import onednn_available  # noqa: E402

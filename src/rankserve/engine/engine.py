@@ -19,7 +19,7 @@ import torch
 from rankserve.config import ServerConfig
 from rankserve.engine.batcher import Batcher, Priority
 from rankserve.engine.cache import EmbeddingCache, text_key
-from rankserve.engine.runner import batch_tokens, make_runner, resolve_device
+from rankserve.engine.runner import TorchRunner, batch_tokens, resolve_device
 from rankserve.engine.tokenize import Encoded, TokenizerPolicy, Truncate
 from rankserve.errors import InvalidRequest, PayloadTooLarge
 from rankserve.metrics import Metrics
@@ -36,6 +36,15 @@ def served_name(config: ServerConfig) -> str:
     if config.served_model_name:
         return config.served_model_name
     return DEFAULT_MODEL_NAME if config.model is None else Path(config.model).resolve().name
+
+
+def make_runner(spec: ModelSpec, device: torch.device, config: ServerConfig):
+    """The runner ``config.backend`` names (both have ``forward(items) -> Tensor``)."""
+    if config.backend == "onnxruntime":
+        from rankserve.engine.onnx_runner import OnnxRunner  # onnxruntime is an optional dependency
+
+        return OnnxRunner(spec, threads=config.threads, quantize=config.quantize)
+    return TorchRunner(spec, device, config.threads, config.cpu_gemm)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 Runs in the engine's single model thread. Builds the padded ``Batch`` and its packed view, moves
 them to the device, and post-processes per model kind (logit / temperature, or L2-normalized vector).
-``make_runner`` picks the backend: ``TorchRunner`` here, or ``OnnxRunner`` (onnx_runner.py).
+``TorchRunner`` is the torch backend; ``OnnxRunner`` (onnx_runner.py) builds on the helpers here,
+and ``engine.make_runner`` picks between them.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from typing import Sequence
 
 import torch
 
-from rankserve.config import ServerConfig
 from rankserve.engine.malloc import PeriodicTrim, retain_freed_memory
 from rankserve.engine.tokenize import Encoded
 from rankserve.engine.types import Batch, Packed
@@ -90,12 +90,3 @@ class TorchRunner:
         if self.trim is not None:
             self.trim()
         return out
-
-
-def make_runner(spec: ModelSpec, device: torch.device, config: ServerConfig):
-    """The runner ``config.backend`` names (both have ``forward(items) -> Tensor``)."""
-    if config.backend == "onnxruntime":
-        from rankserve.engine.onnx_runner import OnnxRunner  # onnxruntime is an optional dependency
-
-        return OnnxRunner(spec, threads=config.threads, quantize=config.quantize)
-    return TorchRunner(spec, device, config.threads, config.cpu_gemm)
