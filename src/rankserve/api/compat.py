@@ -20,9 +20,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 
 from rankserve.api import schemas as s
-from rankserve.api.routes import (
-    ERRORS, check_auth, check_model, check_texts, engine_of, priority_of, ranking, unless_disconnected,
-)
+from rankserve.api.routes import ERRORS, check_auth, check_model, engine_of, rank_request, ranking
 from rankserve.engine.engine import Engine, RankResult
 from rankserve.errors import InvalidRequest
 
@@ -77,14 +75,7 @@ def relevance(engine: Engine, logit: float, raw: bool = False) -> float:
 async def _rank(request: Request, query: str, texts: list[str], truncate: str,
                 field: str = "documents") -> tuple[Engine, RankResult, list[int]]:
     engine = engine_of(request)
-    limit = request.app.state.config.max_passages
-    if len(texts) > limit:
-        raise InvalidRequest(f"{len(texts)} {field} exceed the limit of {limit} per request", param=field)
-    check_texts(request, [query], "query")
-    check_texts(request, texts, field)
-    work = engine.rank(query, texts, truncate, priority_of(request))  # type: ignore[arg-type]
-    result = await unless_disconnected(request, work)
-    order = sorted(range(len(texts)), key=lambda i: (-result.scores[i], i))
+    result, order = await rank_request(request, engine, query, texts, truncate, field)
     return engine, result, order
 
 

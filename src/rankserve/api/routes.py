@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 
 from rankserve.api import schemas as s
 from rankserve.engine.batcher import PRIORITIES, Priority
-from rankserve.engine.engine import Engine
+from rankserve.engine.engine import Engine, RankResult
 from rankserve.errors import ClientDisconnected, InvalidRequest, NotReady, PayloadTooLarge, RequestTimeout, ShuttingDown, Unauthorized
 
 T = TypeVar("T")
@@ -128,19 +128,26 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
         watcher.cancel()
 
 
+async def rank_request(request: Request, engine: Engine, query: str, texts: list[str], truncate: str,
+                       field: str) -> tuple[RankResult, list[int]]:
+    """What every rerank route does: the per-request limits, the engine call (with the request's
+    priority, deadline and disconnect handling), and the passage indices best first."""
+    limit = request.app.state.config.max_passages
+    if len(texts) > limit:
+        raise InvalidRequest(f"{len(texts)} {field} exceed the limit of {limit} per request", param=field)
+    check_texts(request, [query], "query")
+    check_texts(request, texts, field)
+    work = engine.rank(query, texts, truncate, priority_of(request))  # type: ignore[arg-type]
+    result = await unless_disconnected(request, work)
+    return result, sorted(range(len(texts)), key=lambda i: (-result.scores[i], i))
+
+
 @router.post("/v1/ranking", response_model=s.RankingResponse, responses=ERRORS, dependencies=[Depends(check_auth)])
 async def ranking(body: s.RankingRequest, request: Request) -> s.RankingResponse:
     engine = engine_of(request)
     check_model(engine, body.model)
-    limit = request.app.state.config.max_passages
-    if len(body.passages) > limit:
-        raise InvalidRequest(f"{len(body.passages)} passages exceed the limit of {limit} per request", param="passages")
-    check_texts(request, [body.query.text], "query")
-    check_texts(request, (p.text for p in body.passages), "passages")
-    result = await unless_disconnected(
-        request, engine.rank(body.query.text, [p.text for p in body.passages], body.truncate, priority_of(request))
-    )
-    order = sorted(range(len(result.scores)), key=lambda i: (-result.scores[i], i))
+    texts = [p.text for p in body.passages]
+    result, order = await rank_request(request, engine, body.query.text, texts, body.truncate, "passages")
     top = body.top_k or body.top_n
     if top is not None:
         order = order[:top]
