@@ -58,9 +58,15 @@ def wait_ready(client: TestClient, timeout: float = 60) -> None:
     raise TimeoutError(client.get("/v1/health/ready").json())
 
 
+# Tests that compare served numbers with a reference (transformers, sentence-transformers) at 1e-5
+# need the exact float32 path; --dtype auto may pick mixed bf16 on a CPU with native bf16 (its own
+# tests: tests/models/test_cpu_bf16.py). A test that wants auto passes dtype="auto".
+TEST_DTYPE = {"dtype": "float32"}
+
+
 def app_client(**overrides) -> TestClient:
     """A TestClient (lifespan running) for an app built from config overrides; use as a context manager."""
-    return TestClient(create_app(load_config(overrides, environ={})), raise_server_exceptions=False)
+    return TestClient(create_app(load_config({**TEST_DTYPE, **overrides}, environ={})), raise_server_exceptions=False)
 
 
 @pytest.fixture(scope="session")
@@ -89,7 +95,7 @@ class LiveServer:
 
     def __init__(self, **overrides):
         self.port = free_port()
-        config = load_config({**overrides, "host": "127.0.0.1", "port": self.port}, environ={})
+        config = load_config({**TEST_DTYPE, **overrides, "host": "127.0.0.1", "port": self.port}, environ={})
         self.server = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=self.port,
                                                    log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -39,6 +39,7 @@ def soak(tmp_path_factory):
         overload_queue=4, overload_requests=24, overload_passages=16, overload_waves=1,
         sigterm_requests=8, sigterm_passages=24, drain_timeout=30,
         log_dir=str(tmp_path_factory.mktemp("soak-logs")),
+        serve_args=("--dtype", "float32"),  # answers are checked at 1e-5: the exact path (conftest.TEST_DTYPE)
     )
     ref = bench.Reference(opts)
     yield bench, opts, ref

@@ -75,7 +75,7 @@ def test_fp32_equals_torch(models, cache, name, gemm, tmp_path):
     texts = passages(12)
     encoded = encode(spec, texts)
     assert len({len(e) for e in encoded}) > 3  # a padded, mixed-length batch
-    torch_runner = TorchRunner(spec, torch.device("cpu"), threads=1, cpu_gemm=gemm)
+    torch_runner = TorchRunner(spec, torch.device("cpu"), threads=1, cpu_gemm=gemm, dtype="float32")
     assert torch_runner.gemm == gemm
     # The oneDNN case exports afresh (a cached file would hide a failed export of the swapped module).
     onnx_runner = OnnxRunner(spec, threads=1, cache_dir=cache[1] if gemm == "torch" else tmp_path)
@@ -97,7 +97,7 @@ def test_fp32_mean_pooling_repeats_exactly_multithreaded(cache):
     spec = load_model(default_model_dir())
     texts = [" ".join(random.Random(i).choice(WORDS) for _ in range(n)) for i, n in enumerate((120, 240, 250, 210))]
     encoded = encode(spec, texts)
-    expected = TorchRunner(spec, torch.device("cpu"), threads=2).forward(encoded)
+    expected = TorchRunner(spec, torch.device("cpu"), threads=2, dtype="float32").forward(encoded)
     onnx_runner = OnnxRunner(spec, threads=2, cache_dir=cache[1])
     for _ in range(4):
         assert (onnx_runner.forward(encoded) - expected).abs().max().item() <= FP32_TOL
@@ -108,7 +108,7 @@ def test_int8_close_and_ranks_alike(models, cache, name):
     spec = models[name]
     texts = passages(24, seed=1)
     encoded = encode(spec, texts)
-    fp32 = TorchRunner(spec, torch.device("cpu"), threads=1).forward(encoded)
+    fp32 = TorchRunner(spec, torch.device("cpu"), threads=1, dtype="float32").forward(encoded)
     int8 = OnnxRunner(spec, threads=1, quantize="int8", cache_dir=cache[1]).forward(encoded)
     assert int8.shape == fp32.shape
     if spec.kind == "embedder":  # rank passages by cosine to the first text, as bi-encoder ranking does
@@ -135,7 +135,7 @@ def test_make_runner_picks_backend(models, cache, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache[0]))
     spec = models["bert-ce"]
     cpu = torch.device("cpu")
-    assert isinstance(make_runner(spec, cpu, load_config({"threads": 1}, environ={})), TorchRunner)
+    assert isinstance(make_runner(spec, cpu, load_config({"threads": 1, "dtype": "float32"}, environ={})), TorchRunner)
     runner = make_runner(spec, cpu, load_config({"backend": "onnxruntime", "quantize": "int8", "threads": 1}, environ={}))
     assert isinstance(runner, OnnxRunner) and runner.quantize == "int8" and runner.path.is_relative_to(cache[1])
 
@@ -189,6 +189,6 @@ def test_llama_reranker_fp32_equals_torch(tmp_path, cache):
     policy = TokenizerPolicy(str(spec.tokenizer_file), max_length=spec.max_length, rerank_template=spec.rerank_template,
                              with_type_ids=False)
     encoded = policy.pairs(QUERY, passages(8, seed=4), "END")
-    expected = TorchRunner(spec, torch.device("cpu"), threads=1).forward(encoded)
+    expected = TorchRunner(spec, torch.device("cpu"), threads=1, dtype="float32").forward(encoded)
     got = OnnxRunner(spec, threads=1, cache_dir=cache[1]).forward(encoded)
     assert (got - expected).abs().max().item() <= FP32_TOL

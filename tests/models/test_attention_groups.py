@@ -64,5 +64,5 @@ def test_cpu_runner_groups_attention(bert_ce_dir):
     seen = []
     spec.module.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
     items = [Encoded(ids=ids, type_ids=[0] * len(ids)) for ids in sequences(LENGTHS)]
-    TorchRunner(spec, torch.device("cpu"), threads=1).forward(items)
+    TorchRunner(spec, torch.device("cpu"), threads=1, dtype="float32").forward(items)
     assert CPU_ATTENTION_GROUP_RATIO == 0.9 and len(seen[0].groups) >= 4

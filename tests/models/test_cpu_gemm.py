@@ -49,7 +49,7 @@ def test_auto_keeps_the_faster_library(bert_ce_dir, monkeypatch, rates, chosen):
     if chosen == "onednn" and not onednn_available():
         pytest.skip("this torch build has no oneDNN linear kernel")
     measured = []
-    monkeypatch.setattr(cpu_gemm, "gemm_rates", lambda weight: measured.append(tuple(weight.shape)) or rates)
+    monkeypatch.setattr(cpu_gemm, "measured_rates", lambda weight, kernels: measured.append(tuple(weight.shape)) or rates)
     spec = load_model(bert_ce_dir)
     assert use_cpu_gemm(spec.module, "auto") == chosen
     assert linear_classes(spec.module) == {OneDnnLinear if chosen == "onednn" else nn.Linear}

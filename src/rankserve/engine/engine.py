@@ -44,7 +44,7 @@ def make_runner(spec: ModelSpec, device: torch.device, config: ServerConfig):
         from rankserve.engine.onnx_runner import OnnxRunner  # onnxruntime is an optional dependency
 
         return OnnxRunner(spec, threads=config.threads, quantize=config.quantize)
-    return TorchRunner(spec, device, config.threads, config.cpu_gemm)
+    return TorchRunner(spec, device, config.threads, config.cpu_gemm, config.dtype)
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,7 @@ class Engine:
             with_type_ids=spec.family in ("bert", "xlm-roberta"),
         )
         self.runner = make_runner(spec, device, config)
+        metrics.runtime.labels(device.type, config.backend, self.runner.precision, self.runner.gemm or "").set(1)
         self.batcher = Batcher(
             self.runner.forward,
             max_batch_tokens=batch_tokens(config.max_batch_tokens, device),

@@ -240,6 +240,8 @@ class OnnxRunner:
             raise ConfigError(f"backend onnxruntime needs onnxruntime, onnx and onnxscript installed ({exc})") from exc
         self.spec = spec
         self.quantize = quantize
+        self.precision = "int8" if quantize == "int8" else "float32"  # as TorchRunner reports its own
+        self.gemm: str | None = None
         self.path = exported_model(spec, quantize, cache_dir)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

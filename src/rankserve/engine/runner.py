@@ -16,6 +16,7 @@ import torch
 from rankserve.engine.malloc import PeriodicTrim, retain_freed_memory
 from rankserve.engine.tokenize import Encoded
 from rankserve.engine.types import Batch, Packed
+from rankserve.models import cpu_bf16
 from rankserve.models.cpu_gemm import use_cpu_gemm
 from rankserve.models.loader import ModelSpec
 
@@ -70,17 +71,25 @@ def finish(spec: ModelSpec, out: torch.Tensor) -> torch.Tensor:
 
 
 class TorchRunner:
-    def __init__(self, spec: ModelSpec, device: torch.device, threads: int = 0, cpu_gemm: str = "auto"):
+    def __init__(self, spec: ModelSpec, device: torch.device, threads: int = 0, cpu_gemm: str = "auto",
+                 dtype: str = "auto"):
         self.spec = spec
         self.device = device
-        self.gemm: str | None = None  # the CPU GEMM library in use (see models/cpu_gemm.py)
+        self.gemm: str | None = None  # the CPU GEMM library for fp32 products (see models/cpu_gemm.py)
         self.group_ratio = CPU_ATTENTION_GROUP_RATIO if device.type == "cpu" else 0.0
         self.trim: PeriodicTrim | None = None
+        # What the layers compute in: the module's dtype, or on CPU float32 / bfloat16 (mixed,
+        # models/cpu_bf16.py), --dtype auto choosing by the CPU's bf16 support and speed.
+        self.precision = str(next(spec.module.parameters()).dtype).removeprefix("torch.")
         if device.type == "cpu":
             torch.set_num_threads(threads or available_cores())
             retain_freed_memory()
             self.trim = PeriodicTrim()
             self.gemm = use_cpu_gemm(spec.module, cpu_gemm)  # after set_num_threads: auto times both
+            if self.precision == "float32":
+                self.precision = cpu_bf16.choose(spec.module, dtype, self.gemm)
+                if self.precision == "bfloat16":
+                    cpu_bf16.use_bf16(spec.module)
 
     @torch.inference_mode()
     def forward(self, items: Sequence[Encoded]) -> torch.Tensor:

@@ -62,7 +62,8 @@ class LocalEngine:
         from rankserve.metrics import Metrics
         from rankserve.models.loader import default_model_dir
 
-        config = load_config({"model": model, "warmup": False})
+        # float32: the evaluation measures the model, the same on every CPU (auto may pick mixed bf16)
+        config = load_config({"model": model, "warmup": False, "dtype": "float32"})
         engine = await asyncio.to_thread(Engine.load, config, Metrics())
         await engine.start()
         return cls(engine, Path(model) if model else default_model_dir())

@@ -15,8 +15,14 @@ falls back to ``F.linear``. The two libraries round differently (|difference| ~1
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import platform
 import time
+from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -56,30 +62,40 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 ROW_BUCKET = 64
 
 
+def bucketed(product: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``product(x)`` for a row-wise oneDNN product, its rows padded up to a multiple of ROW_BUCKET."""
+    rows = x.shape[0]
+    padded = -(-rows // ROW_BUCKET) * ROW_BUCKET
+    if x.dim() != 2 or padded == rows:
+        return product(x)
+    return product(F.pad(x, (0, 0, 0, padded - rows)))[:rows]
+
+
 class OneDnnLinear(nn.Linear):
     """``nn.Linear`` whose CPU float32 product runs in oneDNN; anything else takes ``F.linear``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu" and x.dtype == self.weight.dtype == torch.float32 and not tracing():
-            rows = x.shape[0]
-            padded = -(-rows // ROW_BUCKET) * ROW_BUCKET
-            if x.dim() != 2 or padded == rows:
-                return onednn_linear(x, self.weight, self.bias)
-            return onednn_linear(F.pad(x, (0, 0, 0, padded - rows)), self.weight, self.bias)[:rows]
+            return bucketed(lambda rows: onednn_linear(rows, self.weight, self.bias), x)
         return F.linear(x, self.weight, self.bias)
 
 
-def gemm_rates(weight: torch.Tensor, rows: int | None = None, repeats: int = 5) -> dict[str, float]:
-    """GFLOP/s of ``[rows, in] x weight^T`` with torch's default GEMM and with oneDNN (best of
-    ``repeats``). Default rows: ~1 GFLOP per product, 128-1024 rows, so that timing a large
-    model's widest layer (Llama-8B: 14336 x 4096) adds well under a second to its start."""
+def gemm_rates(weight: torch.Tensor, rows: int | None = None, repeats: int = 5,
+               kernels: tuple[str, ...] = ("torch", "onednn")) -> dict[str, float]:
+    """GFLOP/s of ``[rows, in] x weight^T`` with each of ``kernels`` (best of ``repeats``): torch's
+    default fp32 GEMM, oneDNN's fp32 linear, and ``bf16`` (oneDNN's bfloat16 product, as
+    ``cpu_bf16.Bf16Linear`` runs it). Default rows: ~1 GFLOP per product, 128-1024 rows, so that
+    timing a large model's widest layer (Llama-8B: 14336 x 4096) adds well under a second to its start."""
     if rows is None:
         rows = max(128, min(1024, int(1e9 / (2 * weight.numel()))))
     x = torch.randn(rows, weight.shape[1], dtype=weight.dtype)
-    kernels = {"torch": lambda: F.linear(x, weight), "onednn": lambda: onednn_linear(x, weight, None)}
+    xb, wb = x.bfloat16(), weight.bfloat16()
+    runs = {"torch": lambda: F.linear(x, weight), "onednn": lambda: onednn_linear(x, weight, None),
+            "bf16": lambda: F.linear(xb, wb)}
     rates = {}
     with torch.inference_mode():
-        for name, fn in kernels.items():
+        for name in kernels:
+            fn = runs[name]
             fn()
             best = float("inf")
             for _ in range(repeats):
@@ -87,6 +103,52 @@ def gemm_rates(weight: torch.Tensor, rows: int | None = None, repeats: int = 5) 
                 fn()
                 best = min(best, time.perf_counter() - t)
             rates[name] = 2 * rows * weight.numel() / best / 1e9
+    return rates
+
+
+def rates_cache_file() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "rankserve" / "cpu-gemm-rates.json"
+
+
+def machine_key(weight: torch.Tensor, kernels: tuple[str, ...]) -> str:
+    """What a GEMM timing depends on: the CPU (model and feature flags), torch, threads, the shape."""
+    cpu = ""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        cpu = "|".join(line.split(":", 1)[1].strip() for line in info.splitlines()
+                       if line.startswith(("model name", "flags")))[:4096]
+    except OSError:
+        cpu = platform.processor()
+    raw = f"{cpu}|{torch.__version__}|{torch.get_num_threads()}|{tuple(weight.shape)}|{kernels}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+def measured_rates(weight: torch.Tensor, kernels: tuple[str, ...]) -> dict[str, float]:
+    """``gemm_rates`` of ``weight``, timed once per machine and kept in ``rates_cache_file()``.
+
+    Why: the timing is a sizeable part of a small model's start (0.13 s of ~2 s for MiniLM), and
+    near-equal libraries flipped from start to start on timing noise. A cached answer makes the
+    choice stable across restarts on one machine; a new CPU, torch, thread count or shape re-times.
+    An unreadable or unwritable cache only costs the timing."""
+    path = rates_cache_file()
+    key = machine_key(weight, kernels)
+    try:
+        cached = json.loads(path.read_text())
+        if isinstance(cached, dict) and isinstance(cached.get(key), dict):
+            return {k: float(v) for k, v in cached[key].items()}
+    except (OSError, ValueError):
+        cached = {}
+    rates = gemm_rates(weight, kernels=kernels)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cached = cached if isinstance(cached, dict) else {}
+        cached[key] = rates
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cached))
+        tmp.replace(path)
+    except OSError as exc:
+        log.debug("cpu gemm: could not cache the timing in %s: %s", path, exc)
     return rates
 
 
@@ -103,7 +165,7 @@ def use_cpu_gemm(module: nn.Module, choice: str = "auto") -> str:
             choice = "torch"
         else:
             widest = max(linears, key=lambda m: m.weight.numel()).weight
-            rates = gemm_rates(widest)
+            rates = measured_rates(widest, ("torch", "onednn"))
             choice = "onednn" if rates["onednn"] >= AUTO_MARGIN * rates["torch"] else "torch"
             log.info("cpu gemm: %s (oneDNN %.0f GFLOP/s, torch default %.0f GFLOP/s on a %s layer)",
                      choice, rates["onednn"], rates["torch"], "x".join(map(str, widest.shape)))

@@ -216,10 +216,12 @@ MODEL_TYPES = {"bert": "BertModel", "xlm-roberta": "XLMRobertaModel", "roberta":
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    """The dtype the weights load in. On CPU, auto and bfloat16 load float32: the CPU runner then
+    runs the blocks' products in bf16 where chosen (mixed precision, models/cpu_bf16.py)."""
+    if device.type == "cpu" and dtype in ("auto", "bfloat16"):
         return torch.float32
+    if dtype == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 

@@ -1,0 +1,85 @@
+"""Mixed bf16 on CPU: the layers' products and attention in bfloat16, the residual stream in float32.
+
+Why not the whole model in bf16 (``model.to(bfloat16)``, what ``--dtype bfloat16`` does on a GPU):
+on CPU that rounds the residual stream and every LayerNorm to 8 mantissa bits, and it ran only
+1.42-1.45x fp32. Here only the linear layers inside the repeated blocks run in bf16 and hand bf16
+to the next bf16 step (attention, GELU/SiLU, the next linear); adding a bf16 block output to the
+float32 residual promotes it back, so LayerNorm/RMSNorm, pooling and the head stay float32. On a
+CPU with native bf16 (AVX512-BF16 or AMX) that ran the all-MiniLM-L6-v2 man-page workload 1.49x
+fp32 with top-5 agreement 0.992 and Kendall tau 0.997 (dynamic int8 reached 0.92-0.96 top-5:
+``docs/benchmarks-int8.md``). Without native bf16, oneDNN emulates it and it is slower than fp32,
+so ``--dtype auto`` takes it only where the CPU has it and it times faster (``choose``).
+
+The swap is a class change plus a bf16 copy of each swapped weight in place of the fp32 one (half
+the memory); the head's linears (pooler, classifier, score) keep float32 so that logits are not
+rounded to bf16's ~3 significant digits, which would tie close candidates.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rankserve.models.cpu_gemm import OneDnnLinear, bucketed, measured_rates, tracing
+
+log = logging.getLogger("rankserve")
+
+# bf16 must beat the fp32 GEMM in use by this much on the model's widest layer to be chosen by
+# auto: a product 2.3x faster gave 1.49x end to end (attention, norms and copies gain less).
+AUTO_MARGIN = 1.5
+BLOCK = re.compile(r"(^|\.)layers?\.\d+\.")  # linears inside the repeated blocks (BERT and Llama names)
+
+
+def bf16_native() -> bool:
+    """The CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), as torch reports it."""
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(cpu, name, lambda: False)() for name in checks)
+
+
+class Bf16Linear(nn.Linear):
+    """A linear layer holding bf16 weights: input cast to bf16, output left in bf16."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.weight.dtype)
+        if x.device.type == "cpu" and not tracing():  # oneDNN product: bounded shapes (cpu_gemm.ROW_BUCKET)
+            return bucketed(lambda rows: F.linear(rows, self.weight, self.bias), x)
+        return F.linear(x, self.weight, self.bias)
+
+
+def block_linears(module: nn.Module) -> list[nn.Linear]:
+    return [m for name, m in module.named_modules()
+            if type(m) in (nn.Linear, OneDnnLinear, Bf16Linear) and BLOCK.search(name)]
+
+
+def use_bf16(module: nn.Module) -> int:
+    """Swap the linears inside ``module``'s repeated blocks to ``Bf16Linear``; -> how many."""
+    linears = block_linears(module)
+    for m in linears:
+        m.__class__ = Bf16Linear
+        m.weight = nn.Parameter(m.weight.detach().bfloat16(), requires_grad=False)
+        if m.bias is not None:
+            m.bias = nn.Parameter(m.bias.detach().bfloat16(), requires_grad=False)
+    return len(linears)
+
+
+def choose(module: nn.Module, dtype: str, fp32_gemm: str) -> str:
+    """The CPU precision for ``--dtype`` (auto | float32 | bfloat16): auto picks ``bfloat16`` when
+    the CPU has native bf16 and its product on the widest block layer is ``AUTO_MARGIN`` x the fp32
+    one in use (``fp32_gemm``: torch | onednn), else ``float32``. Says which, and why, in the log."""
+    if dtype != "auto":
+        return dtype
+    linears = block_linears(module)
+    if not linears or not bf16_native():
+        log.info("cpu precision: float32 (%s)", "no repeated blocks" if not linears else "the CPU has no native bf16")
+        return "float32"
+    widest = max(linears, key=lambda m: m.weight.numel()).weight
+    rates = measured_rates(widest, (fp32_gemm, "bf16"))
+    choice = "bfloat16" if rates["bf16"] >= AUTO_MARGIN * rates[fp32_gemm] else "float32"
+    log.info("cpu precision: %s (bf16 %.0f GFLOP/s, fp32 %s %.0f GFLOP/s on a %s layer; auto takes bf16 at >= %.1fx)",
+             choice, rates["bf16"], fp32_gemm, rates[fp32_gemm], "x".join(map(str, widest.shape)), AUTO_MARGIN)
+    return choice
