@@ -1,5 +1,8 @@
 """Server benchmark: rankserve vs a naive FastAPI + CrossEncoder.predict server, one run.
 
+Both in float32 (rankserve with ``--dtype float32``: ``auto`` may pick mixed bf16 on a CPU with
+native bf16, which bench/int8.py measures against fp32 on its own).
+
 Both serve the same MiniLM-L6-size cross-encoder on 127.0.0.1 (one at a time, so they never
 share the CPU). The same seeded requests (20-100 passages, 16-256 words) are sent by
 `rankserve bench`'s load generator at each concurrency level. The offline reference is
@@ -77,7 +80,7 @@ def main() -> None:
     results = {}
     servers = {
         "rankserve": ([sys.executable, "-m", "rankserve.cli", "serve", "--model", str(model_dir), "--port", "8101",
-                       "--host", "127.0.0.1", "--log-level", "warning"], 8101, {}),
+                       "--host", "127.0.0.1", "--log-level", "warning", "--dtype", "float32"], 8101, {}),
         "naive": ([sys.executable, "-m", "uvicorn", "naive_server:app", "--app-dir", str(Path(__file__).parent),
                    "--port", "8102", "--log-level", "warning"], 8102, {"MODEL_DIR": str(model_dir)}),
     }
@@ -111,7 +114,7 @@ from rankserve.metrics import Metrics
 bodies = json.load(sys.stdin)
 work = [(b["query"]["text"], [p["text"] for p in b["passages"]]) for b in bodies]
 async def main():
-    engine = Engine.load(load_config({{"model": {str(model_dir)!r}}}, environ={{}}), Metrics())
+    engine = Engine.load(load_config({{"model": {str(model_dir)!r}, "dtype": "float32"}}, environ={{}}), Metrics())
     await engine.start()
     best = float("inf")
     for _ in range(2):

@@ -15,7 +15,8 @@ HELP = {
     "model": "model directory (Hugging Face layout, safetensors); default: packaged all-MiniLM-L6-v2",
     "served_model_name": "model id in /v1/models and requests; default: derived from the model",
     "device": "auto | cpu | cuda | cuda:N",
-    "dtype": "auto (fp32 on CPU, bf16/fp16 on CUDA) | float32 | bfloat16 | float16",
+    "dtype": "auto (CPU: mixed bf16 where the CPU has native bf16 and it is faster, else fp32; CUDA: bf16/fp16) "
+             "| float32 | bfloat16 | float16",
     "threads": "torch CPU threads; 0 = all cores available",
     "cpu_gemm": "fp32 linear layers on CPU: auto (time both at start, keep the faster) | torch | onednn",
     "max_length": "token limit per sequence; 0 = the model's own",

@@ -45,7 +45,7 @@ class ServerConfig:
     port: int = 8000
     log_level: str = "info"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"  # auto = float32 on CPU, bfloat16 on CUDA (when supported)
+    dtype: str = "auto"  # auto: CPU mixed bf16 where native and faster, else float32 (cpu_bf16.py); CUDA bf16/fp16
     backend: str = "torch"
     quantize: str = "none"  # none | int8 (lossy, opt-in: dynamic int8 weights, backend onnxruntime only)
     threads: int = 0  # torch intra-op threads; 0 = the cores this process may use

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rankserve.models.cpu_gemm import OneDnnLinear, bucketed, measured_rates, tracing
+from rankserve.models.cpu_gemm import ROW_BUCKET, OneDnnLinear, measured_rates, tracing
 
 log = logging.getLogger("rankserve")
 
@@ -45,10 +45,17 @@ class Bf16Linear(nn.Linear):
     """A linear layer holding bf16 weights: input cast to bf16, output left in bf16."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.weight.dtype)
-        if x.device.type == "cpu" and not tracing():  # oneDNN product: bounded shapes (cpu_gemm.ROW_BUCKET)
-            return bucketed(lambda rows: F.linear(rows, self.weight, self.bias), x)
-        return F.linear(x, self.weight, self.bias)
+        if x.device.type != "cpu" or x.dim() != 2 or tracing():
+            return F.linear(x.to(self.weight.dtype), self.weight, self.bias)
+        # oneDNN product with bounded shapes (cpu_gemm.ROW_BUCKET): cast straight into the padded
+        # buffer (one pass over the activations, not a cast and then a padded copy).
+        rows = x.shape[0]
+        padded = -(-rows // ROW_BUCKET) * ROW_BUCKET
+        buf = x.new_empty((padded, x.shape[1]), dtype=self.weight.dtype)
+        buf[:rows].copy_(x)
+        buf[rows:].zero_()
+        out = F.linear(buf, self.weight, self.bias)
+        return out if padded == rows else out[:rows]
 
 
 def block_linears(module: nn.Module) -> list[nn.Linear]:

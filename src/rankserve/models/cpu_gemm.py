@@ -6,7 +6,8 @@ are not Intel's. On an AMD EPYC with AVX-512 it ran MiniLM- and Llama-1B-shaped 
 uses on CPU) and onnxruntime ran at 442-486 (``python bench/cpu_gemm.py``); on the AVX2-only EPYC
 of earlier runs a oneDNN linear gave no gain. Which is faster depends on the CPU, so with
 ``--cpu-gemm auto`` (the default) the runner times both on the model's own widest layer at start
-and keeps the faster; ``torch`` and ``onednn`` force one.
+and keeps the faster (timed once per machine, then read from a cache: ``measured_rates``);
+``torch`` and ``onednn`` force one.
 
 Swapping keeps the modules' parameters and names (a class change, no copy), so checkpoints, the
 loader and ONNX export are untouched: under export or tracing, or off CPU / float32, the layer
