@@ -29,6 +29,10 @@ log = logging.getLogger("rankserve")
 InputType = Literal["query", "passage"]
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 WARMUP_TOKENS = 512
+# The warm-up's long pass is also capped by compute: 512 tokens through a 1B model is ~1 TFLOP,
+# 6 s of a 21 s CPU start (bench/cold_start.py) for costs a short pass already pays (kernels
+# created, memory pools grown). MiniLM still gets its full 256 tokens; a 1B model 16 on CPU.
+WARMUP_FLOPS = {"cpu": 2e10, "cuda": 2e12}
 
 
 def served_name(config: ServerConfig) -> str:
@@ -101,10 +105,16 @@ class Engine:
         if self.config.warmup:
             await self.warmup()
 
+    def warmup_tokens(self) -> int:
+        """The long warm-up passage's length: up to 512 tokens and the model's limit, and at most
+        ``WARMUP_FLOPS`` of compute for the device (never under 16 tokens)."""
+        params = sum(p.numel() for p in self.spec.module.parameters())
+        budget = int(WARMUP_FLOPS.get(self.device.type, WARMUP_FLOPS["cpu"]) / (2 * max(params, 1)))
+        return max(16, min(self.spec.max_length, WARMUP_TOKENS, budget))
+
     async def warmup(self) -> None:
-        """A short and a typical-length pass, so the first real request pays no one-time costs
-        (capped at 512 tokens: an 8192-token pass of a 1B model takes minutes on a CPU)."""
-        await self.rank("warm up query", ["a short passage", "word " * min(self.spec.max_length, WARMUP_TOKENS)], "END")
+        """A short and a longer pass, so the first real request pays no one-time costs."""
+        await self.rank("warm up query", ["a short passage", "word " * self.warmup_tokens()], "END")
 
     async def stop(self) -> None:
         await self.batcher.stop()
