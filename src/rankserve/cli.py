@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any, Sequence
 
-from rankserve.config import FIELDS, NIM_ENV, ServerConfig, env_name, load_config
+from rankserve.config import DTYPES, FIELDS, NIM_ENV, ServerConfig, env_name, load_config
 from rankserve.errors import RankserveError
 
 HELP = {
@@ -76,7 +76,7 @@ async def _with_engine(config: ServerConfig, work: Any) -> Any:
 
 
 def cmd_rank(args: argparse.Namespace) -> int:
-    config = load_config({"model": args.model, "warmup": False})
+    config = load_config({"model": args.model, "dtype": args.dtype, "warmup": False})
     result = asyncio.run(_with_engine(config, lambda e: e.rank(args.query, args.passages, args.truncate)))
     order = sorted(range(len(result.scores)), key=lambda i: -result.scores[i])
     print(json.dumps({"rankings": [{"index": i, "logit": result.scores[i]} for i in order]}, indent=2))
@@ -84,7 +84,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    config = load_config({"model": args.model, "warmup": False})
+    config = load_config({"model": args.model, "dtype": args.dtype, "warmup": False})
     result = asyncio.run(_with_engine(config, lambda e: e.embed(args.texts, args.input_type, args.truncate, args.dimensions)))
     print(json.dumps({"embeddings": result.vectors.tolist()}))
     return 0
@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("passages", nargs="+")
     rank.add_argument("--model", default=None)
     rank.add_argument("--truncate", choices=("NONE", "END"), default="END")
+    rank.add_argument("--dtype", choices=DTYPES, default=None, help=HELP["dtype"])
     rank.set_defaults(func=cmd_rank)
 
     embed = sub.add_parser("embed", help="embed texts in-process and print the vectors as JSON")
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--input-type", choices=("query", "passage"), default=None)
     embed.add_argument("--truncate", choices=("NONE", "START", "END"), default="END")
     embed.add_argument("--dimensions", type=int, default=None)
+    embed.add_argument("--dtype", choices=DTYPES, default=None, help=HELP["dtype"])
     embed.set_defaults(func=cmd_embed)
 
     from rankserve.eval.commands import add_commands as add_eval

@@ -35,7 +35,7 @@ def metric(url: str, name: str, **labels: str) -> float:
 
 
 def test_rank_prints_the_servers_rankings(live_default):
-    out = cli("rank", QUERY, *PASSAGES)
+    out = cli("rank", QUERY, *PASSAGES, "--dtype", "float32")  # as the test server (conftest.TEST_DTYPE)
     assert out.returncode == 0, out.stderr
     rankings = json.loads(out.stdout)["rankings"]
     indices = [r["index"] for r in rankings]
@@ -54,7 +54,7 @@ def test_rank_prints_the_servers_rankings(live_default):
 
 def test_embed_dimensions_128_prints_the_servers_unit_vectors(live_default):
     texts = [QUERY, PASSAGES[RELEVANT], "hello world"]
-    out = cli("embed", *texts, "--dimensions", "128")
+    out = cli("embed", *texts, "--dimensions", "128", "--dtype", "float32")
     assert out.returncode == 0, out.stderr
     got = np.asarray(json.loads(out.stdout)["embeddings"], dtype=np.float64)
     assert got.shape == (len(texts), 128)
