@@ -85,9 +85,8 @@ def require(*modules: str) -> None:
 
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
-        names = {"bm25s": "bm25s", "matplotlib": "matplotlib", "tqdm": "tqdm"}
-        raise SystemExit(f"rankserve: this command needs {', '.join(missing)}: "
-                         f"pip install {' '.join(names[m] for m in missing)}")
+        raise SystemExit(f"rankserve: this command needs {', '.join(missing)} (the evaluation extra): "
+                         "pip install 'rankserve[eval]'")
 
 
 def _usage_errors(fn):
