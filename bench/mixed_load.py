@@ -103,7 +103,8 @@ async def drive(url: str, seconds: float, clients: int, bulk_passages: int, bulk
 
 async def model_tokens(http: httpx.AsyncClient, url: str) -> float:
     text = (await http.get(url + "/v1/metrics")).text
-    return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith("rankserve_tokens_total "))
+    return sum(float(line.split()[-1]) for line in text.splitlines()  # every model's series
+               if line.startswith(("rankserve_tokens_total ", "rankserve_tokens_total{")))
 
 
 def measure(name: str, src: Path, model: Path, args: argparse.Namespace, port: int) -> dict:

@@ -64,6 +64,15 @@ def wait_ready(client: TestClient, timeout: float = 60) -> None:
 TEST_DTYPE = {"dtype": "float32"}
 
 
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` in a /v1/metrics body whose labels include ``labels`` (engine
+    series carry a ``model`` label; summing over it reads a one-model server as before)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
 def app_client(**overrides) -> TestClient:
     """A TestClient (lifespan running) for an app built from config overrides; use as a context manager."""
     return TestClient(create_app(load_config({**TEST_DTYPE, **overrides}, environ={})), raise_server_exceptions=False)

@@ -12,7 +12,8 @@ from rankserve.config import DTYPES, FIELDS, NIM_ENV, ServerConfig, env_name, lo
 from rankserve.errors import RankserveError
 
 HELP = {
-    "model": "model directory (Hugging Face layout, safetensors); default: packaged all-MiniLM-L6-v2",
+    "model": "model directory (Hugging Face layout, safetensors), or NAME=DIR, repeatable for several models in "
+             "one process (requests route by their model field); default: packaged all-MiniLM-L6-v2",
     "served_model_name": "model id in /v1/models and requests; default: derived from the model",
     "device": "auto | cpu | cuda | cuda:N",
     "dtype": "auto (CPU: mixed bf16 where the CPU has native bf16 and it is faster, else fp32; CUDA: bf16/fp16) "
@@ -46,7 +47,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         flag = "--" + name.replace("_", "-")
         envs = env_name(name) + (f", {NIM_ENV[name]}" if name in NIM_ENV else "")
         help_ = f"{HELP.get(name, name.replace('_', ' '))} [env {envs}; default {field.default!r}]"
-        if field.type in ("bool", bool):
+        if name == "model":  # repeatable: several models in one process (joined as config.model's list)
+            parser.add_argument(flag, dest=name, default=None, action="append", help=help_)
+        elif field.type in ("bool", bool):
             parser.add_argument(flag, dest=name, default=None, action=argparse.BooleanOptionalAction, help=help_)
         else:
             kind = {"int": int, "float": float}.get(str(field.type), str)
@@ -54,7 +57,10 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from(args: argparse.Namespace) -> ServerConfig:
-    return load_config({name: getattr(args, name, None) for name in FIELDS})
+    values = {name: getattr(args, name, None) for name in FIELDS}
+    if isinstance(values["model"], list):
+        values["model"] = ",".join(values["model"])
+    return load_config(values)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

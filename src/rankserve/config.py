@@ -39,7 +39,9 @@ NIM_ENV = {
 class ServerConfig:
     """What one rankserve process serves and how."""
 
-    model: str | None = None  # model directory; None = the packaged all-MiniLM-L6-v2
+    # Model directory; None = the packaged all-MiniLM-L6-v2. Several models: comma-separated
+    # NAME=PATH entries (the CLI's repeatable --model joins them): see ``model_entries``.
+    model: str | None = None
     served_model_name: str | None = None  # id in /v1/models and request `model`; None = derived
     host: str = "0.0.0.0"
     port: int = 8000
@@ -81,6 +83,26 @@ class ServerConfig:
             keys += [line.strip() for line in Path(self.api_key_file).read_text(encoding="utf-8").splitlines()]
         return tuple(k for k in keys if k)
 
+    def model_entries(self) -> list[tuple[str | None, str | None]]:
+        """``model`` as (served name or None, folder or None) pairs, in order: ``PATH`` keeps its
+        one-model meaning (the name then comes from ``served_model_name`` or the folder), ``NAME=PATH``
+        names the model. None (no model given) is the packaged default."""
+        if self.model is None:
+            return [(None, None)]
+        entries = []
+        for raw in self.model.split(","):
+            name, sep, path = raw.strip().partition("=")
+            if sep and name and "/" not in name:
+                entries.append((name.strip(), path.strip()))
+            else:
+                entries.append((None, raw.strip()))
+        return entries
+
+    def for_model(self, name: str | None, path: str | None) -> "ServerConfig":
+        """This config narrowed to one of ``model_entries``: what that model's engine loads."""
+        return dataclasses.replace(self, model=path, served_model_name=name or (
+            self.served_model_name if len(self.model_entries()) == 1 else None))
+
     def model_overrides(self) -> dict[str, str]:
         """ModelSpec fields the operator set explicitly (flags beat the model's config files)."""
         names = ("rerank_template", "query_prefix", "passage_prefix")
@@ -102,6 +124,16 @@ class ServerConfig:
             bad("quantize", "int8 runs on --backend onnxruntime")
         if self.backend == "onnxruntime" and (self.device.startswith("cuda") or self.dtype not in ("auto", "float32")):
             bad("backend", "onnxruntime runs on the CPU in float32 (--device cpu|auto, --dtype auto|float32)")
+        entries = self.model_entries() if self.model is not None else []
+        if any(not path for _, path in entries):
+            bad("model", "an empty entry: give PATH, or NAME=PATH for each of several models")
+        names = [n for n, _ in entries if n]
+        if len(entries) > 1 and len(names) < len(entries):
+            bad("model", "with several models each needs a name: --model NAME=PATH (repeatable)")
+        if len(set(names)) < len(names):
+            bad("model", "two models share a name")
+        if len(entries) > 1 and self.served_model_name:
+            bad("served_model_name", "with several models, name each one in --model NAME=PATH instead")
         if self.log_format not in LOG_FORMATS:
             bad("log_format", f"choose one of {', '.join(LOG_FORMATS)}")
         if self.log_level.lower() not in LOG_LEVELS:
@@ -135,8 +167,9 @@ class ServerConfig:
                 bad(name, "no such file")
         if self.rerank_template is not None and not ("{query}" in self.rerank_template and "{passage}" in self.rerank_template):
             bad("rerank_template", "must contain {query} and {passage}")
-        if self.model is not None and not os.path.isdir(self.model):
-            bad("model", "not a directory (expected a Hugging Face-style model folder)")
+        for _, path in entries:
+            if not os.path.isdir(path):
+                bad("model", f"{path!r} is not a directory (expected a Hugging Face-style model folder)")
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(ServerConfig)}

@@ -1,12 +1,16 @@
-"""Prometheus metrics, one registry per app so several apps (tests, future multi-model) coexist.
+"""Prometheus metrics: one registry per app and one per model engine, merged when scraped.
 
-The API layer counts requests and latency; the engine reports queue depth, batch sizes, tokens and
-the passage cache. Both get the same ``Metrics`` object; nothing here knows about HTTP or models.
+The API layer counts requests, errors, latency and rejections in the app's ``Metrics``; each
+engine reports queue depth, batch sizes, tokens and its passage cache in its own ``Metrics``, and
+``render`` labels those series ``model="<served name>"``, so several models in one process (and
+several apps in one test process) never share a series. Nothing here knows about HTTP or models.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from typing import Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric, generate_latest
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -44,3 +48,33 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+# The families the API layer fills (the app's Metrics); every other family is an engine's.
+HTTP_FAMILIES = frozenset({"rankserve_requests", "rankserve_request_errors", "rankserve_request_latency_seconds",
+                           "rankserve_rejections"})
+
+
+class _Merged:
+    """A registry-like view for ``generate_latest``: the app's HTTP families plus each engine's
+    families with a ``model`` label, one family per name (Prometheus wants a name's series together)."""
+
+    def __init__(self, app: Metrics, engines: Mapping[str, Metrics]):
+        self.app, self.engines = app, engines
+
+    def collect(self) -> Iterator[Metric]:
+        yield from (f for f in self.app.registry.collect() if f.name in HTTP_FAMILIES)
+        merged: dict[str, Metric] = {}
+        for model, metrics in self.engines.items():
+            for family in metrics.registry.collect():
+                if family.name in HTTP_FAMILIES:
+                    continue
+                out = merged.setdefault(family.name, Metric(family.name, family.documentation, family.type, family.unit))
+                for s in family.samples:
+                    out.add_sample(s.name, {"model": model, **s.labels}, s.value, s.timestamp, s.exemplar)
+        yield from merged.values()
+
+
+def render(app: Metrics, engines: Mapping[str, Metrics]) -> bytes:
+    """The scrape body: HTTP metrics once, engine metrics per model (``model`` label)."""
+    return generate_latest(_Merged(app, engines))  # type: ignore[arg-type]

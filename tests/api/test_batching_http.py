@@ -12,12 +12,12 @@ import time
 import httpx
 import pytest
 
-from conftest import LiveServer, app_client, wait_ready
+from conftest import LiveServer, app_client, metric_sum, wait_ready
 from rankserve.loadgen import make_requests
 
 
 def metric(text: str, name: str) -> float:
-    return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+    return metric_sum(text, name)
 
 
 class GatedForward:

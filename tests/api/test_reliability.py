@@ -12,7 +12,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from conftest import app_client, wait_ready
+from conftest import app_client, metric_sum, wait_ready
 from rankserve.api.app import create_app
 from rankserve.config import load_config
 
@@ -23,11 +23,8 @@ def rank(client, body=BODY, **headers):
     return client.post("/v1/ranking", json=body, headers=headers)
 
 
-def metric(client, name: str, labels: str = "") -> float:
-    text = client.get("/v1/metrics").text
-    pattern = re.escape(name + (("{" + labels + "}") if labels else "")) + r" ([0-9.e+-]+)"
-    found = re.search(r"^" + pattern + "$", text, re.M)
-    return float(found.group(1)) if found else 0.0
+def metric(client, name: str, **labels: str) -> float:
+    return metric_sum(client.get("/v1/metrics").text, name, **labels)
 
 
 def until(condition, what: str, timeout: float = 30) -> None:
@@ -82,7 +79,7 @@ def test_full_queue_answers_503_at_once_and_admitted_requests_finish(ce, limit, 
         gate.release.set()
         assert first.result().status_code == 200 and second.result().status_code == 200
         assert first.result().json() == second.result().json()
-        assert metric(client, "rankserve_rejections_total", 'reason="overloaded"') == 1
+        assert metric(client, "rankserve_rejections_total", reason="overloaded") == 1
         assert rank(client).status_code == 200  # capacity is back
 
 

@@ -117,9 +117,10 @@ def test_metrics_count_requests_errors_batches_tokens():
         assert again.status_code == 200
         after = read_metrics(client)
 
-    def moved(name, a=before, b=middle, **labels):
-        key = (name, tuple(sorted(labels.items())))
-        return b.get(key, 0.0) - a.get(key, 0.0)
+    def moved(name, a=before, b=middle, **labels):  # summed over series whose labels include ``labels``
+        def total(m):
+            return sum(v for (n, ls), v in m.items() if n == name and set(labels.items()) <= set(ls))
+        return total(b) - total(a)
 
     n_rank, n_embed = len(rank_bodies), len(embed_bodies)
     assert moved("rankserve_requests_total", route=R, status="200") == n_rank
@@ -145,8 +146,8 @@ def test_metrics_count_requests_errors_batches_tokens():
     assert moved("rankserve_passage_cache_hits_total", middle, after) == 2
     assert moved("rankserve_batch_size_sum", middle, after) == 1
     assert moved("rankserve_requests_total", middle, after, route=R, status="200") == 1
-    for name in ("rankserve_queue_depth", "rankserve_passage_cache_capacity"):
-        assert (name, ()) in after
+    for name in ("rankserve_queue_depth", "rankserve_passage_cache_capacity"):  # engine series: by model
+        assert (name, (("model", "sentence-transformers/all-MiniLM-L6-v2"),)) in after
 
 
 def usage_of_first(tok, body) -> int:

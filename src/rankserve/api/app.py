@@ -121,12 +121,13 @@ def client_request_id(scope: dict) -> str | None:
 
 def create_app(config: ServerConfig, engine: Engine | None = None,
                on_fatal: Callable[[str], None] | None = None) -> FastAPI:
-    """Build the app. Without ``engine`` the lifespan loads one in a thread; ready flips after warm-up.
+    """Build the app. Without ``engine`` the lifespan loads the configured model(s) in a thread, one
+    engine each (``config.model_entries``); ready flips when every one is warmed up.
 
-    ``on_fatal(message)`` is called when the app cannot go on (the model failed to load, the model
+    ``on_fatal(message)`` is called when the app cannot go on (a model failed to load, a model
     worker died): ``api.server.serve`` uses it to stop and exit non-zero so a supervisor restarts it.
     """
-    metrics = engine.metrics if engine is not None else Metrics()
+    metrics = Metrics()  # HTTP metrics; each engine keeps its own (metrics.render labels them by model)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -137,24 +138,26 @@ def create_app(config: ServerConfig, engine: Engine | None = None,
             loader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await loader
-            # Not ready before the engine stops: a late request gets a 503, never a stopped engine.
+            # Not ready before the engines stop: a late request gets a 503, never a stopped engine.
             app.state.ready = False
-            stopping, app.state.engine = app.state.engine, None
-            if stopping is not None:
-                await stopping.stop()
+            stopping, app.state.engines, app.state.engine = app.state.engines, {}, None
+            for running in stopping.values():
+                await running.stop()
 
     app = FastAPI(title="rankserve", version=__version__, lifespan=lifespan,
                   description="Reranking and embeddings with NVIDIA NIM-compatible APIs")
     app.state.config = config
     app.state.metrics = metrics
-    app.state.engine = None
+    app.state.engines = {}  # served name -> started Engine, in --model order
+    app.state.engine = None  # the first of them
     app.state.ready = False
     app.state.draining = False  # SIGTERM received: readiness 503, new work refused
     app.state.active = 0  # HTTP requests in flight
     app.state.fatal = None  # why the app cannot serve (load failure, dead worker)
     app.state.on_fatal = on_fatal
     app.state.api_keys = tuple(k.encode("utf-8") for k in config.api_keys())
-    app.state.served_name = engine.name if engine is not None else served_name(config)
+    app.state.served_names = ([engine.name] if engine is not None else
+                              [served_name(config.for_model(*entry)) for entry in config.model_entries()])
     app.state.created = int(time.time())
     install_handlers(app)
     app.include_router(router)
@@ -174,14 +177,19 @@ def fail(app: FastAPI, message: str) -> None:
 
 
 async def _bring_up(app: FastAPI, engine: Engine | None) -> None:
+    config: ServerConfig = app.state.config
     try:
+        engines = [engine] if engine is not None else []
         if engine is None:
-            engine = await asyncio.to_thread(Engine.load, app.state.config, app.state.metrics)
-        app.state.engine = engine
-        engine.batcher.on_fatal = lambda why: fail(app, why)
-        await engine.start()
+            for entry in config.model_entries():  # one after another: peak memory is one load at a time
+                engines.append(await asyncio.to_thread(Engine.load, config.for_model(*entry), Metrics()))
+        for e in engines:
+            e.batcher.on_fatal = lambda why, name=e.name: fail(app, f"model {name}: {why}")
+            await e.start()
+            app.state.engines[e.name] = e
+        app.state.engine = engines[0]
         app.state.ready = True
-        log.info("ready: serving %s", engine.name)
+        log.info("ready: serving %s", ", ".join(app.state.engines))
     except Exception as exc:  # one line says why; the traceback only at debug level
         log.debug("model start-up failed", exc_info=exc)
         fail(app, f"model failed to load: {exc.message if isinstance(exc, RankserveError) else repr(exc)}")

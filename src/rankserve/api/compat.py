@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 
 from rankserve.api import schemas as s
-from rankserve.api.routes import ERRORS, check_auth, check_model, engine_of, rank_request, ranking
+from rankserve.api.routes import ERRORS, check_auth, engine_for, engines_of, rank_request, ranking
 from rankserve.engine.engine import Engine, RankResult
 from rankserve.errors import InvalidRequest
 
@@ -72,9 +72,9 @@ def relevance(engine: Engine, logit: float, raw: bool = False) -> float:
     return logit if raw or engine.spec.kind == "embedder" else sigmoid(logit)
 
 
-async def _rank(request: Request, query: str, texts: list[str], truncate: str,
+async def _rank(request: Request, model: str | None, query: str, texts: list[str], truncate: str,
                 field: str = "documents") -> tuple[Engine, RankResult, list[int]]:
-    engine = engine_of(request)
+    engine, _ = engine_for(request, model, "rank")
     result, order = await rank_request(request, engine, query, texts, truncate, field)
     return engine, result, order
 
@@ -84,9 +84,8 @@ async def _rank(request: Request, query: str, texts: list[str], truncate: str,
 @router.post("/v2/rerank", response_model=CohereRerankResponse, response_model_exclude_none=True, responses=ERRORS,
              dependencies=[Depends(check_auth)])
 async def cohere_rerank(body: CohereRerankRequest, request: Request) -> CohereRerankResponse:
-    check_model(engine_of(request), body.model)
     texts = [d if isinstance(d, str) else d.text for d in body.documents]
-    engine, result, order = await _rank(request, body.query, texts, "END")
+    engine, result, order = await _rank(request, body.model, body.query, texts, "END")
     order = order[: body.top_n] if body.top_n else order
     return CohereRerankResponse(
         id=str(uuid.uuid4()),
@@ -101,7 +100,7 @@ async def cohere_rerank(body: CohereRerankRequest, request: Request) -> CohereRe
 async def tei_rerank(body: TeiRerankRequest, request: Request) -> list[TeiRank]:
     if body.truncation_direction == "Left":
         raise InvalidRequest("truncation_direction Left is not supported for pairs; use Right", param="truncation_direction")
-    engine, result, order = await _rank(request, body.query, body.texts, "END" if body.truncate else "NONE", "texts")
+    engine, result, order = await _rank(request, None, body.query, body.texts, "END" if body.truncate else "NONE", "texts")
     return [TeiRank(index=i, score=relevance(engine, result.scores[i], body.raw_scores),
                     text=body.texts[i] if body.return_text else None) for i in order]
 
@@ -109,9 +108,13 @@ async def tei_rerank(body: TeiRerankRequest, request: Request) -> list[TeiRank]:
 @router.post("/v1/retrieval/{org}/{model}/reranking", response_model=s.RankingResponse, responses=ERRORS,
              dependencies=[Depends(check_auth)])
 async def hosted_ranking(org: str, model: str, body: s.RankingRequest, request: Request) -> s.RankingResponse:
-    """NVIDIA's hosted URL; the URL's model must be the served one (dots may be underscores)."""
-    served = engine_of(request).name
-    if model.replace("_", ".") != served.split("/")[-1].replace("_", "."):
-        raise InvalidRequest(f"model {org}/{model} in the URL is not served here; this server serves {served!r}",
-                             param="model")
+    """NVIDIA's hosted URL; the URL's model must name a served one (dots may be underscores)."""
+    engines = engines_of(request)
+    key = lambda name: name.split("/")[-1].replace("_", ".")  # noqa: E731
+    match = next((name for name in engines if key(name) == model.replace("_", ".")), None)
+    if match is None:
+        raise InvalidRequest(f"model {org}/{model} in the URL is not served here; this server serves "
+                             f"{', '.join(map(repr, engines))}", param="model")
+    if body.model is None:
+        body = body.model_copy(update={"model": match})
     return await ranking(body, request)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
-from typing import Any, Awaitable, Iterable, TypeVar
+from typing import Any, Awaitable, Iterable, Literal, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
@@ -15,6 +15,7 @@ from rankserve.api import schemas as s
 from rankserve.engine.batcher import PRIORITIES, Priority
 from rankserve.engine.engine import Engine, RankResult
 from rankserve.errors import ClientDisconnected, InvalidRequest, NotReady, PayloadTooLarge, RequestTimeout, ShuttingDown, Unauthorized
+from rankserve.metrics import render as render_metrics
 
 T = TypeVar("T")
 router = APIRouter()
@@ -32,7 +33,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def engine_of(request: Request) -> Engine:
+def engines_of(request: Request) -> dict[str, Engine]:
+    """The served engines by name, once every one is ready (503 while loading or draining)."""
     state = request.app.state
     if state.draining:
         raise ShuttingDown("server is shutting down; retry on another replica",
@@ -40,9 +42,39 @@ def engine_of(request: Request) -> Engine:
     if state.fatal is not None:
         raise NotReady(f"server failed and is stopping ({state.fatal}); retry on another replica",
                        headers={"Retry-After": "5"})
-    if state.engine is None or not state.ready:
+    if not state.engines or not state.ready:
         raise NotReady("model is loading; retry shortly", headers={"Retry-After": "2"})
-    return state.engine
+    return state.engines
+
+
+Job = Literal["rank", "embed"]
+# With ``model`` omitted, the first served model that can do the job: ranking prefers a
+# cross-encoder and falls back to a bi-encoder (cosine ranking); embeddings need an embedder.
+DEFAULT_KINDS: dict[str, tuple[str, ...]] = {"rank": ("cross-encoder", "embedder"), "embed": ("embedder",)}
+
+
+def engine_for(request: Request, requested: str | None, job: Job,
+               suffixes: tuple[str, ...] = ()) -> tuple[Engine, str | None]:
+    """The engine a request's ``model`` names (optionally with an allowed ``-suffix``, returned
+    too), or the default for ``job``; 400 naming the served models otherwise."""
+    engines = engines_of(request)
+    if requested is None:
+        for kind in DEFAULT_KINDS[job]:
+            for engine in engines.values():
+                if engine.spec.kind == kind:
+                    return engine, None
+        kinds = ", ".join(f"{name!r} is a {'reranker (cross-encoder)' if e.spec.kind == 'cross-encoder' else e.spec.kind}"
+                          for name, e in engines.items())
+        raise InvalidRequest(f"no model served here can {'rank' if job == 'rank' else 'produce embeddings'}: {kinds}",
+                             param="model")
+    if requested in engines:
+        return engines[requested], None
+    for name, engine in engines.items():
+        for suffix in suffixes:
+            if requested == f"{name}-{suffix}":
+                return engine, suffix
+    served = ", ".join(map(repr, engines))
+    raise InvalidRequest(f"model {requested!r} is not served here; this server serves {served}", param="model")
 
 
 def check_auth(request: Request) -> None:
@@ -91,16 +123,6 @@ def priority_of(request: Request) -> Priority:
     return value  # type: ignore[return-value]
 
 
-def check_model(engine: Engine, requested: str | None, suffixes: tuple[str, ...] = ()) -> str | None:
-    """The request's model must name the served model (optionally with an allowed suffix)."""
-    if requested is None or requested == engine.name:
-        return None
-    for suffix in suffixes:
-        if requested == f"{engine.name}-{suffix}":
-            return suffix
-    raise InvalidRequest(f"model {requested!r} is not served here; this server serves {engine.name!r}", param="model")
-
-
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     """Run ``work`` within the request timeout; if the client disconnects first, or the deadline
     passes (504), cancel it so its queued items are dropped."""
@@ -144,8 +166,7 @@ async def rank_request(request: Request, engine: Engine, query: str, texts: list
 
 @router.post("/v1/ranking", response_model=s.RankingResponse, responses=ERRORS, dependencies=[Depends(check_auth)])
 async def ranking(body: s.RankingRequest, request: Request) -> s.RankingResponse:
-    engine = engine_of(request)
-    check_model(engine, body.model)
+    engine, _ = engine_for(request, body.model, "rank")
     texts = [p.text for p in body.passages]
     result, order = await rank_request(request, engine, body.query.text, texts, body.truncate, "passages")
     top = body.top_k or body.top_n
@@ -159,8 +180,7 @@ async def ranking(body: s.RankingRequest, request: Request) -> s.RankingResponse
 
 @router.post("/v1/embeddings", response_model=s.EmbeddingsResponse, responses=ERRORS, dependencies=[Depends(check_auth)])
 async def embeddings(body: s.EmbeddingsRequest, request: Request) -> s.EmbeddingsResponse:
-    engine = engine_of(request)
-    suffix_type = check_model(engine, body.model, ("query", "passage"))
+    engine, suffix_type = engine_for(request, body.model, "embed", ("query", "passage"))
     texts = [body.input] if isinstance(body.input, str) else body.input
     if not texts:
         raise InvalidRequest("input is an empty list: send at least one string", param="input")
@@ -209,11 +229,14 @@ async def ready(request: Request) -> Any:
 
 @router.get("/v1/models", response_model=s.ModelList, dependencies=[Depends(check_auth)])
 async def models(request: Request) -> s.ModelList:
-    name = request.app.state.served_name
-    return s.ModelList(data=[s.ModelCard(id=name, created=request.app.state.created, owned_by="rankserve", root=name)])
+    state = request.app.state
+    return s.ModelList(data=[s.ModelCard(id=name, created=state.created, owned_by="rankserve", root=name)
+                             for name in state.served_names])
 
 
 @router.get("/v1/metrics", include_in_schema=False)
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
-    return Response(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    state = request.app.state
+    body = render_metrics(state.metrics, {name: engine.metrics for name, engine in state.engines.items()})
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
