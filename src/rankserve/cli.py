@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any, Sequence
 
-from rankserve.config import DTYPES, FIELDS, NIM_ENV, ServerConfig, env_name, load_config
+from rankserve.config import DTYPES, FIELDS, NIM_ENV, ServerConfig, env_name, load_config, read_config_file
 from rankserve.errors import RankserveError
 
 HELP = {
@@ -60,7 +60,8 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
     values = {name: getattr(args, name, None) for name in FIELDS}
     if isinstance(values["model"], list):
         values["model"] = ",".join(values["model"])
-    return load_config(values)
+    path = getattr(args, "config", None)
+    return load_config(values, file=read_config_file(path) if path else None)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -101,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve the HTTP API", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_config_flags(serve)
+    serve.add_argument("--config", default=None, metavar="FILE",
+                       help="settings from a TOML or YAML file (field names as keys, a [models] table of "
+                            "NAME = PATH); flags and env vars override it")
     serve.set_defaults(func=cmd_serve)
 
     rank = sub.add_parser("rank", help="rank passages for a query in-process and print the rankings")

@@ -200,8 +200,48 @@ def _coerce(field: str, raw: str) -> Any:
     return raw
 
 
-def load_config(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> ServerConfig:
-    """Resolve every field by precedence: overrides (CLI flags) > RANKSERVE_* > NIM_* > default."""
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A TOML (``.toml``) or YAML (``.yaml``/``.yml``, needs PyYAML) file of settings: keys are the
+    field names (``max_passages`` or ``max-passages``), and a ``models`` table maps served names to
+    folders (the file form of repeated ``--model NAME=PATH``)."""
+    path = Path(path)
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError:
+                raise ConfigError(f"{path}: YAML config files need PyYAML (pip install pyyaml), or use TOML") from None
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        else:
+            import tomllib
+
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except ConfigError:
+        raise
+    except Exception as exc:  # unreadable, or not valid TOML / YAML
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a table of settings")
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name == "models":
+            if not isinstance(value, dict) or not value:
+                raise ConfigError(f"config file {path}: models must be a table of NAME = \"PATH\"")
+            values["model"] = ",".join(f"{n}={p}" for n, p in value.items())
+        elif name not in FIELDS:
+            raise ConfigError(f"config file {path}: unknown setting {key!r}")
+        else:
+            values[name] = _coerce(name, value) if isinstance(value, str) else value
+    if "model" in data and "models" in data:
+        raise ConfigError(f"config file {path}: give model or models, not both")
+    return values
+
+
+def load_config(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
+                file: Mapping[str, Any] | None = None) -> ServerConfig:
+    """Resolve every field by precedence: overrides (CLI flags) > RANKSERVE_* > NIM_* > ``file``
+    (a config file's values, ``read_config_file``) > default."""
     environ = os.environ if environ is None else environ
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     values: dict[str, Any] = {}
@@ -212,4 +252,6 @@ def load_config(overrides: Mapping[str, Any] | None = None, environ: Mapping[str
             values[name] = _coerce(name, environ[env_name(name)])
         elif name in NIM_ENV and NIM_ENV[name] in environ:
             values[name] = _coerce(name, environ[NIM_ENV[name]])
+        elif file and name in file:
+            values[name] = file[name]
     return ServerConfig(**values)

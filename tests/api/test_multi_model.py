@@ -114,3 +114,33 @@ def test_one_model_failing_to_load_fails_the_start_loudly(bert_ce_dir, tmp_path)
             time.sleep(0.05)
         assert ready.status_code == 503 and "config.json" in ready.json()["message"]
         assert client.post("/v1/ranking", json={"query": QUERY, "passages": PASSAGES}).status_code == 503
+
+
+def test_config_file_toml_and_yaml_with_models(bert_ce_dir, bert_bi_dir, tmp_path, monkeypatch):
+    toml = tmp_path / "rankserve.toml"
+    toml.write_text(f'max-passages = 7\ndtype = "float32"\n[models]\nrr = "{bert_ce_dir}"\nemb = "{bert_bi_dir}"\n')
+    monkeypatch.delenv("RANKSERVE_MAX_PASSAGES", raising=False)
+    config = config_from(build_parser().parse_args(["serve", "--config", str(toml)]))
+    assert config.model_entries() == [("rr", str(bert_ce_dir)), ("emb", str(bert_bi_dir))]
+    assert config.max_passages == 7 and config.dtype == "float32"
+    monkeypatch.setenv("RANKSERVE_MAX_PASSAGES", "9")  # env beats the file, a flag beats both
+    assert config_from(build_parser().parse_args(["serve", "--config", str(toml)])).max_passages == 9
+    flagged = config_from(build_parser().parse_args(["serve", "--config", str(toml), "--max-passages", "11"]))
+    assert flagged.max_passages == 11
+    yml = tmp_path / "rankserve.yaml"
+    yml.write_text(f"models:\n  rr: {bert_ce_dir}\nmax_passages: 5\n")
+    monkeypatch.delenv("RANKSERVE_MAX_PASSAGES")
+    from_yaml = config_from(build_parser().parse_args(["serve", "--config", str(yml)]))
+    assert from_yaml.model_entries() == [("rr", str(bert_ce_dir))] and from_yaml.max_passages == 5
+
+
+@pytest.mark.parametrize("text, why", [("max_pasages = 3\n", "unknown setting 'max_pasages'"),
+                                       ("port = \n", "cannot read config file"),
+                                       ("models = 3\n", "models must be a table")])
+def test_bad_config_files_are_config_errors(tmp_path, text, why):
+    from rankserve.config import read_config_file
+
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=why):
+        read_config_file(path)
