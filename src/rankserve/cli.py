@@ -9,7 +9,7 @@ import sys
 from typing import Any, Sequence
 
 from rankserve.config import DTYPES, FIELDS, NIM_ENV, ServerConfig, env_name, load_config, read_config_file
-from rankserve.errors import RankserveError
+from rankserve.errors import ConfigError, RankserveError
 
 HELP = {
     "model": "model directory (Hugging Face layout, safetensors), or NAME=DIR, repeatable for several models in "
@@ -65,6 +65,13 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.ray:
+        from rankserve.deploy.ray_serve import Scaling, run
+
+        scaling = Scaling.parse(args.replicas, args.autoscale, args.ray_cpus, args.ray_gpus)
+        return run(config_from(args), scaling, args.ray_address)
+    if any(v is not None for v in (args.replicas, args.autoscale, args.ray_address, args.ray_cpus, args.ray_gpus)):
+        raise ConfigError("--replicas, --autoscale, --ray-address, --ray-cpus and --ray-gpus need --ray")
     from rankserve.api.server import serve
 
     return serve(config_from(args))
@@ -102,6 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve the HTTP API", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_config_flags(serve)
+    ray = serve.add_argument_group("Ray Serve (pip install 'rankserve[ray]')")
+    ray.add_argument("--ray", action="store_true", help="serve through Ray Serve replicas (a local cluster unless "
+                                                        "--ray-address)")
+    ray.add_argument("--replicas", type=int, default=None, help="fixed number of replicas (default 1)")
+    ray.add_argument("--autoscale", default=None, metavar="MIN:MAX",
+                     help="autoscale between MIN and MAX replicas on ongoing requests per replica")
+    ray.add_argument("--ray-address", default=None, help="join this Ray cluster (e.g. auto, ray://head:10001)")
+    ray.add_argument("--ray-cpus", type=float, default=None, help="CPUs each replica reserves (default 1)")
+    ray.add_argument("--ray-gpus", type=float, default=None, help="GPUs each replica reserves (default 0)")
     serve.add_argument("--config", default=None, metavar="FILE",
                        help="settings from a TOML or YAML file (field names as keys, a [models] table of "
                             "NAME = PATH); flags and env vars override it")

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 import uuid
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Sequence
 
 from fastapi import FastAPI
 
@@ -73,8 +73,9 @@ class RequestObserver:
     line, Prometheus counts by route template and status, and the count of requests in flight that
     a graceful shutdown waits for."""
 
-    def __init__(self, app: Any, metrics: Metrics, state: Any):
+    def __init__(self, app: Any, metrics: Metrics, state: Any, replica: str | None = None):
         self.app, self.metrics, self.state = app, metrics, state
+        self.extra = [(b"x-rankserve-replica", replica.encode())] if replica else []
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -89,7 +90,7 @@ class RequestObserver:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode()), *self.extra]
             await send(message)
 
         try:
@@ -119,19 +120,26 @@ def client_request_id(scope: dict) -> str | None:
     return None
 
 
-def create_app(config: ServerConfig, engine: Engine | None = None,
-               on_fatal: Callable[[str], None] | None = None) -> FastAPI:
+def create_app(config: ServerConfig, engine: Engine | Sequence[Engine] | None = None,
+               on_fatal: Callable[[str], None] | None = None, replica: str | None = None) -> FastAPI:
     """Build the app. Without ``engine`` the lifespan loads the configured model(s) in a thread, one
     engine each (``config.model_entries``); ready flips when every one is warmed up.
 
+    Pre-built engines (``engine``: one or several, e.g. a Ray Serve replica's) are started during the
+    lifespan's start-up itself, so the app is ready when start-up returns.
+
     ``on_fatal(message)`` is called when the app cannot go on (a model failed to load, a model
     worker died): ``api.server.serve`` uses it to stop and exit non-zero so a supervisor restarts it.
+    ``replica`` names this copy of the app in every response's ``X-Rankserve-Replica`` header.
     """
     metrics = Metrics()  # HTTP metrics; each engine keeps its own (metrics.render labels them by model)
+    prebuilt = None if engine is None else [engine] if isinstance(engine, Engine) else list(engine)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loader = asyncio.get_running_loop().create_task(_bring_up(app, engine))
+        loader = asyncio.get_running_loop().create_task(_bring_up(app, prebuilt))
+        if prebuilt is not None:
+            await asyncio.shield(loader)  # warm-up only: ready before start-up returns
         try:
             yield
         finally:
@@ -156,14 +164,14 @@ def create_app(config: ServerConfig, engine: Engine | None = None,
     app.state.fatal = None  # why the app cannot serve (load failure, dead worker)
     app.state.on_fatal = on_fatal
     app.state.api_keys = tuple(k.encode("utf-8") for k in config.api_keys())
-    app.state.served_names = ([engine.name] if engine is not None else
+    app.state.served_names = ([e.name for e in prebuilt] if prebuilt is not None else
                               [served_name(config.for_model(*entry)) for entry in config.model_entries()])
     app.state.created = int(time.time())
     install_handlers(app)
     app.include_router(router)
     app.include_router(compat.router)
     app.add_middleware(BodyLimit, limit=config.max_request_bytes, metrics=metrics)
-    app.add_middleware(RequestObserver, metrics=metrics, state=app.state)
+    app.add_middleware(RequestObserver, metrics=metrics, state=app.state, replica=replica)
     return app
 
 
@@ -176,11 +184,11 @@ def fail(app: FastAPI, message: str) -> None:
         app.state.on_fatal(message)
 
 
-async def _bring_up(app: FastAPI, engine: Engine | None) -> None:
+async def _bring_up(app: FastAPI, prebuilt: list[Engine] | None) -> None:
     config: ServerConfig = app.state.config
     try:
-        engines = [engine] if engine is not None else []
-        if engine is None:
+        engines = list(prebuilt or [])
+        if prebuilt is None:
             for entry in config.model_entries():  # one after another: peak memory is one load at a time
                 engines.append(await asyncio.to_thread(Engine.load, config.for_model(*entry), Metrics()))
         for e in engines:
