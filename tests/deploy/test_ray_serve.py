@@ -126,3 +126,29 @@ def test_killing_a_replica_loses_at_most_its_in_flight_requests(cluster):
     else:
         pytest.fail("the killed replica was not replaced within 90 s")
     assert victim not in replicas_answering(cluster, 12)  # a new replica, not the dead one
+
+
+def test_kuberay_example_points_at_a_working_builder(bert_ce_dir, bert_bi_dir, tmp_path):
+    """deploy/kuberay/rayservice.yaml's import_path resolves and its args build the application
+    (with this machine's model folders in place of the PVC paths); the pods' specs are valid."""
+    import importlib
+    from pathlib import Path
+
+    import yaml
+
+    try:
+        import kubernetes_validate
+        from ray.serve.deployment import Application
+    except ImportError:
+        kubernetes_validate = None
+    require(kubernetes_validate is not None, "Ray Serve / kubernetes-validate missing", "pip install -e '.[dev]'")
+    doc = yaml.safe_load((Path(__file__).resolve().parents[2] / "deploy/kuberay/rayservice.yaml").read_text())
+    (app,) = yaml.safe_load(doc["spec"]["serveConfigV2"])["applications"]
+    module, _, name = app["import_path"].partition(":")
+    build = getattr(importlib.import_module(module), name)
+    args = {**app["args"], "model": f"rerank={bert_ce_dir},embed={bert_bi_dir}"}
+    assert isinstance(build(args), Application)
+    cluster = doc["spec"]["rayClusterConfig"]
+    for spec in [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]:
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, **spec}
+        kubernetes_validate.validate(pod, "1.33.0", strict=True)

@@ -97,6 +97,18 @@ def application(config: ServerConfig, scaling: Scaling):
     return deployment.bind(config)
 
 
+def build(args: dict[str, Any]):
+    """Ray Serve's ``import_path`` entry (KubeRay's RayService, ``serve run``/``serve deploy``):
+    ``args`` are rankserve settings by field name (``model``, ``dtype``, ...; env vars still
+    apply) plus ``replicas`` or ``autoscale`` (``"MIN:MAX"``) and ``ray_cpus`` / ``ray_gpus``."""
+    from rankserve.config import load_config
+
+    args = dict(args)
+    scaling = Scaling.parse(args.pop("replicas", None), args.pop("autoscale", None),
+                            args.pop("ray_cpus", None), args.pop("ray_gpus", None))
+    return application(load_config(args), scaling)
+
+
 def run(config: ServerConfig, scaling: Scaling, address: str | None = None) -> int:
     """Start (or join) a Ray cluster, deploy, and block until interrupted; then shut Serve down."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
