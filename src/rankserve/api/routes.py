@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 
 from rankserve.api import schemas as s
 from rankserve.engine.batcher import PRIORITIES, Priority
-from rankserve.engine.engine import Engine, RankResult
+from rankserve.engine.engine import EmbedResult, Engine, RankResult
 from rankserve.errors import ClientDisconnected, InvalidRequest, NotReady, PayloadTooLarge, RequestTimeout, ShuttingDown, Unauthorized
 from rankserve.metrics import render as render_metrics
 
@@ -178,24 +178,31 @@ async def ranking(body: s.RankingRequest, request: Request) -> s.RankingResponse
     )
 
 
+async def embed_request(request: Request, engine: Engine, texts: list, input_type: str | None, truncate: str,
+                        dimensions: int | None, field: str = "input") -> EmbedResult:
+    """What every embedding route does: the per-request checks and limits, then the engine call
+    (with the request's priority, deadline and disconnect handling)."""
+    if not texts:
+        raise InvalidRequest(f"{field} is an empty list: send at least one string", param=field)
+    if any(not isinstance(t, str) for t in texts):
+        raise InvalidRequest(f"{field} holds token ids; this server accepts only strings", param=field)
+    empty = next((i for i, t in enumerate(texts) if not t), None)
+    if empty is not None:
+        raise InvalidRequest(f"{field}[{empty}] is an empty string", param=f"{field}.{empty}")
+    limit = request.app.state.config.max_inputs
+    if len(texts) > limit:
+        raise InvalidRequest(f"{len(texts)} inputs exceed the limit of {limit} per request", param=field)
+    check_texts(request, texts, field)
+    work = engine.embed(texts, input_type, truncate, dimensions, priority_of(request))  # type: ignore[arg-type]
+    return await unless_disconnected(request, work)
+
+
 @router.post("/v1/embeddings", response_model=s.EmbeddingsResponse, responses=ERRORS, dependencies=[Depends(check_auth)])
 async def embeddings(body: s.EmbeddingsRequest, request: Request) -> s.EmbeddingsResponse:
     engine, suffix_type = engine_for(request, body.model, "embed", ("query", "passage"))
     texts = [body.input] if isinstance(body.input, str) else body.input
-    if not texts:
-        raise InvalidRequest("input is an empty list: send at least one string", param="input")
-    if any(not isinstance(t, str) for t in texts):
-        raise InvalidRequest("input holds token ids; this server accepts only strings", param="input")
-    empty = next((i for i, t in enumerate(texts) if not t), None)
-    if empty is not None:
-        raise InvalidRequest(f"input[{empty}] is an empty string", param=f"input.{empty}")
-    limit = request.app.state.config.max_inputs
-    if len(texts) > limit:
-        raise InvalidRequest(f"{len(texts)} inputs exceed the limit of {limit} per request", param="input")
-    check_texts(request, texts, "input")
-    input_type = body.input_type or suffix_type
-    result = await unless_disconnected(
-        request, engine.embed(texts, input_type, body.truncate, body.dimensions, priority_of(request)))
+    result = await embed_request(request, engine, texts, body.input_type or suffix_type, body.truncate,
+                                 body.dimensions)
     vectors = result.vectors.numpy()
     if body.encoding_format == "base64":
         data = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
