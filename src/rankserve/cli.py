@@ -8,7 +8,8 @@ import json
 import sys
 from typing import Any, Sequence
 
-from rankserve.config import DTYPES, FIELDS, NIM_ENV, ServerConfig, env_name, load_config, read_config_file
+from rankserve.config import (BACKENDS, CPU_GEMMS, DTYPES, FIELDS, LOG_FORMATS, LOG_LEVELS, NIM_ENV, QUANTIZE,
+                              ServerConfig, env_name, load_config, read_config_file)
 from rankserve.errors import ConfigError, RankserveError
 
 HELP = {
@@ -41,6 +42,10 @@ HELP = {
 }
 
 
+CHOICES = {"dtype": DTYPES, "backend": BACKENDS, "quantize": QUANTIZE, "cpu_gemm": CPU_GEMMS,
+           "log_format": LOG_FORMATS, "log_level": LOG_LEVELS}
+
+
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per ServerConfig field; defaults stay None so env vars can fill them."""
     for name, field in FIELDS.items():
@@ -52,8 +57,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         elif field.type in ("bool", bool):
             parser.add_argument(flag, dest=name, default=None, action=argparse.BooleanOptionalAction, help=help_)
         else:
-            kind = {"int": int, "float": float}.get(str(field.type), str)
-            parser.add_argument(flag, dest=name, default=None, type=kind, help=help_)
+            kind = {"int": int, "float": float}.get(str(field.type), str.lower if name == "log_level" else str)
+            parser.add_argument(flag, dest=name, default=None, type=kind, choices=CHOICES.get(name), help=help_)
 
 
 def config_from(args: argparse.Namespace) -> ServerConfig:
@@ -107,7 +112,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rankserve", description="Reranking and embedding service (NIM-compatible)")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="serve the HTTP API", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    serve = sub.add_parser("serve", help="serve the HTTP API")
     add_config_flags(serve)
     ray = serve.add_argument_group("Ray Serve (pip install 'rankserve[ray]')")
     ray.add_argument("--ray", action="store_true", help="serve through Ray Serve replicas (a local cluster unless "
