@@ -130,6 +130,8 @@ def install_handlers(app: Any) -> None:
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
         message = f"{where}: {first['msg']}"
+        if first.get("type") == "json_invalid":  # loc holds a character offset: say line and column
+            where, message = "body", json_syntax_message(exc, first)
         count(request, "validation_error")
         return JSONResponse(
             error_body(VALIDATION_STATUS, "validation_error", message, where, errors),
@@ -161,6 +163,21 @@ def install_handlers(app: Any) -> None:
 MAX_ERRORS = 20  # validation errors echoed per response
 MAX_ECHO_CHARS = 200  # characters of any echoed string (client input comes back in pydantic's ``input``)
 MAX_ECHO_ITEMS = 20  # items of any echoed list or object
+
+
+def json_syntax_message(exc: Any, error: dict) -> str:
+    """'body is not valid JSON: <why> at line L, column C' from FastAPI's json_invalid error (its
+    loc is ("body", offset); the exception keeps the document)."""
+    raw = exc.errors()[0].get("ctx", {}).get("error") if exc.errors() else None
+    doc = getattr(exc, "body", None)
+    pos = error["loc"][-1] if error.get("loc") else None
+    if isinstance(doc, bytes):
+        doc = doc.decode("utf-8", "replace")
+    if not isinstance(doc, str) or not isinstance(pos, int):
+        return "body is not valid JSON"
+    line = doc.count("\n", 0, pos) + 1
+    column = pos - (doc.rfind("\n", 0, pos) + 1) + 1
+    return f"body is not valid JSON: {raw or 'syntax error'} at line {line}, column {column}"
 
 
 def safe_json(value: Any, depth: int = 0) -> Any:

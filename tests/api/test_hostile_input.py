@@ -102,3 +102,14 @@ def test_wrong_content_type_and_methods(server):
     assert r.status_code == 405 and r.json()["error"]["code"] == 405
     r = httpx.get(server.url + "/no/such/route")
     assert r.status_code == 404 and r.json()["error"]["code"] == 404
+
+
+@pytest.mark.parametrize("raw, line, column", [(b'{"query": {"text": "q"},\n "passages": [}', 2, 15),
+                                               (b'{"query": {"text": "q"} "passages": []}', 1, 25),
+                                               (b'{"query": ', 1, 11)])
+def test_json_syntax_errors_say_line_and_column(server, raw, line, column):
+    r = httpx.post(server.url + "/v1/ranking", content=raw, headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 422
+    error = r.json()["error"]
+    assert error["param"] == "body"
+    assert error["message"].startswith("body is not valid JSON") and f"line {line}, column {column}" in error["message"]
