@@ -42,7 +42,7 @@ HELP = {
 }
 
 
-CHOICES = {"dtype": DTYPES, "backend": BACKENDS, "quantize": QUANTIZE, "cpu_gemm": CPU_GEMMS,
+CHOICES = {"truncate_default": ("NONE", "END", "CHUNK"), "chunk_aggregate": ("max", "mean"), "dtype": DTYPES, "backend": BACKENDS, "quantize": QUANTIZE, "cpu_gemm": CPU_GEMMS,
            "log_format": LOG_FORMATS, "log_level": LOG_LEVELS}
 
 

@@ -68,6 +68,10 @@ class ServerConfig:
     max_request_bytes: int = 8 * 1024 * 1024
     max_text_chars: int = 100_000  # characters per query/passage/input text; more is a 413
     max_request_tokens: int = 1_000_000  # tokens per request after truncation; more is a 413
+    # Ranking requests that omit truncate (and Cohere's rerank, which has no such field): NONE | END |
+    # CHUNK (score overlapping windows of a long passage, keep the best: see engine._rank_windows).
+    truncate_default: str = "END"
+    chunk_aggregate: str = "max"  # how CHUNK combines a passage's window scores: max | mean
     cache_size: int = 50_000  # passage embeddings kept (bi-encoder ranking); 0 = off
     api_key: str | None = None  # when set, requests need `Authorization: Bearer <key>`; comma-separated for several
     api_key_file: str | None = None  # a file with one accepted key per line (added to api_key's)
@@ -134,6 +138,10 @@ class ServerConfig:
             bad("model", "two models share a name")
         if len(entries) > 1 and self.served_model_name:
             bad("served_model_name", "with several models, name each one in --model NAME=PATH instead")
+        if self.truncate_default not in ("NONE", "END", "CHUNK"):
+            bad("truncate_default", "choose one of NONE, END, CHUNK")
+        if self.chunk_aggregate not in ("max", "mean"):
+            bad("chunk_aggregate", "choose one of max, mean")
         if self.log_format not in LOG_FORMATS:
             bad("log_format", f"choose one of {', '.join(LOG_FORMATS)}")
         if self.log_level.lower() not in LOG_LEVELS:

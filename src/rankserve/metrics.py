@@ -40,6 +40,8 @@ class Metrics:
                                     buckets=LATENCY_BUCKETS, registry=r)
         self.batch_fill = Histogram("rankserve_batch_fill", "Real tokens / padded tokens per forward pass",
                                     buckets=(0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0), registry=r)
+        self.chunk_windows = Counter("rankserve_chunk_windows", "Windows scored for truncate CHUNK (long passages split)",
+                                     registry=r)
         self.runtime = Gauge("rankserve_runtime_info", "How the model runs: 1 on the series naming the device, "
                              "backend, precision and CPU GEMM in use", ["device", "backend", "precision", "cpu_gemm"],
                              registry=r)

@@ -97,7 +97,7 @@ async def _rank(request: Request, model: str | None, query: str, texts: list[str
              dependencies=[Depends(check_auth)])
 async def cohere_rerank(body: CohereRerankRequest, request: Request) -> CohereRerankResponse:
     texts = [d if isinstance(d, str) else d.text for d in body.documents]
-    engine, result, order = await _rank(request, body.model, body.query, texts, "END")
+    engine, result, order = await _rank(request, body.model, body.query, texts, request.app.state.config.truncate_default)
     order = order[: body.top_n] if body.top_n else order
     return CohereRerankResponse(
         id=str(uuid.uuid4()),

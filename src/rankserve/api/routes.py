@@ -168,7 +168,8 @@ async def rank_request(request: Request, engine: Engine, query: str, texts: list
 async def ranking(body: s.RankingRequest, request: Request) -> s.RankingResponse:
     engine, _ = engine_for(request, body.model, "rank")
     texts = [p.text for p in body.passages]
-    result, order = await rank_request(request, engine, body.query.text, texts, body.truncate, "passages")
+    truncate = body.truncate or request.app.state.config.truncate_default
+    result, order = await rank_request(request, engine, body.query.text, texts, truncate, "passages")
     top = body.top_k or body.top_n
     if top is not None:
         order = order[:top]

@@ -32,7 +32,9 @@ class RankingRequest(Request):
     model: StrictStr | None = Field(None, description="Served model id; optional")
     query: Query
     passages: list[TextItem] = Field(min_length=1)
-    truncate: Literal["NONE", "END"] = Field("END", description="END drops passage tokens, then query tokens, from the right")
+    truncate: Literal["NONE", "END", "CHUNK"] | None = Field(
+        None, description="END drops passage tokens, then query tokens, from the right; CHUNK scores overlapping "
+                          "windows of a long passage and keeps the best; omitted: the server's --truncate-default (END)")
     top_k: StrictInt | None = Field(None, ge=1, description="Return only this many top entries (LiteLLM sends it)")
     top_n: StrictInt | None = Field(None, ge=1, description="Alias of top_k")
 

@@ -147,12 +147,43 @@ class Engine:
     async def rank(self, query: str, passages: Sequence[str], truncate: Truncate = "END",
                    priority: Priority = "interactive") -> RankResult:
         self.batcher.check_admission(len(passages))  # refuse before tokenizing when full
+        if truncate == "CHUNK":
+            return await self._rank_windows(query, passages, priority)
         if self.spec.kind == "cross-encoder":
             encoded: list[Encoded] = await self._in_pool(self.policy.pairs, query, passages, truncate)
             self.check_request_tokens(sum(len(e) for e in encoded))
             rows = await self.batcher.submit(encoded, priority)
             return RankResult([float(r) for r in rows], sum(len(e) for e in encoded))
         return await self._rank_by_cosine(query, passages, truncate, priority)
+
+    async def _rank_windows(self, query: str, passages: Sequence[str], priority: Priority) -> RankResult:
+        """``truncate: CHUNK``: every window of every passage scored (one job), each passage getting
+        the max (or mean, ``chunk_aggregate``) of its windows' scores. Usage counts every window.
+        Bi-encoder windows bypass the passage cache (it holds one vector per passage)."""
+        if self.spec.kind == "cross-encoder":
+            windows, owners = await self._in_pool(self.policy.pair_windows, query, passages)
+            self.check_request_tokens(sum(len(w) for w in windows))
+            scores = torch.stack(await self.batcher.submit(windows, priority)).reshape(-1)
+            tokens = sum(len(w) for w in windows)
+        else:
+            def encode() -> tuple[list[Encoded], list[int]]:
+                q = self.policy.texts([query], "END", self.spec.query_prefix, "query")
+                windows, owners = self.policy.text_windows(passages, self.spec.passage_prefix)
+                return q + windows, owners
+
+            encoded, owners = await self._in_pool(encode)
+            self.check_request_tokens(sum(len(e) for e in encoded))
+            rows = torch.nn.functional.normalize(torch.stack(await self.batcher.submit(encoded, priority)), dim=-1)
+            scores = rows[1:] @ rows[0]
+            tokens = sum(len(e) for e in encoded)
+        owner = torch.tensor(owners)
+        counts = torch.bincount(owner, minlength=len(passages)).float()
+        if self.config.chunk_aggregate == "mean":
+            per_passage = torch.zeros(len(passages)).index_add_(0, owner, scores.float()) / counts
+        else:
+            per_passage = torch.full((len(passages),), -torch.inf).scatter_reduce(0, owner, scores.float(), "amax")
+        self.metrics.chunk_windows.inc(len(owners))
+        return RankResult(per_passage.tolist(), tokens)
 
     async def _rank_by_cosine(self, query: str, passages: Sequence[str], truncate: Truncate,
                               priority: Priority) -> RankResult:

@@ -6,7 +6,10 @@ tokens and template text are never removed.
 
 - rerank pairs, ``END``: passage tokens from the right first, then query tokens from the right;
 - single texts (embeddings): ``END`` keeps the start, ``START`` keeps the end;
-- ``NONE``: an over-long input raises ``InputTooLong`` naming the input, its length and the limit.
+- ``NONE``: an over-long input raises ``InputTooLong`` naming the input, its length and the limit;
+- ``CHUNK`` (ranking only; ``pair_windows`` / ``text_windows``): an over-long passage becomes
+  overlapping windows of the model's length, each with the query (and template) intact; the engine
+  scores every window and gives the passage the best (or mean) score.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from tokenizers import Encoding, Tokenizer
 
 from rankserve.errors import InputTooLong
 
-Truncate = Literal["NONE", "START", "END"]
+Truncate = Literal["NONE", "START", "END", "CHUNK"]
+CHUNK_OVERLAP = 0.25  # of a window: text cut at a window edge appears whole in the next one
 KEEP, QUERY, PASSAGE, TEXT = 0, 1, 2, 3
 
 
@@ -110,8 +114,47 @@ class TokenizerPolicy:
             out.append(self._finish(enc, keep))
         return out
 
-    def pairs(self, query: str, passages: Sequence[str], truncate: Truncate) -> list[Encoded]:
-        """Cross-encoder inputs for (query, passage_i), truncated passage-first."""
+    def _windows(self, encs: Sequence[Encoding], roles_of, role: int, what: str,
+                 names: Sequence[int] | None = None) -> tuple[list[Encoded], list[int]]:
+        """Each encoding as is when it fits, else one window per stretch of its ``role`` tokens (the
+        other tokens, e.g. specials and the query, in every window); -> (windows, owner of each)."""
+        out, owners = [], []
+        for i, enc in enumerate(encs):
+            if len(enc.ids) <= self.max_length:
+                out.append(self._finish(enc))
+                owners.append(i)
+                continue
+            roles = roles_of(i, enc)
+            body = [j for j, r in enumerate(roles) if r == role]
+            fixed = [j for j, r in enumerate(roles) if r != role]
+            room = self.max_length - len(fixed)
+            if room < 1:
+                n = i if names is None else names[i]
+                raise InputTooLong(f"{what}[{n}]: the query, template or prefix alone fill the {self.max_length}-token "
+                                   "limit; no room for a window of the passage", param=f"{what}.{n}")
+            step = max(1, room - int(room * CHUNK_OVERLAP))
+            start = 0
+            while True:
+                window = body[start:start + room]
+                out.append(self._finish(enc, sorted(fixed + window)))
+                owners.append(i)
+                if start + room >= len(body):
+                    break
+                start += step
+        return out, owners
+
+    def pair_windows(self, query: str, passages: Sequence[str]) -> tuple[list[Encoded], list[int]]:
+        """Cross-encoder inputs under ``CHUNK``: -> (windows, the passage index of each window)."""
+        encs, roles_of = self._pair_encodings(query, passages)
+        return self._windows(encs, roles_of, PASSAGE, "passages")
+
+    def text_windows(self, texts: Sequence[str], prefix: str = "", what: str = "passages",
+                     names: Sequence[int] | None = None) -> tuple[list[Encoded], list[int]]:
+        """Single-sequence inputs under ``CHUNK`` (bi-encoder ranking): -> (windows, owner of each)."""
+        encs, roles_of = self._text_encodings(texts, prefix)
+        return self._windows(encs, roles_of, TEXT, what, names)
+
+    def _pair_encodings(self, query: str, passages: Sequence[str]):
         if self.rerank_template is None:
             encs = self.tokenizer.encode_batch([(query, p) for p in passages])
 
@@ -124,16 +167,23 @@ class TokenizerPolicy:
             def roles_of(i: int, enc: Encoding) -> list[int]:
                 spans = filled[i][1]
                 return _roles_from_offsets(enc, {QUERY: spans["query"], PASSAGE: spans["passage"]})
+        return encs, roles_of
 
+    def _text_encodings(self, texts: Sequence[str], prefix: str):
+        encs = self.tokenizer.encode_batch([prefix + t for t in texts])
+
+        def roles_of(i: int, enc: Encoding) -> list[int]:
+            return _roles_from_offsets(enc, {TEXT: (len(prefix), len(prefix) + len(texts[i]))})
+        return encs, roles_of
+
+    def pairs(self, query: str, passages: Sequence[str], truncate: Truncate) -> list[Encoded]:
+        """Cross-encoder inputs for (query, passage_i), truncated passage-first."""
+        encs, roles_of = self._pair_encodings(query, passages)
         return self._fit(encs, truncate, "passages", roles_of, [(PASSAGE, "right"), (QUERY, "right")])
 
     def texts(self, texts: Sequence[str], truncate: Truncate, prefix: str = "", what: str = "input",
               names: Sequence[int] | None = None) -> list[Encoded]:
         """Single-sequence inputs (embeddings, bi-encoder ranking), optionally prefixed."""
-        encs = self.tokenizer.encode_batch([prefix + t for t in texts])
-
-        def roles_of(i: int, enc: Encoding) -> list[int]:
-            return _roles_from_offsets(enc, {TEXT: (len(prefix), len(prefix) + len(texts[i]))})
-
+        encs, roles_of = self._text_encodings(texts, prefix)
         side = "left" if truncate == "START" else "right"
         return self._fit(encs, truncate, what, roles_of, [(TEXT, side)], names)
