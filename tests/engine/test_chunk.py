@@ -103,3 +103,20 @@ def test_chunk_settings_are_validated():
     for bad in ({"truncate_default": "START"}, {"chunk_aggregate": "median"}):
         with pytest.raises(ConfigError):
             load_config(bad, environ={})
+
+
+def test_eval_rerank_truncate_reaches_the_engine():
+    """`rankserve eval --rerank-truncate CHUNK`: the rerank stage scores long documents by windows."""
+    from rankserve.eval.clients import open_clients
+
+    async def scores(truncate: str) -> list[float]:
+        embedder, reranker, opened = await open_clients(None, None, None, None, rerank_truncate=truncate)
+        try:
+            assert reranker.rerank_truncate == truncate
+            return await reranker.rerank(QUERY, [FILLER + ANSWER, "ls lists directory contents"])
+        finally:
+            for c in opened:
+                await c.close()
+
+    end, chunk = asyncio.run(scores("END")), asyncio.run(scores("CHUNK"))
+    assert chunk[0] > end[0] + 0.1 and chunk[1] == pytest.approx(end[1], abs=1e-6)

@@ -50,6 +50,7 @@ class LocalEngine:
     # Rerank one query at a time: the engine batches a query's 100-200 passages itself, and two
     # queries in flight on a bi-encoder would both embed the passages its cache does not hold yet.
     rerank_concurrency = 1
+    rerank_truncate = "END"  # or CHUNK (rankserve eval --rerank-truncate)
 
     def __init__(self, engine, directory: Path):
         self.engine = engine
@@ -78,7 +79,7 @@ class LocalEngine:
         return result.vectors.float().numpy()
 
     async def rerank(self, query: str, passages: Sequence[str]) -> list[float]:
-        return (await self.engine.rank(query, list(passages), "END")).scores
+        return (await self.engine.rank(query, list(passages), self.rerank_truncate)).scores
 
     async def close(self) -> None:
         await self.engine.stop()
@@ -97,6 +98,8 @@ def base_url(url: str) -> str:
 
 class HttpClient:
     """POST /v1/embeddings and /v1/ranking on a NIM-compatible server."""
+
+    rerank_truncate = "END"  # or CHUNK (a rankserve server; NIM itself knows only NONE / END)
 
     def __init__(self, url: str, model: str | None = None, api_key: str | None = None, timeout: float = 300.0):
         import httpx
@@ -140,7 +143,7 @@ class HttpClient:
 
     async def rerank(self, query: str, passages: Sequence[str]) -> list[float]:
         body = {"model": self.model, "query": {"text": query}, "passages": [{"text": p} for p in passages],
-                "truncate": "END"}
+                "truncate": self.rerank_truncate}
         response = await self._call("POST", "/v1/ranking", body)
         scores = [float("nan")] * len(passages)
         for r in response.json()["rankings"]:
@@ -155,7 +158,7 @@ class HttpClient:
 
 async def open_clients(model: str | None, reranker: str | None, embed_url: str | None, rerank_url: str | None,
                        embed_model: str | None = None, rerank_model: str | None = None,
-                       api_key: str | None = None) -> tuple[Embedder, Reranker, list]:
+                       api_key: str | None = None, rerank_truncate: str = "END") -> tuple[Embedder, Reranker, list]:
     """Build the embedder and the reranker; returns them and the things to close.
 
     In-process, an embedder and a reranker on the same model folder share one engine (with the
@@ -186,6 +189,7 @@ async def open_clients(model: str | None, reranker: str | None, embed_url: str |
             await rer.open()
         else:
             rer = await engine(reranker if reranker else model)
+        rer.rerank_truncate = rerank_truncate
     except BaseException:
         for c in opened:
             await c.close()

@@ -40,6 +40,9 @@ def add_commands(subparsers) -> None:
     ev.add_argument("--reranker", default=None,
                     help="reranker folder (cross-encoder, in-process); default: --model (a bi-encoder re-scores by cosine)")
     ev.add_argument("--embed-url", default=None, help="NIM-compatible server for /v1/embeddings instead of --model")
+    ev.add_argument("--rerank-truncate", choices=("END", "CHUNK"), default="END",
+                    help="how the rerank stage fits long documents: END cuts at the model's limit, CHUNK scores "
+                         "overlapping windows and keeps the best")
     ev.add_argument("--rerank-url", default=None, help="NIM-compatible server for /v1/ranking instead of --reranker")
     ev.add_argument("--embed-model", default=None, help="model id sent to --embed-url; default: first of /v1/models")
     ev.add_argument("--rerank-model", default=None, help="model id sent to --rerank-url; default: first of /v1/models")
@@ -116,7 +119,8 @@ async def run_eval(args: argparse.Namespace) -> int:
     paths = beir.find_datasets(args.dataset)
     start = time.perf_counter()
     embedder, reranker, opened = await open_clients(args.model, args.reranker, args.embed_url, args.rerank_url,
-                                                    args.embed_model, args.rerank_model, args.api_key)
+                                                    args.embed_model, args.rerank_model, args.api_key,
+                                                    args.rerank_truncate)
     load_s = time.perf_counter() - start
     opts = Options(top_k=args.top_k, cache_dir=None if args.no_cache else args.cache_dir, batch_size=args.batch_size,
                    concurrency=args.concurrency, lang=args.lang, progress=not args.no_progress)
@@ -135,7 +139,8 @@ async def run_eval(args: argparse.Namespace) -> int:
         for c in opened:
             await c.close()
     settings = {
-        "embedder": embedder.identity, "reranker": reranker.identity, "top_k": args.top_k,
+        "embedder": embedder.identity, "reranker": reranker.identity, "rerank_truncate": args.rerank_truncate,
+        "top_k": args.top_k,
         "datasets": [str(p) for p in paths], "max_queries": args.max_queries, "seed": args.seed,
         "model_load_seconds": round(load_s, 3), "total_seconds": round(time.perf_counter() - start, 3),
         "command": "rankserve " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("rankserve") else None,
