@@ -94,19 +94,76 @@ async def _with_engine(config: ServerConfig, work: Any) -> Any:
         await engine.stop()
 
 
+def read_texts(args: argparse.Namespace, positional: list[str]) -> list[str]:
+    """The positional texts, then those of ``--file`` (``-`` = stdin): JSON Lines (a string or an
+    object with ``text`` per line) or plain text, one per line; blank lines are skipped."""
+    texts = list(positional)
+    if args.file:
+        stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
+        with stream:
+            for n, line in enumerate(stream, 1):
+                line = line.rstrip("\n")
+                if not line.strip():
+                    continue
+                if line.lstrip().startswith(("{", '"')):
+                    try:
+                        value = json.loads(line)
+                    except ValueError as exc:
+                        raise ConfigError(f"{args.file}:{n}: not valid JSON ({exc})") from None
+                    line = value.get("text") if isinstance(value, dict) else value
+                    if not isinstance(line, str):
+                        raise ConfigError(f"{args.file}:{n}: expected a string or an object with a text field")
+                texts.append(line)
+    if not texts:
+        raise ConfigError("no texts: give them as arguments or with --file (- for stdin)")
+    return texts
+
+
 def cmd_rank(args: argparse.Namespace) -> int:
-    config = load_config({"model": args.model, "dtype": args.dtype, "warmup": False})
-    result = asyncio.run(_with_engine(config, lambda e: e.rank(args.query, args.passages, args.truncate)))
-    order = sorted(range(len(result.scores)), key=lambda i: -result.scores[i])
-    print(json.dumps({"rankings": [{"index": i, "logit": result.scores[i]} for i in order]}, indent=2))
+    passages = read_texts(args, args.passages)
+    if args.url:
+        from rankserve.client import Client
+
+        with Client(args.url, api_key=args.api_key) as client:
+            rankings = [(r.index, r.logit) for r in client.rank(args.query, passages, model=args.model,
+                                                                  truncate=args.truncate)]
+    else:
+        config = load_config({"model": args.model, "dtype": args.dtype, "warmup": False})
+        result = asyncio.run(_with_engine(config, lambda e: e.rank(args.query, passages, args.truncate)))
+        rankings = [(i, result.scores[i]) for i in sorted(range(len(passages)), key=lambda i: -result.scores[i])]
+    if args.format == "table":
+        for rank, (i, logit) in enumerate(rankings, 1):
+            print(f"{rank:>4}  {logit:>10.4f}  [{i}] {passages[i][:100]}")
+    else:
+        print(json.dumps({"rankings": [{"index": i, "logit": logit} for i, logit in rankings]}, indent=2))
     return 0
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    config = load_config({"model": args.model, "dtype": args.dtype, "warmup": False})
-    result = asyncio.run(_with_engine(config, lambda e: e.embed(args.texts, args.input_type, args.truncate, args.dimensions)))
-    print(json.dumps({"embeddings": result.vectors.tolist()}))
+    texts = read_texts(args, args.texts)
+    if args.url:
+        from rankserve.client import Client
+
+        with Client(args.url, api_key=args.api_key) as client:
+            vectors = client.embed(texts, input_type=args.input_type, dimensions=args.dimensions, model=args.model,
+                                   truncate=args.truncate)
+    else:
+        config = load_config({"model": args.model, "dtype": args.dtype, "warmup": False})
+        result = asyncio.run(_with_engine(config, lambda e: e.embed(texts, args.input_type, args.truncate,
+                                                                    args.dimensions)))
+        vectors = result.vectors.tolist()
+    print(json.dumps({"embeddings": vectors}))
     return 0
+
+
+def add_offline_flags(parser: argparse.ArgumentParser) -> None:
+    """What ``rank`` and ``embed`` share: the model, the input file, and a server to ask instead."""
+    parser.add_argument("--model", default=None, help="model folder (in-process) or model id (with --url)")
+    parser.add_argument("--file", default=None, help="more texts, one per line or JSON Lines; - reads stdin")
+    parser.add_argument("--url", default=None, help="ask this rankserve / NIM-compatible server instead of "
+                                                     "loading the model here")
+    parser.add_argument("--api-key", default=None, help="bearer key for --url")
+    parser.add_argument("--dtype", choices=DTYPES, default=None, help=HELP["dtype"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,21 +185,20 @@ def build_parser() -> argparse.ArgumentParser:
                             "NAME = PATH); flags and env vars override it")
     serve.set_defaults(func=cmd_serve)
 
-    rank = sub.add_parser("rank", help="rank passages for a query in-process and print the rankings")
+    rank = sub.add_parser("rank", help="rank passages for a query (in-process, or --url) and print the rankings")
     rank.add_argument("query")
-    rank.add_argument("passages", nargs="+")
-    rank.add_argument("--model", default=None)
-    rank.add_argument("--truncate", choices=("NONE", "END"), default="END")
-    rank.add_argument("--dtype", choices=DTYPES, default=None, help=HELP["dtype"])
+    rank.add_argument("passages", nargs="*")
+    add_offline_flags(rank)
+    rank.add_argument("--truncate", choices=("NONE", "END", "CHUNK"), default="END")
+    rank.add_argument("--format", choices=("json", "table"), default="json")
     rank.set_defaults(func=cmd_rank)
 
-    embed = sub.add_parser("embed", help="embed texts in-process and print the vectors as JSON")
-    embed.add_argument("texts", nargs="+")
-    embed.add_argument("--model", default=None)
+    embed = sub.add_parser("embed", help="embed texts (in-process, or --url) and print the vectors as JSON")
+    embed.add_argument("texts", nargs="*")
+    add_offline_flags(embed)
     embed.add_argument("--input-type", choices=("query", "passage"), default=None)
     embed.add_argument("--truncate", choices=("NONE", "START", "END"), default="END")
     embed.add_argument("--dimensions", type=int, default=None)
-    embed.add_argument("--dtype", choices=DTYPES, default=None, help=HELP["dtype"])
     embed.set_defaults(func=cmd_embed)
 
     from rankserve.eval.commands import add_commands as add_eval

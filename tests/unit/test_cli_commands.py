@@ -144,3 +144,34 @@ def test_bench_counts_refused_requests_as_errors_and_exits_1(live_default, tmp_p
     [row] = parse_table(out.stdout)
     assert row["requests"] == 0 and row["errors"] == 4
     assert metric(live_default.url, "rankserve_requests_total", route="/v1/ranking", status="400") - before == 2 + 4
+
+
+def test_rank_reads_a_file_or_stdin_and_asks_a_server(live_default, tmp_path):
+    """Passages from JSON Lines / plain lines (file or stdin); --url goes through rankserve.Client and
+    prints what the in-process run prints; --format table lists the passages best first."""
+    jsonl = tmp_path / "passages.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"text": p}) if i % 2 else json.dumps(p) for i, p in enumerate(PASSAGES)) + "\n\n")
+    local = json.loads(cli("rank", QUERY, "--file", str(jsonl), "--dtype", "float32").stdout)["rankings"]
+    remote = cli("rank", QUERY, "--file", str(jsonl), "--url", live_default.url)
+    assert remote.returncode == 0, remote.stderr
+    served = json.loads(remote.stdout)["rankings"]
+    assert [r["index"] for r in served] == [r["index"] for r in local]
+    np.testing.assert_allclose([r["logit"] for r in served], [r["logit"] for r in local], rtol=0, atol=1e-5)
+    piped = subprocess.run([sys.executable, "-m", "rankserve.cli", "rank", QUERY, "--file", "-", "--url",
+                            live_default.url, "--format", "table"], input="\n".join(PASSAGES), capture_output=True,
+                           text=True, timeout=300)
+    assert piped.returncode == 0, piped.stderr
+    lines = piped.stdout.splitlines()
+    assert len(lines) == len(PASSAGES) and PASSAGES[RELEVANT][:50] in lines[0]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"text": \n')
+    failed = cli("rank", QUERY, "--file", str(bad))
+    assert failed.returncode == 2 and "bad.jsonl:2" in failed.stderr
+
+
+def test_embed_via_url_equals_in_process(live_default):
+    texts = [QUERY, PASSAGES[RELEVANT]]
+    local = json.loads(cli("embed", *texts, "--dtype", "float32").stdout)["embeddings"]
+    remote = cli("embed", *texts, "--url", live_default.url)
+    assert remote.returncode == 0, remote.stderr
+    np.testing.assert_allclose(json.loads(remote.stdout)["embeddings"], local, rtol=0, atol=1e-5)
