@@ -24,7 +24,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,15 +34,12 @@ from pathlib import Path
 
 import httpx
 
-from rankserve.models.loader import default_model_dir
+sys.path.insert(0, str(Path(__file__).parent))
+from common import free_port  # noqa: E402
+
+from rankserve.models.loader import default_model_dir  # noqa: E402
 
 PHASES = (("imports", "first log line"), ("weights", "loaded "), ("gemm", "cpu precision"), ("ready", "ready: serving"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mib(pid: int) -> float:
@@ -58,10 +54,8 @@ def llama_1b(directory: Path) -> Path:
     if (directory / "model.safetensors").exists():
         return directory
     import torch
+    from llama_long_context import build  # bench/ is on sys.path (above)
     from safetensors.torch import save_file
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from llama_long_context import build
 
     directory.mkdir(parents=True, exist_ok=True)
     model = build(16, 32000, torch.bfloat16)

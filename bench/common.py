@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +26,13 @@ WORDS = (
     "read write open close set get default mode flag path name size buffer device access control "
     "search pattern match sort count compress archive extract copy move remove create display show"
 ).split()
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a server the benchmark starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def minilm_cross_encoder(directory: Path, seed: int = 0) -> Path:

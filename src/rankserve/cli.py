@@ -8,8 +8,8 @@ import json
 import sys
 from typing import Any, Sequence
 
-from rankserve.config import (BACKENDS, CPU_GEMMS, DTYPES, FIELDS, LOG_FORMATS, LOG_LEVELS, NIM_ENV, QUANTIZE,
-                              ServerConfig, env_name, load_config, read_config_file)
+from rankserve.config import (BACKENDS, CHUNK_AGGREGATES, CPU_GEMMS, DTYPES, FIELDS, LOG_FORMATS, LOG_LEVELS, NIM_ENV,
+                              QUANTIZE, TRUNCATE_DEFAULTS, ServerConfig, env_name, load_config, read_config_file)
 from rankserve.errors import ConfigError, RankserveError
 
 HELP = {
@@ -42,8 +42,8 @@ HELP = {
 }
 
 
-CHOICES = {"truncate_default": ("NONE", "END", "CHUNK"), "chunk_aggregate": ("max", "mean"), "dtype": DTYPES, "backend": BACKENDS, "quantize": QUANTIZE, "cpu_gemm": CPU_GEMMS,
-           "log_format": LOG_FORMATS, "log_level": LOG_LEVELS}
+CHOICES = {"dtype": DTYPES, "backend": BACKENDS, "quantize": QUANTIZE, "cpu_gemm": CPU_GEMMS, "log_format": LOG_FORMATS,
+           "log_level": LOG_LEVELS, "truncate_default": TRUNCATE_DEFAULTS, "chunk_aggregate": CHUNK_AGGREGATES}
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("query")
     rank.add_argument("passages", nargs="*")
     add_offline_flags(rank)
-    rank.add_argument("--truncate", choices=("NONE", "END", "CHUNK"), default="END")
+    rank.add_argument("--truncate", choices=TRUNCATE_DEFAULTS, default="END")
     rank.add_argument("--format", choices=("json", "table"), default="json")
     rank.set_defaults(func=cmd_rank)
 

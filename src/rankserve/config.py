@@ -19,6 +19,8 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 BACKENDS = ("torch", "onnxruntime")
 QUANTIZE = ("none", "int8")
 CPU_GEMMS = ("auto", "torch", "onednn")
+TRUNCATE_DEFAULTS = ("NONE", "END", "CHUNK")  # what a ranking request may ask for (CHUNK: windows)
+CHUNK_AGGREGATES = ("max", "mean")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 LOG_FORMATS = ("text", "json")
 
@@ -138,10 +140,10 @@ class ServerConfig:
             bad("model", "two models share a name")
         if len(entries) > 1 and self.served_model_name:
             bad("served_model_name", "with several models, name each one in --model NAME=PATH instead")
-        if self.truncate_default not in ("NONE", "END", "CHUNK"):
-            bad("truncate_default", "choose one of NONE, END, CHUNK")
-        if self.chunk_aggregate not in ("max", "mean"):
-            bad("chunk_aggregate", "choose one of max, mean")
+        if self.truncate_default not in TRUNCATE_DEFAULTS:
+            bad("truncate_default", f"choose one of {', '.join(TRUNCATE_DEFAULTS)}")
+        if self.chunk_aggregate not in CHUNK_AGGREGATES:
+            bad("chunk_aggregate", f"choose one of {', '.join(CHUNK_AGGREGATES)}")
         if self.log_format not in LOG_FORMATS:
             bad("log_format", f"choose one of {', '.join(LOG_FORMATS)}")
         if self.log_level.lower() not in LOG_LEVELS:
@@ -181,6 +183,13 @@ class ServerConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(ServerConfig)}
+
+
+def cache_dir(*parts: str) -> Path:
+    """Where rankserve keeps what it can recompute (ONNX exports, GEMM timings, evaluation
+    embeddings): ``$XDG_CACHE_HOME/rankserve/...``, ``~/.cache/rankserve/...`` by default."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base, "rankserve", *parts)
 
 
 def env_name(field: str) -> str:

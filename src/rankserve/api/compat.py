@@ -33,7 +33,7 @@ from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 from rankserve.api import schemas as s
 from rankserve import __version__
 from rankserve.api.routes import ERRORS, check_auth, embed_request, engine_for, engines_of, rank_request, ranking
-from rankserve.engine.engine import Engine, RankResult
+from rankserve.engine.engine import TOKENIZE_WORKERS, Engine, RankResult
 from rankserve.errors import InvalidRequest
 
 router = APIRouter()
@@ -231,8 +231,8 @@ async def tei_embed(body: TeiEmbedRequest, request: Request) -> list[list[float]
     texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
     input_type = PROMPT_NAMES.get(body.prompt_name or "")
     result = await embed_request(request, engine, texts, input_type, truncate, body.dimensions, "inputs")
-    vectors = result.vectors  # normalized by the runner when the model normalizes (TEI's default)
-    if body.normalize:
+    vectors = result.vectors  # already unit vectors when the model normalizes (the runner does it)
+    if body.normalize and not engine.spec.normalize:
         vectors = torch.nn.functional.normalize(vectors, dim=-1)
     return vectors.numpy().astype("float64").tolist()
 
@@ -247,7 +247,7 @@ async def tei_info(request: Request) -> dict:
     return {"model_id": engine.name, "model_sha": None, "model_dtype": engine.runner.precision, "model_type": kind,
             "max_concurrent_requests": config.max_queue_requests, "max_input_length": engine.spec.max_length,
             "max_batch_tokens": engine.batcher.max_batch_tokens, "max_client_batch_size": config.max_inputs,
-            "tokenization_workers": 2, "version": __version__, "sha": None, "docker_label": None}
+            "tokenization_workers": TOKENIZE_WORKERS, "version": __version__, "sha": None, "docker_label": None}
 
 
 # -- NIM: GET /v1/metadata, /v1/version --------------------------------------------------------

@@ -85,13 +85,14 @@ def application(config: ServerConfig, scaling: Scaling):
             engines = []
             for entry in self.config.model_entries():
                 engines.append(await asyncio.to_thread(Engine.load, self.config.for_model(*entry), Metrics()))
-            return create_app(self.config, engines, replica=self.replica_id)
+            self.rankserve_app = create_app(self.config, engines, replica=self.replica_id)
+            return self.rankserve_app
 
         async def check_health(self) -> None:
             """Ray restarts a replica whose app cannot serve (a model worker died)."""
-            state = getattr(getattr(self, "_asgi_app", None), "state", None)
-            if state is not None and state.fatal is not None:
-                raise RuntimeError(state.fatal)
+            app = getattr(self, "rankserve_app", None)  # None until the app is built
+            if app is not None and app.state.fatal is not None:
+                raise RuntimeError(app.state.fatal)
 
     deployment = serve.deployment(Replica, name="rankserve", **scaling.options())
     return deployment.bind(config)

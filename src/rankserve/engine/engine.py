@@ -29,6 +29,7 @@ log = logging.getLogger("rankserve")
 InputType = Literal["query", "passage"]
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 WARMUP_TOKENS = 512
+TOKENIZE_WORKERS = 2  # threads tokenizing requests off the event loop
 # The warm-up's long pass is also capped by compute: 512 tokens through a 1B model is ~1 TFLOP,
 # 6 s of a 21 s CPU start (bench/cold_start.py) for costs a short pass already pays (kernels
 # created, memory pools grown). MiniLM still gets its full 256 tokens; a 1B model 16 on CPU.
@@ -88,7 +89,7 @@ class Engine:
         )
         self.cache = EmbeddingCache(config.cache_size if spec.kind == "embedder" else 0)
         metrics.cache_capacity.set(self.cache.capacity)
-        self._tokenize_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rankserve-tokenize")
+        self._tokenize_pool = ThreadPoolExecutor(max_workers=TOKENIZE_WORKERS, thread_name_prefix="rankserve-tokenize")
 
     @classmethod
     def load(cls, config: ServerConfig, metrics: Metrics) -> "Engine":
@@ -162,9 +163,9 @@ class Engine:
         Bi-encoder windows bypass the passage cache (it holds one vector per passage)."""
         if self.spec.kind == "cross-encoder":
             windows, owners = await self._in_pool(self.policy.pair_windows, query, passages)
-            self.check_request_tokens(sum(len(w) for w in windows))
-            scores = torch.stack(await self.batcher.submit(windows, priority)).reshape(-1)
             tokens = sum(len(w) for w in windows)
+            self.check_request_tokens(tokens)
+            scores = torch.stack(await self.batcher.submit(windows, priority)).reshape(-1)
         else:
             def encode() -> tuple[list[Encoded], list[int]]:
                 q = self.policy.texts([query], "END", self.spec.query_prefix, "query")
@@ -172,10 +173,10 @@ class Engine:
                 return q + windows, owners
 
             encoded, owners = await self._in_pool(encode)
-            self.check_request_tokens(sum(len(e) for e in encoded))
+            tokens = sum(len(e) for e in encoded)
+            self.check_request_tokens(tokens)
             rows = torch.nn.functional.normalize(torch.stack(await self.batcher.submit(encoded, priority)), dim=-1)
             scores = rows[1:] @ rows[0]
-            tokens = sum(len(e) for e in encoded)
         owner = torch.tensor(owners)
         counts = torch.bincount(owner, minlength=len(passages)).float()
         if self.config.chunk_aggregate == "mean":

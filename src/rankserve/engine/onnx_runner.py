@@ -22,7 +22,6 @@ import copy
 import hashlib
 import io
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -36,6 +35,7 @@ from torch import nn
 from rankserve.engine.runner import available_cores, finish, packed_batch
 from rankserve.engine.tokenize import Encoded
 from rankserve.engine.types import Batch, Packed
+from rankserve.config import cache_dir as rankserve_cache_dir
 from rankserve.errors import ConfigError
 from rankserve.models.loader import ModelSpec
 
@@ -71,8 +71,7 @@ def packed_inputs(p: Packed) -> dict[str, torch.Tensor]:
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "rankserve" / "onnx"
+    return rankserve_cache_dir("onnx")
 
 
 def cache_key(spec: ModelSpec, quantize: str) -> str:

@@ -9,10 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+from rankserve.config import cache_dir
+
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "rankserve" / "eval"
+    return cache_dir("eval")
 
 
 class _Help(argparse.HelpFormatter):

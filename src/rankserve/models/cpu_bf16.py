@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rankserve.models.cpu_gemm import ROW_BUCKET, OneDnnLinear, measured_rates, tracing
+from rankserve.models.cpu_gemm import OneDnnLinear, bucket_rows, measured_rates, tracing
 
 log = logging.getLogger("rankserve")
 
@@ -50,7 +50,7 @@ class Bf16Linear(nn.Linear):
         # oneDNN product with bounded shapes (cpu_gemm.ROW_BUCKET): cast straight into the padded
         # buffer (one pass over the activations, not a cast and then a padded copy).
         rows = x.shape[0]
-        padded = -(-rows // ROW_BUCKET) * ROW_BUCKET
+        padded = bucket_rows(rows)
         buf = x.new_empty((padded, x.shape[1]), dtype=self.weight.dtype)
         buf[:rows].copy_(x)
         buf[rows:].zero_()

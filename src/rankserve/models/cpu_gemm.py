@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rankserve.config import CPU_GEMMS
+from rankserve.config import CPU_GEMMS, cache_dir
 from rankserve.errors import ConfigError
 
 log = logging.getLogger("rankserve")
@@ -63,10 +63,15 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 ROW_BUCKET = 64
 
 
+def bucket_rows(rows: int) -> int:
+    """``rows`` rounded up to a multiple of ROW_BUCKET (the row counts oneDNN products see)."""
+    return -(-rows // ROW_BUCKET) * ROW_BUCKET
+
+
 def bucketed(product: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """``product(x)`` for a row-wise oneDNN product, its rows padded up to a multiple of ROW_BUCKET."""
     rows = x.shape[0]
-    padded = -(-rows // ROW_BUCKET) * ROW_BUCKET
+    padded = bucket_rows(rows)
     if x.dim() != 2 or padded == rows:
         return product(x)
     return product(F.pad(x, (0, 0, 0, padded - rows)))[:rows]
@@ -108,8 +113,7 @@ def gemm_rates(weight: torch.Tensor, rows: int | None = None, repeats: int = 5,
 
 
 def rates_cache_file() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "rankserve" / "cpu-gemm-rates.json"
+    return cache_dir("cpu-gemm-rates.json")
 
 
 def machine_key(weight: torch.Tensor, kernels: tuple[str, ...]) -> str:
