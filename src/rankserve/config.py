@@ -81,6 +81,7 @@ class ServerConfig:
     ssl_keyfile: str | None = None  # ... and this private key
     log_format: str = "text"  # text | json (one JSON object per line)
     warmup: bool = True
+    ui: bool = True  # the playground at / and the API docs at /docs and /redoc (assets served locally)
 
     def api_keys(self) -> tuple[str, ...]:
         """Every accepted key: ``api_key`` split on commas, plus ``api_key_file``'s non-empty lines."""

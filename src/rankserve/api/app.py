@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from rankserve import __version__
 from rankserve.api import compat
 from rankserve.api.routes import router
+from rankserve.api.ui import install_ui
 from rankserve.config import ServerConfig
 from rankserve.engine.engine import Engine, served_name
 from rankserve.errors import PayloadTooLarge, RankserveError, error_body, install_handlers, status_of
@@ -152,7 +153,8 @@ def create_app(config: ServerConfig, engine: Engine | Sequence[Engine] | None = 
             for running in stopping.values():
                 await running.stop()
 
-    app = FastAPI(title="rankserve", version=__version__, lifespan=lifespan,
+    # docs_url/redoc_url off: FastAPI's pages load Swagger UI from a CDN; ui.py serves them locally.
+    app = FastAPI(title="rankserve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Reranking and embeddings with NVIDIA NIM-compatible APIs")
     app.state.config = config
     app.state.metrics = metrics
@@ -170,6 +172,8 @@ def create_app(config: ServerConfig, engine: Engine | Sequence[Engine] | None = 
     install_handlers(app)
     app.include_router(router)
     app.include_router(compat.router)
+    if config.ui:
+        install_ui(app)
     app.add_middleware(BodyLimit, limit=config.max_request_bytes, metrics=metrics)
     app.add_middleware(RequestObserver, metrics=metrics, state=app.state, replica=replica)
     return app
