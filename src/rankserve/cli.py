@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from rankserve.config import (BACKENDS, CHUNK_AGGREGATES, CPU_GEMMS, DTYPES, FIELDS, LOG_FORMATS, LOG_LEVELS, NIM_ENV,
                               QUANTIZE, TRUNCATE_DEFAULTS, ServerConfig, env_name, load_config, read_config_file)
@@ -120,18 +120,43 @@ def read_texts(args: argparse.Namespace, positional: list[str]) -> list[str]:
     return texts
 
 
+# Texts per step of `rank` / `embed`: each step is one request (within the server's --max-passages and
+# --max-inputs whatever the file's length) and one tick of the progress bar.
+STEP = 256
+
+
+def in_steps(texts: list[str], args: argparse.Namespace, unit: str) -> Iterator[list[str]]:
+    """``texts`` in slices of STEP, with a progress bar on stderr for more than one slice (shown when
+    stderr is a terminal, or always with --progress; --no-progress hides it)."""
+    from tqdm import tqdm
+
+    # disable=None is tqdm's own test: shown only when stderr is a terminal
+    hidden = True if len(texts) <= STEP or args.progress is False else (False if args.progress else None)
+    with tqdm(total=len(texts), unit=unit, file=sys.stderr, disable=hidden, leave=False) as bar:
+        for start in range(0, len(texts), STEP):
+            part = texts[start:start + STEP]
+            yield part
+            bar.update(len(part))
+
+
 def cmd_rank(args: argparse.Namespace) -> int:
     passages = read_texts(args, args.passages)
+    scores: list[float] = []
     if args.url:
         from rankserve.client import Client
 
         with Client(args.url, api_key=args.api_key) as client:
-            rankings = [(r.index, r.logit) for r in client.rank(args.query, passages, model=args.model,
-                                                                  truncate=args.truncate)]
+            for part in in_steps(passages, args, "passages"):
+                by_index = {r.index: r.logit for r in client.rank(args.query, part, model=args.model,
+                                                                  truncate=args.truncate)}
+                scores += [by_index[i] for i in range(len(part))]
     else:
-        config = load_config({"model": args.model, "dtype": args.dtype, "warmup": False})
-        result = asyncio.run(_with_engine(config, lambda e: e.rank(args.query, passages, args.truncate)))
-        rankings = [(i, result.scores[i]) for i in sorted(range(len(passages)), key=lambda i: -result.scores[i])]
+        async def work(engine: Any) -> None:
+            for part in in_steps(passages, args, "passages"):
+                scores.extend((await engine.rank(args.query, part, args.truncate)).scores)
+
+        asyncio.run(_with_engine(load_config({"model": args.model, "dtype": args.dtype, "warmup": False}), work))
+    rankings = sorted(enumerate(scores), key=lambda r: -r[1])
     if args.format == "table":
         for rank, (i, logit) in enumerate(rankings, 1):
             print(f"{rank:>4}  {logit:>10.4f}  [{i}] {passages[i][:100]}")
@@ -142,17 +167,21 @@ def cmd_rank(args: argparse.Namespace) -> int:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     texts = read_texts(args, args.texts)
+    vectors: list[list[float]] = []
     if args.url:
         from rankserve.client import Client
 
         with Client(args.url, api_key=args.api_key) as client:
-            vectors = client.embed(texts, input_type=args.input_type, dimensions=args.dimensions, model=args.model,
-                                   truncate=args.truncate)
+            for part in in_steps(texts, args, "texts"):
+                vectors += client.embed(part, input_type=args.input_type, dimensions=args.dimensions,
+                                        model=args.model, truncate=args.truncate)
     else:
-        config = load_config({"model": args.model, "dtype": args.dtype, "warmup": False})
-        result = asyncio.run(_with_engine(config, lambda e: e.embed(texts, args.input_type, args.truncate,
-                                                                    args.dimensions)))
-        vectors = result.vectors.tolist()
+        async def work(engine: Any) -> None:
+            for part in in_steps(texts, args, "texts"):
+                result = await engine.embed(part, args.input_type, args.truncate, args.dimensions)
+                vectors.extend(result.vectors.tolist())
+
+        asyncio.run(_with_engine(load_config({"model": args.model, "dtype": args.dtype, "warmup": False}), work))
     print(json.dumps({"embeddings": vectors}))
     return 0
 
@@ -165,6 +194,8 @@ def add_offline_flags(parser: argparse.ArgumentParser) -> None:
                                                      "loading the model here")
     parser.add_argument("--api-key", default=None, help="bearer key for --url")
     parser.add_argument("--dtype", choices=DTYPES, default=None, help=HELP["dtype"])
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help=f"progress bar on stderr for more than {STEP} texts (default: when stderr is a terminal)")
 
 
 def build_parser() -> argparse.ArgumentParser:

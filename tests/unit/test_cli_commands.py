@@ -175,3 +175,31 @@ def test_embed_via_url_equals_in_process(live_default):
     remote = cli("embed", *texts, "--url", live_default.url)
     assert remote.returncode == 0, remote.stderr
     np.testing.assert_allclose(json.loads(remote.stdout)["embeddings"], local, rtol=0, atol=1e-5)
+
+
+def test_rank_a_file_longer_than_the_servers_limit_in_steps_with_a_progress_bar(live_default, tmp_path):
+    """1,100 passages (the server takes 1,000 per request) go in steps of cli.STEP; each passage keeps
+    its own index and logit (checked against one-passage requests), and --progress draws a bar on
+    stderr while a non-terminal stderr stays clean by default."""
+    from rankserve.cli import STEP
+
+    passages = [f"passage {i}: " + ("files and directories" if i % 7 == 0 else "weather and rain") for i in range(1100)]
+    assert len(passages) > 1000 and len(passages) > 2 * STEP
+    path = tmp_path / "many.txt"
+    path.write_text("\n".join(passages))
+    shown = cli("rank", QUERY, "--file", str(path), "--url", live_default.url, "--progress")
+    assert shown.returncode == 0, shown.stderr
+    assert "1100/1100" in shown.stderr and "passages" in shown.stderr
+    ranked = json.loads(shown.stdout)["rankings"]
+    assert sorted(r["index"] for r in ranked) == list(range(1100))
+    logits = {r["index"]: r["logit"] for r in ranked}
+    for i in (0, STEP - 1, STEP, 2 * STEP + 3, 1099):
+        [one] = httpx.post(live_default.url + "/v1/ranking", json={
+            "query": {"text": QUERY}, "passages": [{"text": passages[i]}]}).json()["rankings"]
+        assert logits[i] == pytest.approx(one["logit"], abs=1e-5)
+    quiet = cli("rank", QUERY, "--file", str(path), "--url", live_default.url)
+    assert quiet.returncode == 0 and "1100" not in quiet.stderr
+    assert [r["index"] for r in json.loads(quiet.stdout)["rankings"]] == [r["index"] for r in ranked]
+    local = cli("embed", "--file", str(path), "--dtype", "float32", "--progress")
+    assert local.returncode == 0 and "1100/1100" in local.stderr
+    assert len(json.loads(local.stdout)["embeddings"]) == 1100
