@@ -39,6 +39,7 @@ HELP = {
     "rerank_template": "single-sequence rerank prompt with {query} and {passage} (Llama rerankers)",
     "query_prefix": "text put before queries (embeddings, bi-encoder ranking)",
     "passage_prefix": "text put before passages (embeddings, bi-encoder ranking)",
+    "chunk_max_windows": "windows scored per passage under truncate CHUNK (the first N); 0 = all",
     "ui": "the playground at / and API docs at /docs, /redoc (assets served locally, no CDN); --no-ui turns them off",
 }
 

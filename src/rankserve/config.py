@@ -74,6 +74,9 @@ class ServerConfig:
     # CHUNK (score overlapping windows of a long passage, keep the best: see engine._rank_windows).
     truncate_default: str = "END"
     chunk_aggregate: str = "max"  # how CHUNK combines a passage's window scores: max | mean
+    # Windows scored per passage under CHUNK (the first N: the text after them is not scored), so one
+    # book-length passage cannot cost hundreds of windows; Cohere's max_chunks_per_doc defaults to 10.
+    chunk_max_windows: int = 10  # 0 = every window
     cache_size: int = 50_000  # passage embeddings kept (bi-encoder ranking); 0 = off
     api_key: str | None = None  # when set, requests need `Authorization: Bearer <key>`; comma-separated for several
     api_key_file: str | None = None  # a file with one accepted key per line (added to api_key's)
@@ -145,6 +148,8 @@ class ServerConfig:
             bad("truncate_default", f"choose one of {', '.join(TRUNCATE_DEFAULTS)}")
         if self.chunk_aggregate not in CHUNK_AGGREGATES:
             bad("chunk_aggregate", f"choose one of {', '.join(CHUNK_AGGREGATES)}")
+        if self.chunk_max_windows < 0:
+            bad("chunk_max_windows", "must be >= 0 (0 = every window)")
         if self.log_format not in LOG_FORMATS:
             bad("log_format", f"choose one of {', '.join(LOG_FORMATS)}")
         if self.log_level.lower() not in LOG_LEVELS:

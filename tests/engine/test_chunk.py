@@ -120,3 +120,24 @@ def test_eval_rerank_truncate_reaches_the_engine():
 
     end, chunk = asyncio.run(scores("END")), asyncio.run(scores("CHUNK"))
     assert chunk[0] > end[0] + 0.1 and chunk[1] == pytest.approx(end[1], abs=1e-6)
+
+
+def test_chunk_max_windows_keeps_the_first_windows(bert_ce_dir):
+    """--chunk-max-windows N: a passage's first N windows only (the same windows as without the cap);
+    with N = 1 CHUNK scores exactly what END scores (window 0 is END's cut)."""
+    long = FILLER * 3 + ANSWER
+    policy = engine(bert_ce_dir).policy
+    every, owners = policy.pair_windows(QUERY, [long, "short"])
+    assert owners.count(0) > 3
+    capped, capped_owners = policy.pair_windows(QUERY, [long, "short"], limit=2)
+    assert capped_owners == [0, 0, 1]
+    assert [w.ids for w in capped] == [w.ids for w in every[:2]] + [every[-1].ids]
+    one = engine(bert_ce_dir, chunk_max_windows=1)
+
+    async def both():
+        return [await one.rank(QUERY, [long, "short", ANSWER], t) for t in ("CHUNK", "END")]
+
+    chunk, end = run(one, both())
+    assert chunk.scores == pytest.approx(end.scores, abs=1e-6) and chunk.tokens == end.tokens
+    with pytest.raises(ConfigError):
+        load_config({"chunk_max_windows": -1}, environ={})

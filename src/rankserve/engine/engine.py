@@ -159,17 +159,20 @@ class Engine:
 
     async def _rank_windows(self, query: str, passages: Sequence[str], priority: Priority) -> RankResult:
         """``truncate: CHUNK``: every window of every passage scored (one job), each passage getting
-        the max (or mean, ``chunk_aggregate``) of its windows' scores. Usage counts every window.
+        the max (or mean, ``chunk_aggregate``) of its windows' scores; at most ``chunk_max_windows``
+        windows per passage (its first). Usage counts every window scored.
         Bi-encoder windows bypass the passage cache (it holds one vector per passage)."""
         if self.spec.kind == "cross-encoder":
-            windows, owners = await self._in_pool(self.policy.pair_windows, query, passages)
+            windows, owners = await self._in_pool(self.policy.pair_windows, query, passages,
+                                                  self.config.chunk_max_windows)
             tokens = sum(len(w) for w in windows)
             self.check_request_tokens(tokens)
             scores = torch.stack(await self.batcher.submit(windows, priority)).reshape(-1)
         else:
             def encode() -> tuple[list[Encoded], list[int]]:
                 q = self.policy.texts([query], "END", self.spec.query_prefix, "query")
-                windows, owners = self.policy.text_windows(passages, self.spec.passage_prefix)
+                windows, owners = self.policy.text_windows(passages, self.spec.passage_prefix,
+                                                           limit=self.config.chunk_max_windows)
                 return q + windows, owners
 
             encoded, owners = await self._in_pool(encode)

@@ -115,9 +115,10 @@ class TokenizerPolicy:
         return out
 
     def _windows(self, encs: Sequence[Encoding], roles_of, role: int, what: str,
-                 names: Sequence[int] | None = None) -> tuple[list[Encoded], list[int]]:
+                 names: Sequence[int] | None = None, limit: int = 0) -> tuple[list[Encoded], list[int]]:
         """Each encoding as is when it fits, else one window per stretch of its ``role`` tokens (the
-        other tokens, e.g. specials and the query, in every window); -> (windows, owner of each)."""
+        other tokens, e.g. specials and the query, in every window), the first ``limit`` of them
+        (0 = all); -> (windows, owner of each)."""
         out, owners = [], []
         for i, enc in enumerate(encs):
             if len(enc.ids) <= self.max_length:
@@ -133,26 +134,28 @@ class TokenizerPolicy:
                 raise InputTooLong(f"{what}[{n}]: the query, template or prefix alone fill the {self.max_length}-token "
                                    "limit; no room for a window of the passage", param=f"{what}.{n}")
             step = max(1, room - int(room * CHUNK_OVERLAP))
-            start = 0
+            start, count = 0, 0
             while True:
                 window = body[start:start + room]
                 out.append(self._finish(enc, sorted(fixed + window)))
                 owners.append(i)
-                if start + room >= len(body):
+                count += 1
+                if start + room >= len(body) or count == limit:
                     break
                 start += step
         return out, owners
 
-    def pair_windows(self, query: str, passages: Sequence[str]) -> tuple[list[Encoded], list[int]]:
-        """Cross-encoder inputs under ``CHUNK``: -> (windows, the passage index of each window)."""
+    def pair_windows(self, query: str, passages: Sequence[str], limit: int = 0) -> tuple[list[Encoded], list[int]]:
+        """Cross-encoder inputs under ``CHUNK``: -> (windows, the passage index of each window);
+        at most ``limit`` windows per passage (its first ones), 0 = all."""
         encs, roles_of = self._pair_encodings(query, passages)
-        return self._windows(encs, roles_of, PASSAGE, "passages")
+        return self._windows(encs, roles_of, PASSAGE, "passages", limit=limit)
 
     def text_windows(self, texts: Sequence[str], prefix: str = "", what: str = "passages",
-                     names: Sequence[int] | None = None) -> tuple[list[Encoded], list[int]]:
+                     names: Sequence[int] | None = None, limit: int = 0) -> tuple[list[Encoded], list[int]]:
         """Single-sequence inputs under ``CHUNK`` (bi-encoder ranking): -> (windows, owner of each)."""
         encs, roles_of = self._text_encodings(texts, prefix)
-        return self._windows(encs, roles_of, TEXT, what, names)
+        return self._windows(encs, roles_of, TEXT, what, names, limit)
 
     def _pair_encodings(self, query: str, passages: Sequence[str]):
         if self.rerank_template is None:
