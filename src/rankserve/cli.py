@@ -9,7 +9,8 @@ import sys
 from typing import Any, Iterator, Sequence
 
 from rankserve.config import (BACKENDS, CHUNK_AGGREGATES, CPU_GEMMS, DTYPES, FIELDS, LOG_FORMATS, LOG_LEVELS, NIM_ENV,
-                              QUANTIZE, TRUNCATE_DEFAULTS, ServerConfig, env_name, load_config, read_config_file)
+                              QUANTIZE, RECIPE_NAMES, TRUNCATE_DEFAULTS, ServerConfig, env_name, load_config,
+                              read_config_file)
 from rankserve.errors import ConfigError, RankserveError
 
 HELP = {
@@ -39,12 +40,16 @@ HELP = {
     "rerank_template": "single-sequence rerank prompt with {query} and {passage} (Llama rerankers)",
     "query_prefix": "text put before queries (embeddings, bi-encoder ranking)",
     "passage_prefix": "text put before passages (embeddings, bi-encoder ranking)",
+    "recipe": "decoder reranker scored by an answer token: qwen3-reranker | bge-reranker-gemma | mxbai-rerank-v2 | "
+              "yes-no (with --rerank-template, --score-tokens); default: what the folder's name implies",
+    "instruction": "the instruction in a recipe's prompt (qwen3-reranker's default: its model card's)",
+    "score_tokens": "POSITIVE[,NEGATIVE] answer tokens for --recipe yes-no, e.g. yes,no",
     "chunk_max_windows": "windows scored per passage under truncate CHUNK (the first N); 0 = all",
     "ui": "the playground at / and API docs at /docs, /redoc (assets served locally, no CDN); --no-ui turns them off",
 }
 
 
-CHOICES = {"dtype": DTYPES, "backend": BACKENDS, "quantize": QUANTIZE, "cpu_gemm": CPU_GEMMS, "log_format": LOG_FORMATS,
+CHOICES = {"recipe": RECIPE_NAMES, "dtype": DTYPES, "backend": BACKENDS, "quantize": QUANTIZE, "cpu_gemm": CPU_GEMMS, "log_format": LOG_FORMATS,
            "log_level": LOG_LEVELS, "truncate_default": TRUNCATE_DEFAULTS, "chunk_aggregate": CHUNK_AGGREGATES}
 
 

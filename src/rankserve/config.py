@@ -23,6 +23,7 @@ TRUNCATE_DEFAULTS = ("NONE", "END", "CHUNK")  # what a ranking request may ask f
 CHUNK_AGGREGATES = ("max", "mean")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 LOG_FORMATS = ("text", "json")
+RECIPE_NAMES = ("qwen3-reranker", "bge-reranker-gemma", "mxbai-rerank-v2", "yes-no")  # models/recipes.py RECIPES
 
 # NIM's env names for the settings it has (the NIM docs' names; users' compose files use them).
 NIM_ENV = {
@@ -61,6 +62,12 @@ class ServerConfig:
     rerank_template: str | None = None  # e.g. "question:{query} \n \n passage:{passage}"
     query_prefix: str | None = None  # e.g. "query: "
     passage_prefix: str | None = None  # e.g. "passage: "
+    # Decoder rerankers scored by an answer token (models/recipes.py): qwen3-reranker |
+    # bge-reranker-gemma | mxbai-rerank-v2 | yes-no (with rerank_template and score_tokens); None =
+    # the one the folder's name implies, if any.
+    recipe: str | None = None
+    instruction: str | None = None  # the recipe prompt's instruction (Qwen3-Reranker's has a default)
+    score_tokens: str | None = None  # POSITIVE[,NEGATIVE] answer tokens, e.g. "yes,no"
     max_batch_tokens: int = 0  # padded tokens (longest x rows) per forward pass; 0 = 4096 on CPU, 65536 on CUDA
     max_queue_items: int = 100_000  # pairs/texts waiting; beyond this requests get 503
     max_queue_tokens: int = 4_000_000  # tokens waiting; beyond this requests get 503; 0 = unbounded
@@ -150,6 +157,8 @@ class ServerConfig:
             bad("chunk_aggregate", f"choose one of {', '.join(CHUNK_AGGREGATES)}")
         if self.chunk_max_windows < 0:
             bad("chunk_max_windows", "must be >= 0 (0 = every window)")
+        if self.recipe is not None and self.recipe not in RECIPE_NAMES:
+            bad("recipe", f"choose one of {', '.join(RECIPE_NAMES)}")
         if self.log_format not in LOG_FORMATS:
             bad("log_format", f"choose one of {', '.join(LOG_FORMATS)}")
         if self.log_level.lower() not in LOG_LEVELS:

@@ -341,7 +341,7 @@ def test_rope_matches_transformers():
     ({"hidden_act": "gelu"}, "hidden_act 'gelu' is not supported"),
     ({"id2label": {"0": "A", "1": "B"}}, "only one-logit cross-encoders rank"),
     ({"pooling": "max"}, "unknown pooling 'max'"),
-    ({"architectures": ["LlamaForCausalLM"]}, "unsupported architecture"),
+    ({"architectures": ["LlamaForCausalLM"]}, "is a causal LM: serve it as a reranker with --recipe"),
 ])
 def test_unsupported_configs_fail_clearly(change, message, tmp_path):
     import json

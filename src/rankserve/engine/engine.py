@@ -24,6 +24,7 @@ from rankserve.engine.tokenize import Encoded, TokenizerPolicy, Truncate
 from rankserve.errors import InvalidRequest, PayloadTooLarge
 from rankserve.metrics import Metrics
 from rankserve.models.loader import ModelSpec, default_model_dir, load_model, resolve_dtype
+from rankserve.models.recipes import RecipeChoice
 
 log = logging.getLogger("rankserve")
 InputType = Literal["query", "passage"]
@@ -97,7 +98,9 @@ class Engine:
         directory = Path(config.model) if config.model else default_model_dir()
         device = resolve_device(config.device)
         spec = load_model(directory, dtype=resolve_dtype(config.dtype, device), device=device, max_length=config.max_length,
-                          overrides=config.model_overrides())
+                          overrides=config.model_overrides(),
+                          choice=RecipeChoice(config.recipe, config.instruction, config.score_tokens,
+                                              config.rerank_template))
         return cls(spec, name=served_name(config), config=config, metrics=metrics, device=device)
 
     # -- lifecycle -------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Llama and Mistral decoder stacks, run as encoders (the NVIDIA retriever models) or causally.
+"""Llama-family decoder stacks (Llama, Mistral, Qwen2, Qwen3, Gemma), as encoders or causally.
 
 NVIDIA's rerankers (llama-3.2-nv-rerankqa-1b-v2, nemoretriever-500m-rerank-v2, nv-rerankqa-mistral-4b-v3)
 and embedder (llama-3.2-nv-embedqa-1b-v2) are plain Llama / Mistral layers whose attention sees every
@@ -11,6 +11,12 @@ strict ``load_state_dict``. Linear layers, RoPE and the MLP run on packed real t
 re-pads inside ``packed_attention``, the one call site. RMSNorm and RoPE compute in float32.
 Mistral differs from Llama only in config values here; its ``sliding_window`` is ignored (see
 ``LlamaConfig.from_hf``). ``causal=True`` serves ordinary causal weights from the same code.
+
+The other families are switches on the same layers, set from ``model_type``: Qwen2 adds biases to
+q/k/v; Qwen3 RMS-normalizes each head's q and k before RoPE; Gemma uses GeGLU (tanh GELU), scales
+the embeddings by sqrt(hidden) and its RMSNorm multiplies by (1 + weight) in float32. Decoder
+rerankers that answer yes/no (Qwen3-Reranker, bge-reranker-v2-gemma, mxbai-rerank-v2) are these
+stacks with a one-logit head cut from the LM head: ``models/recipes.py``.
 """
 
 from __future__ import annotations
@@ -26,12 +32,14 @@ from torch import nn
 
 from rankserve.engine.types import Packed
 from rankserve.errors import ModelLoadError
+from rankserve.models import recipes
 from rankserve.models.attention import packed_attention
 from rankserve.models.model_dir import num_labels, read_json, st_embedder, tokenizer_max
 from rankserve.models.pooling import PooledEncoder, normalize_pooling, pool
 from rankserve.models.rows import by_rows
 
 ROPE_TYPES = ("default", "linear", "llama3")
+ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,16 +59,27 @@ class LlamaConfig:
     attention_bias: bool = False
     mlp_bias: bool = False
     max_position_embeddings: int = 131072
-    tie_word_embeddings: bool = False  # only ties the LM head, which encoders never use
+    tie_word_embeddings: bool = False  # the LM head is the embedding matrix (recipes read it from there)
     causal: bool = False
+    qkv_bias: bool = False  # Qwen2: biases on q/k/v projections (not on o)
+    qk_norm: bool = False  # Qwen3: RMSNorm over each head's q and k, before RoPE
+    activation: str = "silu"  # the gated MLP's: silu (SwiGLU) | gelu_tanh (Gemma's GeGLU)
+    embed_scale: float = 1.0  # Gemma: embeddings times sqrt(hidden), rounded to the weights' dtype
+    norm_offset: float = 0.0  # Gemma: RMSNorm scales by (1 + weight), computed in float32
 
     @classmethod
     def from_hf(cls, cfg: dict[str, Any], *, causal: bool = False) -> "LlamaConfig":
         """Read a Hugging Face config dict (transformers 4.x ``rope_scaling``/``rope_theta`` or 5.x
         ``rope_parameters``). Mistral's ``sliding_window`` is not applied: our inputs are capped at
-        ``max_length`` (512 for the Mistral reranker), far below any window it sets."""
-        if cfg.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"hidden_act {cfg['hidden_act']!r} is not supported (SwiGLU with silu only)")
+        ``max_length`` (512 for the Mistral reranker), far below any window it sets; Qwen3's
+        ``use_sliding_window`` is refused (no published reranker or embedder sets it)."""
+        model_type = str(cfg.get("model_type", "llama"))
+        gemma = model_type == "gemma"
+        act = cfg.get("hidden_activation") or cfg.get("hidden_act") or ("gelu_pytorch_tanh" if gemma else "silu")
+        if act not in ACTIVATIONS:
+            raise ValueError(f"hidden_act {act!r} is not supported; supported: {', '.join(ACTIVATIONS)}")
+        if cfg.get("use_sliding_window"):
+            raise ValueError("use_sliding_window is not supported (full attention only)")
         rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
         theta = float(rope.pop("rope_theta", cfg.get("rope_theta", 10000.0)))
         rope_type = rope.get("rope_type", rope.get("type", "default"))
@@ -83,8 +102,13 @@ class LlamaConfig:
             attention_bias=bool(cfg.get("attention_bias", False)),
             mlp_bias=bool(cfg.get("mlp_bias", False)),
             max_position_embeddings=int(cfg.get("max_position_embeddings", 131072)),
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", gemma)),
             causal=causal,
+            qkv_bias=model_type == "qwen2",
+            qk_norm=model_type == "qwen3",
+            activation=ACTIVATIONS[act],
+            embed_scale=cfg["hidden_size"] ** 0.5 if gemma else 1.0,
+            norm_offset=1.0 if gemma else 0.0,
         )
 
 
@@ -126,57 +150,73 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, size: int, eps: float):
+    """Llama's: the normalized input cast back, then times the weight. With ``offset`` (Gemma) the
+    weight plus offset multiplies in float32 before the cast, as each family's reference does."""
+
+    def __init__(self, size: int, eps: float, offset: float = 0.0):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size))
-        self.eps = eps
+        self.eps, self.offset = eps, offset
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.offset:
+            return (xf * (self.offset + self.weight.float())).to(x.dtype)
         return self.weight * xf.to(x.dtype)
 
 
 class Attention(nn.Module):
     def __init__(self, c: LlamaConfig):
         super().__init__()
-        self.q_proj = nn.Linear(c.hidden_size, c.num_attention_heads * c.head_dim, bias=c.attention_bias)
-        self.k_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * c.head_dim, bias=c.attention_bias)
-        self.v_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * c.head_dim, bias=c.attention_bias)
+        qkv_bias = c.attention_bias or c.qkv_bias
+        self.q_proj = nn.Linear(c.hidden_size, c.num_attention_heads * c.head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * c.head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * c.head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(c.num_attention_heads * c.head_dim, c.hidden_size, bias=c.attention_bias)
+        if c.qk_norm:
+            self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
+            self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
         self.num_heads, self.num_kv_heads, self.head_dim = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-        self.causal = c.causal
+        self.causal, self.qk_norm = c.causal, c.qk_norm
 
     def forward(self, x: torch.Tensor, p: Packed, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]  # x [N, H]
-        q = apply_rope(self.q_proj(x).view(n, self.num_heads, self.head_dim), cos, sin)
-        k = apply_rope(self.k_proj(x).view(n, self.num_kv_heads, self.head_dim), cos, sin)
+        q = self.q_proj(x).view(n, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(n, self.num_kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         out = packed_attention(q.reshape(n, -1), k.reshape(n, -1), self.v_proj(x), p,
                                self.num_heads, self.num_kv_heads, causal=self.causal)  # [N, nh*hd]
         return self.o_proj(out)
 
 
 class MLP(nn.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x))."""
+    """Gated: down(act(gate(x)) * up(x)); SwiGLU (silu), or GeGLU (tanh GELU) for Gemma."""
 
     def __init__(self, c: LlamaConfig):
         super().__init__()
         self.gate_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=c.mlp_bias)
         self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=c.mlp_bias)
         self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=c.mlp_bias)
+        self.activation = c.activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, H] -> [N, H]
         # In place: at 8192 tokens each [N, intermediate] fp32 tensor is 256 MiB (inference only).
-        h = F.silu(self.gate_proj(x), inplace=True)
+        if self.activation == "silu":
+            h = F.silu(self.gate_proj(x), inplace=True)
+        else:
+            h = F.gelu(self.gate_proj(x), approximate="tanh")
         return self.down_proj(h.mul_(self.up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
     def __init__(self, c: LlamaConfig):
         super().__init__()
-        self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.norm_offset)
         self.self_attn = Attention(c)
-        self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.norm_offset)
         self.mlp = MLP(c)
 
     def forward(self, x: torch.Tensor, p: Packed, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -192,13 +232,15 @@ class LlamaModel(nn.Module):
         self.config = c
         self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(c) for _ in range(c.num_hidden_layers))
-        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.norm_offset)
         # A plain attribute, not a buffer: it stays float32 when the module is cast to bf16.
         self.inv_freq = rope_inv_freq(c)
 
     def forward(self, p: Packed) -> torch.Tensor:
         cos, sin = rope_cos_sin(p.position_ids, self.inv_freq)  # once per batch, shared by layers
         x = self.embed_tokens(p.input_ids)  # [N, H]
+        if self.config.embed_scale != 1.0:  # Gemma; the factor rounded to the weights' dtype, as its reference
+            x = x * torch.tensor(self.config.embed_scale, dtype=x.dtype)
         for layer in self.layers:
             x = layer(x, p, cos, sin)
         return self.norm(x)
@@ -224,22 +266,34 @@ class LlamaForSequenceClassification(nn.Module):
 NVIDIA_RERANK_TEMPLATE = "question:{query} \n \n passage:{passage}"  # real newlines
 NVIDIA_QUERY_PREFIX, NVIDIA_PASSAGE_PREFIX = "query: ", "passage: "
 NVIDIA_EMBED_DIMENSIONS = (384, 512, 768, 1024, 2048)  # llama-3.2-nv-embedqa-1b-v2 (hidden 2048)
+# Qwen3-Embedding's query prompt (its model card); documents go in plain.
+QWEN3_EMBED_QUERY_PREFIX = "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
 # Longest inputs the published models were trained and documented for; config files may say less,
 # never more (Llama 3.2 tokenizers advertise 131072). ``--max-length`` overrides.
-DEFAULT_MAX_LENGTH = {("llama", "cross-encoder"): 8192, ("llama", "embedder"): 8192,
-                      ("mistral", "cross-encoder"): 512, ("mistral", "embedder"): 512}
+DEFAULT_MAX_LENGTH = {"llama": 8192, "mistral": 512, "qwen2": 8192, "qwen3": 8192, "gemma": 8192}
 TRANSFORMERS_GENERATION_MAX_LENGTH = 20  # old PretrainedConfig default: a generation length, not a limit
+FAMILIES = {"Llama": "llama", "Mistral": "mistral", "Qwen2": "qwen2", "Qwen3": "qwen3", "Gemma": "gemma"}
+NVIDIA_FAMILIES = ("llama", "mistral")  # whose plain base models are NVIDIA's bidirectional encoders
 
 
-def _is_bidirectional(cfg: dict[str, Any], arch: str) -> bool:
+def _family(cfg: dict[str, Any], arch: str) -> str:
+    for prefix, family in FAMILIES.items():
+        if arch.startswith(prefix):
+            return family
+    model_type = str(cfg.get("model_type", ""))
+    return next((f for f in FAMILIES.values() if model_type.startswith(f)), "llama")
+
+
+def _is_bidirectional(cfg: dict[str, Any], arch: str, family: str) -> bool:
     """``is_causal`` decides when present. Else NVIDIA layouts (a ``*Bidirectional*`` architecture,
     a ``*_bidirec`` model_type, or a ``pooling`` key, which only NVIDIA's configs carry) and plain
-    base models are bidirectional; plain HF ``*ForSequenceClassification`` heads are causal."""
+    Llama / Mistral base models are bidirectional; heads (``*ForSequenceClassification``,
+    ``*ForCausalLM``) and the other families (Qwen3-Embedding is causal) are causal."""
     if "is_causal" in cfg:
         return not cfg["is_causal"]
     if "Bidirectional" in arch or str(cfg.get("model_type", "")).endswith("_bidirec") or "pooling" in cfg:
         return True
-    return not arch.endswith("ForSequenceClassification")
+    return family in NVIDIA_FAMILIES and arch.endswith("Model")
 
 
 def _pad_id(cfg: dict[str, Any]) -> int:
@@ -258,45 +312,70 @@ def _prompts(directory: Path) -> dict[str, str]:
     return {k: v for k, v in prompts.items() if isinstance(v, str)}
 
 
-def build(directory: Path, cfg: dict[str, Any], arch: str) -> dict[str, Any]:
-    """ModelSpec fields for a Llama / Mistral directory; config files first, documented defaults after."""
-    family = "mistral" if arch.startswith("Mistral") or str(cfg.get("model_type", "")).startswith("mistral") else "llama"
-    kind = "cross-encoder" if arch.endswith("ForSequenceClassification") else "embedder"
-    bidirectional = _is_bidirectional(cfg, arch)
+def _rerank_template(cfg: dict[str, Any], family: str, arch: str, recipe: recipes.Recipe | None,
+                     choice: recipes.RecipeChoice) -> str:
+    """The reranker's prompt: its recipe's, else the config's, else NVIDIA's (Llama / Mistral)."""
+    if recipe is not None:
+        return recipe.template(choice.instruction, choice.template)
+    if choice.instruction is not None:
+        raise ModelLoadError("--instruction goes into a recipe's prompt: give --recipe as well")
+    template = choice.template or cfg.get("rerank_template")
+    if template is None and family not in NVIDIA_FAMILIES:
+        raise ModelLoadError(f"{arch}: give its prompt with --recipe ({', '.join(recipes.RECIPES)}) "
+                             "or --rerank-template")
+    return template or NVIDIA_RERANK_TEMPLATE
+
+
+def build(directory: Path, cfg: dict[str, Any], arch: str,
+          choice: recipes.RecipeChoice = recipes.RecipeChoice()) -> dict[str, Any]:
+    """ModelSpec fields for a Llama-family directory; config files first, documented defaults after.
+    A ``*ForCausalLM`` is served through a yes/no recipe (``models/recipes.py``)."""
+    family = _family(cfg, arch)
+    recipe = recipes.choose(choice.name, directory, cfg, arch)
+    causal_lm = arch.endswith("ForCausalLM")
+    kind = "cross-encoder" if causal_lm or arch.endswith("ForSequenceClassification") else "embedder"
+    bidirectional = False if causal_lm else _is_bidirectional(cfg, arch, family)
     c = LlamaConfig.from_hf(cfg, causal=not bidirectional)
     config_max = cfg.get("max_length")
-    limits = [c.max_position_embeddings, DEFAULT_MAX_LENGTH[family, kind], tokenizer_max(directory),
+    limits = [c.max_position_embeddings, DEFAULT_MAX_LENGTH[family], tokenizer_max(directory),
               config_max if isinstance(config_max, int) and config_max != TRANSFORMERS_GENERATION_MAX_LENGTH else None]
     st = st_embedder(directory) if kind == "embedder" else None
     if st is not None:
         limits.append(st[2])
     fields: dict[str, Any] = dict(kind=kind, family=family, max_length=min(x for x in limits if x),
                                   pad_id=_pad_id(cfg), hidden_size=c.hidden_size,
-                                  extra={"causal": c.causal})
+                                  extra={"causal": c.causal, "recipe": recipe.name if recipe else None})
     default_pooling = "mean" if bidirectional else "last"
     if kind == "cross-encoder":
+        template = _rerank_template(cfg, family, arch, recipe, choice)
+        if causal_lm:  # the LM head's two rows become the one-logit head, at the last token
+            positive, negative = recipes.score_token_ids(recipe, directory / "tokenizer.json", choice.score_tokens)
+            return dict(fields, module=LlamaForSequenceClassification(c, "last"), pooling="last", temperature=1.0,
+                        rerank_template=template,
+                        prepare_state=lambda state: recipes.score_head(state, positive, negative))
         if num_labels(cfg) != 1:
             raise ModelLoadError(f"{arch} with {num_labels(cfg)} labels: only one-logit cross-encoders rank")
         pooling = normalize_pooling(str(cfg.get("pooling", default_pooling)))
         temperature = float(cfg.get("temperature", 1.0))
         if not temperature > 0:
             raise ModelLoadError(f"temperature must be > 0, got {temperature}")
-        template = cfg.get("rerank_template") or NVIDIA_RERANK_TEMPLATE
         return dict(fields, module=LlamaForSequenceClassification(c, pooling), pooling=pooling,
                     temperature=temperature, rerank_template=template)
     pooling = normalize_pooling(str(cfg.get("pooling", st[0] if st else default_pooling)))
     prompts = _prompts(directory)
+    nvidia = family in NVIDIA_FAMILIES
     dims = cfg.get("matryoshka_dimensions")
     if dims is None and cfg.get("model_type") == "llama_bidirec" and c.hidden_size == NVIDIA_EMBED_DIMENSIONS[-1]:
         dims = NVIDIA_EMBED_DIMENSIONS
     return dict(fields, module=PooledEncoder(LlamaModel(c), pooling), pooling=pooling, normalize=st[1] if st else True,
-                query_prefix=prompts.get("query", NVIDIA_QUERY_PREFIX),
-                passage_prefix=prompts.get("passage", prompts.get("document", NVIDIA_PASSAGE_PREFIX)),
+                query_prefix=prompts.get("query", NVIDIA_QUERY_PREFIX if nvidia else QWEN3_EMBED_QUERY_PREFIX
+                                         if family == "qwen3" else ""),
+                passage_prefix=prompts.get("passage", prompts.get("document", NVIDIA_PASSAGE_PREFIX if nvidia else "")),
                 dimensions=tuple(sorted(int(d) for d in dims)) if dims else None)
 
 
 ARCHITECTURE_NAMES = tuple(
     f"{base}{suffix}"
     for base in ("Llama", "Mistral")
-    for suffix in ("BidirectionalForSequenceClassification", "BidirectionalModel", "ForSequenceClassification", "Model")
-)
+    for suffix in ("BidirectionalForSequenceClassification", "BidirectionalModel")
+) + tuple(f"{base}{suffix}" for base in FAMILIES for suffix in ("ForSequenceClassification", "Model", "ForCausalLM"))

@@ -19,6 +19,7 @@ from torch import nn
 
 from rankserve.errors import ModelLoadError
 from rankserve.models import bert, llama
+from rankserve.models.recipes import RecipeChoice
 from rankserve.models.model_dir import num_labels, read_json, st_embedder, tokenizer_max
 from rankserve.models.pooling import PooledEncoder
 
@@ -39,7 +40,7 @@ class ModelSpec:
 
     module: nn.Module  # Packed -> [B, 1] logits (cross-encoder) or [B, H] vectors (embedder)
     kind: Kind
-    family: str  # bert | xlm-roberta | llama | mistral
+    family: str  # bert | xlm-roberta | llama | mistral | qwen2 | qwen3 | gemma
     architecture: str
     tokenizer_file: Path
     max_length: int  # tokens per sequence, special tokens included
@@ -205,7 +206,9 @@ def fit_state(module: nn.Module, state: dict[str, torch.Tensor], renames: dict[s
         raise ModelLoadError(f"no weights for {left[:8]} after loading")
 
 
-def _build_bert(directory: Path, cfg: dict[str, Any], arch: str) -> dict[str, Any]:
+def _build_bert(directory: Path, cfg: dict[str, Any], arch: str, choice: RecipeChoice) -> dict[str, Any]:
+    if choice != RecipeChoice(template=choice.template):
+        raise ModelLoadError(f"--recipe, --instruction and --score-tokens are for decoder rerankers; {arch} is an encoder")
     roberta = cfg.get("model_type") in ("xlm-roberta", "roberta") or arch.startswith(("XLMRoberta", "Roberta"))
     c = bert.BertConfig.from_hf(cfg, roberta=roberta)
     family = "xlm-roberta" if roberta else "bert"
@@ -224,8 +227,8 @@ def _build_bert(directory: Path, cfg: dict[str, Any], arch: str) -> dict[str, An
                 normalize=normalize, hidden_size=c.hidden_size)
 
 
-# architecture name -> builder(directory, config, architecture) -> ModelSpec fields
-ARCHITECTURES: dict[str, Callable[[Path, dict[str, Any], str], dict[str, Any]]] = {
+# architecture name -> builder(directory, config, architecture, recipe choice) -> ModelSpec fields
+ARCHITECTURES: dict[str, Callable[[Path, dict[str, Any], str, RecipeChoice], dict[str, Any]]] = {
     name: _build_bert
     for name in (
         "BertModel", "BertForSequenceClassification",
@@ -233,12 +236,14 @@ ARCHITECTURES: dict[str, Callable[[Path, dict[str, Any], str], dict[str, Any]]] 
         "RobertaModel", "RobertaForSequenceClassification",
     )
 }
-# Llama / Mistral: NVIDIA's bidirectional retriever layouts and the plain Hugging Face classes.
+# Llama-family decoders: NVIDIA's bidirectional retriever layouts, the plain Hugging Face classes of
+# Llama, Mistral, Qwen2, Qwen3 and Gemma, and their causal LMs (yes/no rerankers through a recipe).
 ARCHITECTURES.update({name: llama.build for name in llama.ARCHITECTURE_NAMES})
 # config.json without ``architectures``: the base model its ``model_type`` names.
 MODEL_TYPES = {"bert": "BertModel", "xlm-roberta": "XLMRobertaModel", "roberta": "RobertaModel",
                "llama": "LlamaModel", "llama_bidirec": "LlamaBidirectionalModel",
-               "mistral": "MistralModel", "mistral_bidirec": "MistralBidirectionalModel"}
+               "mistral": "MistralModel", "mistral_bidirec": "MistralBidirectionalModel",
+               "qwen2": "Qwen2Model", "qwen3": "Qwen3Model", "gemma": "GemmaModel"}
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -252,8 +257,10 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def load_model(directory: str | Path, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-               max_length: int = 0, overrides: dict[str, Any] | None = None) -> ModelSpec:
-    """Load a Hugging Face-style directory. ``overrides`` replace ModelSpec fields (flags win)."""
+               max_length: int = 0, overrides: dict[str, Any] | None = None,
+               choice: RecipeChoice = RecipeChoice()) -> ModelSpec:
+    """Load a Hugging Face-style directory. ``overrides`` replace ModelSpec fields (flags win);
+    ``choice`` is the operator's recipe for a decoder reranker (``models/recipes.py``)."""
     directory = Path(directory)
     cfg = read_json(directory / "config.json")
     if cfg is None:
@@ -275,14 +282,16 @@ def load_model(directory: str | Path, *, dtype: torch.dtype = torch.float32, dev
     check_weights_fit(cfg, files)
     try:
         with skip_weight_init():
-            fields = ARCHITECTURES[arch](directory, cfg, arch)
+            fields = ARCHITECTURES[arch](directory, cfg, arch, choice)
     except ModelLoadError:
         raise
     except (KeyError, ValueError, TypeError, ZeroDivisionError, RuntimeError) as exc:
         raise ModelLoadError(f"cannot use {directory / 'config.json'}: {type(exc).__name__}: {exc}") from exc
     module: nn.Module = fields.pop("module")
     renames = fields.pop("renames", None)
-    fit_state(module, load_state(files), renames)
+    prepare = fields.pop("prepare_state", None)  # e.g. a recipe's LM head -> one-logit score head
+    state = load_state(files)
+    fit_state(module, prepare(state) if prepare else state, renames)
     module.to(device=device, dtype=dtype).eval()
     module.requires_grad_(False)
     if max_length:
