@@ -339,7 +339,6 @@ def test_rope_matches_transformers():
 @pytest.mark.parametrize("change, message", [
     ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope type 'yarn' is not supported"),
     ({"hidden_act": "gelu"}, "hidden_act 'gelu' is not supported"),
-    ({"id2label": {"0": "A", "1": "B"}}, "only one-logit cross-encoders rank"),
     ({"pooling": "max"}, "unknown pooling 'max'"),
     ({"architectures": ["LlamaForCausalLM"]}, "is a causal LM: serve it as a reranker with --recipe"),
 ])

@@ -183,3 +183,24 @@ def test_auto_map_code_in_the_folder_is_never_run(tiny_ce, tmp_path):
 
     assert [m.name for m in markers if m.exists()] == []
     assert not [m for m in sys.modules if m.endswith("_evil")]
+
+
+def test_label_count_comes_from_the_head_weights_not_id2label(tmp_path):
+    """A config listing two labels over a one-row head loads (the weights decide); a head with two
+    rows is refused whatever the config says."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from llama_checkpoints import make_nvidia_reranker
+
+    directory = make_nvidia_reranker(tmp_path / "m")
+    cfg = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**cfg, "id2label": {"0": "A", "1": "B"}}))
+    assert load_model(directory).kind == "cross-encoder"
+    state = load_file(str(directory / "model.safetensors"))
+    state["score.weight"] = torch.cat([state["score.weight"]] * 2)
+    save_file(state, str(directory / "model.safetensors"))
+    (directory / "config.json").write_text(json.dumps(cfg))  # id2label: one label
+    with pytest.raises(ModelLoadError, match="2 labels: only one-logit cross-encoders rank"):
+        load_model(directory)

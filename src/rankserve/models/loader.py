@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
@@ -104,6 +104,24 @@ def skip_weight_init() -> Iterator[None]:
     finally:
         for name, fn in saved.items():
             setattr(nn.init, name, fn)
+
+
+HEAD_KEYS = (("score", "weight"), ("classifier", "weight"), ("out_proj", "weight"))  # Llama, BERT, XLM-R heads
+
+
+def head_labels(files: list[Path]) -> int | None:
+    """How many logits the checkpoint's classification head outputs (its weight's rows, read from
+    the safetensors headers only), None when it has no head. The weights decide, not ``id2label``:
+    published configs disagree with their own weights (two labels listed over a one-row head)."""
+    for path in files:
+        try:
+            with safe_open(str(path), "pt") as f:
+                for key in f.keys():
+                    if tuple(key.split(".")[-2:]) in HEAD_KEYS:
+                        return int(f.get_slice(key).get_shape()[0])
+        except (SafetensorError, OSError) as exc:
+            raise ModelLoadError(f"{path} is not a readable safetensors file: {exc}") from exc
+    return None
 
 
 def load_state(files: list[Path]) -> dict[str, torch.Tensor]:
@@ -280,6 +298,9 @@ def load_model(directory: str | Path, *, dtype: torch.dtype = torch.float32, dev
     check_config_sizes(cfg, directory / "config.json")
     files = weight_files(directory)
     check_weights_fit(cfg, files)
+    labels = head_labels(files)
+    if labels is not None:  # the head's own size replaces id2label / num_labels
+        cfg = {**{k: v for k, v in cfg.items() if k not in ("id2label", "label2id")}, "num_labels": labels}
     try:
         with skip_weight_init():
             fields = ARCHITECTURES[arch](directory, cfg, arch, choice)
