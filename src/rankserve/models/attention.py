@@ -1,8 +1,9 @@
 """The one attention call site shared by every family: packed q/k/v in, packed output out.
 
 Attention is the only step that needs the [B, T] grid; everything else runs on packed tokens.
-Causality is decided by the mask alone (``causal=True`` adds the triangle), so the bidirectional
-encoders and causal decoders share this code. ``scaled_dot_product_attention`` picks a fused
+Causality is decided by the mask alone (``causal=True`` adds the triangle; ``window=w`` keeps keys
+within w positions either side, ModernBERT's local layers), so the bidirectional encoders, the
+sliding-window layers and causal decoders share this code. ``scaled_dot_product_attention`` picks a fused
 kernel (flash / memory-efficient) that never materialises a full fp32 score matrix per head.
 """
 
@@ -22,10 +23,11 @@ def packed_attention(
     num_heads: int,
     num_kv_heads: int,
     causal: bool = False,
+    window: int = 0,
 ) -> torch.Tensor:
-    """q [N, nh*hd], k/v [N, nkv*hd] -> [N, nh*hd]."""
+    """q [N, nh*hd], k/v [N, nkv*hd] -> [N, nh*hd]; ``window`` > 0: |query - key| <= window only."""
     if packed.groups:  # each group of similar lengths on its own, tighter grid (Batch.packed)
-        return torch.cat([packed_attention(q[s:e], k[s:e], v[s:e], g, num_heads, num_kv_heads, causal)
+        return torch.cat([packed_attention(q[s:e], k[s:e], v[s:e], g, num_heads, num_kv_heads, causal, window)
                           for s, e, g in packed.groups])
     head_dim = q.shape[-1] // num_heads
     bsz, width = packed.batch_size, packed.seq_len
@@ -35,13 +37,15 @@ def packed_attention(
 
     qh, kh, vh = heads(q, num_heads), heads(k, num_kv_heads), heads(v, num_kv_heads)
     mask = None
-    if not packed.full or causal:  # with no padding SDPA takes its fastest, mask-free path
+    window = window if 0 < window < width - 1 else 0  # a window wider than the grid masks nothing
+    if not packed.full or causal or window:  # with no padding SDPA takes its fastest, mask-free path
         mask = packed.key_mask[:, None, None, :]  # [B, 1, 1, T]: keys that are real tokens
+        # With left padding a row must still compare *real* token positions, not grid columns.
+        pos = packed.key_mask.long().cumsum(1)
         if causal:
-            # With left padding a causal row must still see only earlier *real* tokens: compare
-            # per-sequence positions, not grid columns.
-            pos = packed.key_mask.long().cumsum(1)
             mask = mask & (pos[:, None, :, None] >= pos[:, None, None, :])
+        if window:
+            mask = mask & ((pos[:, None, :, None] - pos[:, None, None, :]).abs() <= window)
     out = F.scaled_dot_product_attention(
         qh, kh, vh, attn_mask=mask, enable_gqa=num_heads != num_kv_heads
     )  # [B, nh, T, hd]

@@ -112,10 +112,15 @@ class LlamaConfig:
         )
 
 
+def default_inv_freq(dim: int, theta: float) -> torch.Tensor:
+    """Plain RoPE's [dim/2] float32 inverse frequencies, computed on the CPU even under a meta/cuda
+    default device (moved per batch by ``rope_cos_sin``)."""
+    return 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim))
+
+
 def rope_inv_freq(c: LlamaConfig) -> torch.Tensor:
     """[head_dim/2] float32 inverse frequencies, after llama3 / linear scaling (as transformers)."""
-    dim = c.head_dim  # computed on the CPU even under a meta/cuda default device; moved per batch
-    inv_freq = 1.0 / (c.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim))
+    inv_freq = default_inv_freq(c.head_dim, c.rope_theta)
     s = c.rope_scaling
     if s is None:
         return inv_freq

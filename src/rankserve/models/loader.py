@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from rankserve.errors import ModelLoadError
-from rankserve.models import bert, llama
-from rankserve.models.recipes import RecipeChoice
+from rankserve.models import bert, llama, modernbert
+from rankserve.models.recipes import RecipeChoice, refuse_for_encoder
 from rankserve.models.model_dir import num_labels, read_json, st_embedder, tokenizer_max
 from rankserve.models.pooling import PooledEncoder
 
@@ -225,8 +225,7 @@ def fit_state(module: nn.Module, state: dict[str, torch.Tensor], renames: dict[s
 
 
 def _build_bert(directory: Path, cfg: dict[str, Any], arch: str, choice: RecipeChoice) -> dict[str, Any]:
-    if choice != RecipeChoice(template=choice.template):
-        raise ModelLoadError(f"--recipe, --instruction and --score-tokens are for decoder rerankers; {arch} is an encoder")
+    refuse_for_encoder(choice, arch)
     roberta = cfg.get("model_type") in ("xlm-roberta", "roberta") or arch.startswith(("XLMRoberta", "Roberta"))
     c = bert.BertConfig.from_hf(cfg, roberta=roberta)
     family = "xlm-roberta" if roberta else "bert"
@@ -257,11 +256,12 @@ ARCHITECTURES: dict[str, Callable[[Path, dict[str, Any], str, RecipeChoice], dic
 # Llama-family decoders: NVIDIA's bidirectional retriever layouts, the plain Hugging Face classes of
 # Llama, Mistral, Qwen2, Qwen3 and Gemma, and their causal LMs (yes/no rerankers through a recipe).
 ARCHITECTURES.update({name: llama.build for name in llama.ARCHITECTURE_NAMES})
+ARCHITECTURES.update({name: modernbert.build for name in modernbert.ARCHITECTURE_NAMES})
 # config.json without ``architectures``: the base model its ``model_type`` names.
 MODEL_TYPES = {"bert": "BertModel", "xlm-roberta": "XLMRobertaModel", "roberta": "RobertaModel",
                "llama": "LlamaModel", "llama_bidirec": "LlamaBidirectionalModel",
                "mistral": "MistralModel", "mistral_bidirec": "MistralBidirectionalModel",
-               "qwen2": "Qwen2Model", "qwen3": "Qwen3Model", "gemma": "GemmaModel"}
+               "qwen2": "Qwen2Model", "qwen3": "Qwen3Model", "gemma": "GemmaModel", "modernbert": "ModernBertModel"}
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:

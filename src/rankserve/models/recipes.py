@@ -93,6 +93,12 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (  # config.RECIPE_NAMES lists 
 )}
 
 
+def refuse_for_encoder(choice: RecipeChoice, arch: str) -> None:
+    """Encoders (BERT, XLM-R, ModernBERT, DeBERTa) have their own head: a recipe is a mistake."""
+    if choice.name or choice.instruction or choice.score_tokens:
+        raise ModelLoadError(f"--recipe, --instruction and --score-tokens are for decoder rerankers; {arch} is an encoder")
+
+
 def detect(directory: Path, cfg: dict[str, Any]) -> Recipe | None:
     """The recipe a folder's name (or its config's ``_name_or_path``) names unambiguously, else None."""
     names = f"{directory.resolve().name} {cfg.get('_name_or_path', '')}".lower()

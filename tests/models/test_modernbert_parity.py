@@ -1,0 +1,109 @@
+"""ModernBERT cross-encoders and embedders against transformers on tiny random checkpoints.
+
+Three layers, global attention every second layer from the first, a local window of 8 (4 either
+side) so that passages of 20-40 tokens exercise the sliding window; every weight perturbed so the
+LayerNorms and biases matter. Reference: transformers' ModernBertForSequenceClassification /
+ModernBertModel on a padded batch with its attention mask. Tolerance: float32, 1e-4.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import torch
+from tokenizers import Tokenizer
+
+from checkpoints import WORDS, roberta_tokenizer
+from rankserve.config import load_config
+from rankserve.engine.engine import Engine
+from rankserve.metrics import Metrics
+from rankserve.models.loader import load_model
+
+QUERY = "how do i list the files in a directory"
+PASSAGES = [" ".join(WORDS[i:i + n]) for i, n in ((0, 30), (20, 8), (40, 38), (5, 3), (60, 25))]
+TOL = 1e-4
+
+
+def make_modernbert(directory, head: str, pooling: str = "cls", seed: int = 0):
+    from transformers import ModernBertConfig, ModernBertForSequenceClassification, ModernBertModel
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = roberta_tokenizer(directory)
+    config = ModernBertConfig(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                              num_attention_heads=4, local_attention=8, global_attn_every_n_layers=2,
+                              max_position_embeddings=512, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                              cls_token_id=0, sep_token_id=2, classifier_pooling=pooling, num_labels=1,
+                              norm_bias=True, attention_bias=True, classifier_bias=True)
+    torch.manual_seed(seed)
+    model = (ModernBertForSequenceClassification if head == "ce" else ModernBertModel)(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(directory, safe_serialization=True)
+    return directory, model
+
+
+def padded(ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, ids))
+    input_ids = torch.tensor([x + [1] * (width - len(x)) for x in ids])
+    mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])
+    return input_ids, mask
+
+
+def run_engine(directory, work):
+    e = Engine.load(load_config({"model": str(directory), "dtype": "float32", "warmup": False}, environ={}), Metrics())
+
+    async def go():
+        await e.start()
+        try:
+            return await work(e)
+        finally:
+            await e.stop()
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_cross_encoder_equals_transformers(tmp_path, pooling):
+    directory, model = make_modernbert(tmp_path / "ce", "ce", pooling)
+    tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    ids = [tok.encode(QUERY, p).ids for p in PASSAGES]
+    assert max(map(len, ids)) > 2 * 4 + 1  # longer than the local window: the sliding mask matters
+    with torch.no_grad():
+        expected = model(*padded(ids)).logits[:, 0]
+    got = run_engine(directory, lambda e: e.rank(QUERY, PASSAGES, "END"))
+    assert max(abs(a - b) for a, b in zip(got.scores, expected.tolist())) <= TOL
+    spec = load_model(directory)
+    assert (spec.family, spec.kind, spec.pooling) == ("modernbert", "cross-encoder", pooling)
+
+
+def test_old_config_format_loads_the_same(tmp_path):
+    """transformers 4.x configs (global_rope_theta, local_rope_theta, global_attn_every_n_layers)."""
+    directory, model = make_modernbert(tmp_path / "ce", "ce")
+    new = run_engine(directory, lambda e: e.rank(QUERY, PASSAGES, "END")).scores
+    cfg = json.loads((directory / "config.json").read_text())
+    assert cfg["layer_types"] == ["full_attention", "sliding_attention", "full_attention"]
+    old = {k: v for k, v in cfg.items() if k not in ("layer_types", "rope_parameters")}
+    old.update(global_attn_every_n_layers=2, global_rope_theta=160000.0, local_rope_theta=10000.0)
+    (directory / "config.json").write_text(json.dumps(old))
+    assert run_engine(directory, lambda e: e.rank(QUERY, PASSAGES, "END")).scores == pytest.approx(new, abs=1e-6)
+    # and the window and thetas matter: a wrong local theta changes the scores
+    (directory / "config.json").write_text(json.dumps({**old, "local_rope_theta": 160000.0}))
+    changed = run_engine(directory, lambda e: e.rank(QUERY, PASSAGES, "END")).scores
+    assert max(abs(a - b) for a, b in zip(changed, new)) > 1e-3
+
+
+def test_embedder_equals_transformers_mean_pooled(tmp_path):
+    directory, model = make_modernbert(tmp_path / "bi", "bi")
+    tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    ids = [tok.encode(t).ids for t in PASSAGES]
+    input_ids, mask = padded(ids)
+    with torch.no_grad():
+        hidden = model(input_ids, mask).last_hidden_state
+    expected = torch.nn.functional.normalize((hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True), dim=-1)
+    got = run_engine(directory, lambda e: e.embed(PASSAGES, None, "END", None)).vectors
+    assert (torch.as_tensor(got) - expected).abs().max() <= TOL
+    spec = load_model(directory)
+    assert (spec.family, spec.kind, spec.pooling) == ("modernbert", "embedder", "mean")
