@@ -76,7 +76,7 @@ class Engine:
             str(spec.tokenizer_file),
             max_length=spec.max_length,
             rerank_template=spec.rerank_template,
-            with_type_ids=spec.family in ("bert", "xlm-roberta"),
+            with_type_ids=spec.family in ("bert", "xlm-roberta", "deberta"),
         )
         self.runner = make_runner(spec, device, config)
         metrics.runtime.labels(device.type, config.backend, self.runner.precision, self.runner.gemm or "").set(1)

@@ -9,6 +9,8 @@ kernel (flash / memory-efficient) that never materialises a full fp32 score matr
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -24,10 +26,17 @@ def packed_attention(
     num_kv_heads: int,
     causal: bool = False,
     window: int = 0,
+    scale: float | None = None,
+    bias: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """q [N, nh*hd], k/v [N, nkv*hd] -> [N, nh*hd]; ``window`` > 0: |query - key| <= window only."""
+    """q [N, nh*hd], k/v [N, nkv*hd] -> [N, nh*hd]; ``window`` > 0: |query - key| <= window only.
+
+    ``scale`` replaces 1/sqrt(head_dim); ``bias(q, k, pos)`` (q, k [B, nh, T, hd] on the grid, pos
+    [B, T] each token's position) returns an additive [B, nh, T, T] score bias (DeBERTa's relative
+    position terms), added after scaling, with masked keys then set to -inf."""
     if packed.groups:  # each group of similar lengths on its own, tighter grid (Batch.packed)
-        return torch.cat([packed_attention(q[s:e], k[s:e], v[s:e], g, num_heads, num_kv_heads, causal, window)
+        return torch.cat([packed_attention(q[s:e], k[s:e], v[s:e], g, num_heads, num_kv_heads, causal, window,
+                                           scale, bias)
                           for s, e, g in packed.groups])
     head_dim = q.shape[-1] // num_heads
     bsz, width = packed.batch_size, packed.seq_len
@@ -46,7 +55,10 @@ def packed_attention(
             mask = mask & (pos[:, None, :, None] >= pos[:, None, None, :])
         if window:
             mask = mask & ((pos[:, None, :, None] - pos[:, None, None, :]).abs() <= window)
+    if bias is not None:
+        extra = bias(qh, kh, packed.key_mask.long().cumsum(1))
+        mask = extra if mask is None else extra.masked_fill(~mask, float("-inf"))
     out = F.scaled_dot_product_attention(
-        qh, kh, vh, attn_mask=mask, enable_gqa=num_heads != num_kv_heads
+        qh, kh, vh, attn_mask=mask, scale=scale, enable_gqa=num_heads != num_kv_heads
     )  # [B, nh, T, hd]
     return packed.unpad(out.transpose(1, 2).reshape(bsz, width, num_heads * head_dim))

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from rankserve.errors import ModelLoadError
-from rankserve.models import bert, llama, modernbert
+from rankserve.models import bert, deberta, llama, modernbert
 from rankserve.models.recipes import RecipeChoice, refuse_for_encoder
 from rankserve.models.model_dir import num_labels, read_json, st_embedder, tokenizer_max
 from rankserve.models.pooling import PooledEncoder
@@ -144,13 +144,18 @@ CONFIG_BOUNDS = {
 }
 
 
+MAY_BE_ZERO = frozenset({"type_vocab_size"})  # DeBERTa-v3 has no token types
+
+
 def check_config_sizes(cfg: dict[str, Any], path: Path) -> None:
     for name, bound in CONFIG_BOUNDS.items():
         value = cfg.get(name)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= bound:
-            raise ModelLoadError(f"{path}: {name}={value!r} is out of range (a positive integer <= {bound})")
+        low = 0 if name in MAY_BE_ZERO else 1
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= bound:
+            kind = "a non-negative" if low == 0 else "a positive"
+            raise ModelLoadError(f"{path}: {name}={value!r} is out of range ({kind} integer <= {bound})")
 
 
 def estimated_parameters(cfg: dict[str, Any]) -> int | None:
@@ -257,11 +262,13 @@ ARCHITECTURES: dict[str, Callable[[Path, dict[str, Any], str, RecipeChoice], dic
 # Llama, Mistral, Qwen2, Qwen3 and Gemma, and their causal LMs (yes/no rerankers through a recipe).
 ARCHITECTURES.update({name: llama.build for name in llama.ARCHITECTURE_NAMES})
 ARCHITECTURES.update({name: modernbert.build for name in modernbert.ARCHITECTURE_NAMES})
+ARCHITECTURES.update({name: deberta.build for name in deberta.ARCHITECTURE_NAMES})
 # config.json without ``architectures``: the base model its ``model_type`` names.
 MODEL_TYPES = {"bert": "BertModel", "xlm-roberta": "XLMRobertaModel", "roberta": "RobertaModel",
                "llama": "LlamaModel", "llama_bidirec": "LlamaBidirectionalModel",
                "mistral": "MistralModel", "mistral_bidirec": "MistralBidirectionalModel",
-               "qwen2": "Qwen2Model", "qwen3": "Qwen3Model", "gemma": "GemmaModel", "modernbert": "ModernBertModel"}
+               "qwen2": "Qwen2Model", "qwen3": "Qwen3Model", "gemma": "GemmaModel", "modernbert": "ModernBertModel",
+               "deberta-v2": "DebertaV2Model"}
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
