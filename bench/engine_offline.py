@@ -2,12 +2,15 @@
 
 Cross-encoder (MiniLM-L6 size): rankserve Engine.rank (all queries submitted concurrently) vs
 `CrossEncoder.predict(all_pairs)`; bi-encoder (the default all-MiniLM-L6-v2): Engine.embed vs
-`SentenceTransformer.encode`. Rounds are interleaved; each figure is the best of its rounds.
+`SentenceTransformer.encode`; decoder reranker (Qwen3-Reranker-0.6B's shape, random weights, the
+`qwen3-reranker` recipe): Engine.rank vs transformers `Qwen3ForCausalLM` run as the model card
+shows (left-padded batches of the formatted prompts, last-position logits, z[yes] - z[no]). Rounds are interleaved; each figure is the best of its rounds.
 Prints items/s (pairs or texts), ours/peer, max |delta| (logits, or vector components), and
 real-token GFLOP/s as a fraction of the fp32 matmul peak measured in the same run.
 
     python bench/engine_offline.py [--rounds 3] [--queries 8] [--per-query 64] [--dtype float32]
         [--models cross-encoder,bi-encoder] [--infinity-python /tmp/infvenv/bin/python]  # Infinity: own venv
+    python bench/engine_offline.py --models decoder-reranker --queries 2 --per-query 8 --rounds 2 --workloads mixed
 """
 
 from __future__ import annotations
@@ -51,12 +54,14 @@ def main() -> None:
         rows += cross_encoder(args, peak)
     if "bi-encoder" in args.models:
         rows += bi_encoder(args, peak)
+    if "decoder-reranker" in args.models:
+        rows += decoder_reranker(args, peak)
     print(f"fp32 matmul peak (best of the run): {peak[0]:.1f} GFLOP/s, torch threads {torch.get_num_threads()}, "
           f"dtype {args.dtype}")
-    print(f"{'model':13} {'workload':9} {'items':>6} {'ours /s':>8} {'peer /s':>8} {'ours/peer':>9} {'max|d|':>9} "
+    print(f"{'model':16} {'workload':9} {'items':>6} {'ours /s':>8} {'peer /s':>8} {'ours/peer':>9} {'max|d|':>9} "
           f"{'ours %peak':>10} {'peer %peak':>10}")
     for model, kind, n, t_ours, t_peer, delta, flops in rows:
-        print(f"{model:13} {kind:9} {n:6d} {n / t_ours:8.1f} {n / t_peer:8.1f} {t_peer / t_ours:8.2f}x {delta:9.2e} "
+        print(f"{model:16} {kind:9} {n:6d} {n / t_ours:8.1f} {n / t_peer:8.1f} {t_peer / t_ours:8.2f}x {delta:9.2e} "
               f"{flops / t_ours / 1e9 / peak[0]:10.0%} {flops / t_peer / 1e9 / peak[0]:10.0%}")
 
 
@@ -148,6 +153,68 @@ def cross_encoder(args, peak: list[float]) -> list[tuple]:
                   f"max|dlogit| vs ours {d_inf:.2e}")
         rows.append(("cross-encoder", kind, n, t_ours, t_st, delta, flops))
     print(f"batch budget {engine.batcher.max_batch_tokens} tokens")
+    loop.run_until_complete(engine.stop())
+    return rows
+
+
+QWEN3_0_6B = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+                  num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True,
+                  max_position_embeddings=40960, rope_theta=1000000.0, rms_norm_eps=1e-6)
+
+
+def decoder_reranker(args, peak: list[float]) -> list[tuple]:
+    """Qwen3-Reranker-0.6B-shaped (random weights, a small BPE tokenizer with its chat tokens):
+    Engine.rank with the qwen3-reranker recipe vs transformers as the model card runs it."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+    from decoder_checkpoints import decoder_tokenizer
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from rankserve.models.recipes import RECIPES
+
+    model_dir = Path(tempfile.gettempdir()) / "rankserve-bench-qwen3-reranker-0.6b"
+    if not (model_dir / "model.safetensors").exists():
+        model_dir.mkdir(parents=True, exist_ok=True)
+        decoder_tokenizer(model_dir, model_max_length=8192)
+        torch.manual_seed(0)
+        Qwen3ForCausalLM(Qwen3Config(**QWEN3_0_6B, pad_token_id=0)).eval().save_pretrained(model_dir)
+    loop = asyncio.new_event_loop()
+    engine = start_engine(loop, model_dir, args)
+    assert engine.spec.extra["recipe"] == "qwen3-reranker"
+    peer = Qwen3ForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    tokenizer = engine.policy.tokenizer
+    yes, no = (tokenizer.encode(w, add_special_tokens=False).ids[0] for w in ("yes", "no"))
+    template = RECIPES["qwen3-reranker"].template(None, None)
+    rows = []
+    for kind in args.workloads.split(","):
+        work = workload(kind, args.queries, args.per_query)
+        prompts = [tokenizer.encode(template.format(query=q, passage=p)).ids for q, ps in work for p in ps]
+
+        async def ours_all():
+            return await asyncio.gather(*(engine.rank(q, ps, "END") for q, ps in work))
+
+        def run_ours():
+            return [s for r in loop.run_until_complete(ours_all()) for s in r.scores]
+
+        def run_peer(batch_size: int = 8):  # the model card: left padding, one forward per batch
+            scores = []
+            with torch.inference_mode():
+                for start in range(0, len(prompts), batch_size):
+                    part = prompts[start:start + batch_size]
+                    width = max(map(len, part))
+                    ids = torch.tensor([[0] * (width - len(x)) + x for x in part])
+                    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in part])
+                    logits = peer(input_ids=ids, attention_mask=mask).logits[:, -1, :]
+                    scores += (logits[:, yes] - logits[:, no]).tolist()
+            return scores
+
+        t_ours, ours, t_peer, theirs = interleaved(run_ours, run_peer, args.rounds, peak)
+        delta = (torch.tensor(ours) - torch.tensor(theirs)).abs().max().item()
+        c = QWEN3_0_6B
+        per_token = 2 * c["num_hidden_layers"] * (c["hidden_size"] * c["head_dim"] * (2 * c["num_attention_heads"]
+                    + 2 * c["num_key_value_heads"]) + 3 * c["hidden_size"] * c["intermediate_size"])
+        flops = float(sum(per_token * len(x) + 4 * c["num_hidden_layers"] * len(x) ** 2 * c["num_attention_heads"]
+                          * c["head_dim"] // 2 for x in prompts))  # causal: half the attention products
+        rows.append(("decoder-reranker", kind, len(prompts), t_ours, t_peer, delta, flops))
     loop.run_until_complete(engine.stop())
     return rows
 

@@ -45,6 +45,7 @@ HELP = {
     "instruction": "the instruction in a recipe's prompt (qwen3-reranker's default: its model card's)",
     "score_tokens": "POSITIVE[,NEGATIVE] answer tokens for --recipe yes-no, e.g. yes,no",
     "chunk_max_windows": "windows scored per passage under truncate CHUNK (the first N); 0 = all",
+    "grpc_port": "serve KServe V2 gRPC (NIM's port 8001, tritonclient) on this port too; 0 = off",
     "ui": "the playground at / and API docs at /docs, /redoc (assets served locally, no CDN); --no-ui turns them off",
 }
 

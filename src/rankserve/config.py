@@ -35,7 +35,10 @@ NIM_ENV = {
     "request_timeout": "NIM_SERVER_REQUEST_TIMEOUT_S",
     "ssl_certfile": "NIM_TLS_CERT_PATH",
     "ssl_keyfile": "NIM_TLS_KEY_PATH",
+    "grpc_port": "NIM_GRPC_API_PORT",
 }
+# NIM 2.x names the gRPC listener by address (host:port); its port is taken.
+NIM_BIND_ADDR = {"grpc_port": "NIM_SERVER_GRPC_BIND_ADDR"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +51,7 @@ class ServerConfig:
     served_model_name: str | None = None  # id in /v1/models and request `model`; None = derived
     host: str = "0.0.0.0"
     port: int = 8000
+    grpc_port: int = 0  # KServe V2 gRPC (NIM's port 8001) on this port, same host and engines; 0 = off
     log_level: str = "info"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto: CPU mixed bf16 where native and faster, else float32 (cpu_bf16.py); CUDA bf16/fp16
@@ -167,6 +171,10 @@ class ServerConfig:
             bad("device", "use auto, cpu, cuda or cuda:N")
         if not 0 < self.port < 65536:
             bad("port", "must be 1..65535")
+        if not 0 <= self.grpc_port < 65536:
+            bad("grpc_port", "must be 1..65535, or 0 for no gRPC listener")
+        if self.grpc_port and self.grpc_port == self.port:
+            bad("grpc_port", "must differ from port (HTTP)")
         for name in ("max_passages", "max_inputs", "max_queue_items", "max_request_bytes", "max_text_chars",
                      "max_request_tokens"):
             if getattr(self, name) < 1:
@@ -284,6 +292,8 @@ def load_config(overrides: Mapping[str, Any] | None = None, environ: Mapping[str
             values[name] = _coerce(name, environ[env_name(name)])
         elif name in NIM_ENV and NIM_ENV[name] in environ:
             values[name] = _coerce(name, environ[NIM_ENV[name]])
+        elif name in NIM_BIND_ADDR and NIM_BIND_ADDR[name] in environ:
+            values[name] = _coerce(name, environ[NIM_BIND_ADDR[name]].rpartition(":")[2])
         elif file and name in file:
             values[name] = file[name]
     return ServerConfig(**values)

@@ -37,6 +37,10 @@ class InvalidRequest(RankserveError):
     """The request is well-formed JSON but asks for something this server cannot do."""
 
 
+class UnknownModel(InvalidRequest):
+    """The request names a model this server does not serve."""
+
+
 class InputTooLong(InvalidRequest):
     """An input exceeds the token limit and the request asked for no truncation."""
 
@@ -73,29 +77,44 @@ class ShuttingDown(RankserveError):
     """The server is draining (SIGTERM): admitted requests finish, new ones are refused."""
 
 
-# The table: error class -> (HTTP status, error type string).
-STATUS: dict[type[RankserveError], tuple[int, str]] = {
-    InputTooLong: (400, "input_too_long"),
-    InvalidRequest: (400, "invalid_request_error"),
-    Unauthorized: (401, "authentication_error"),
-    PayloadTooLarge: (413, "payload_too_large"),
-    ClientDisconnected: (499, "client_closed_request"),  # nginx's code; logged and counted, never read
-    NotReady: (503, "not_ready"),
-    Overloaded: (503, "overloaded"),
-    ShuttingDown: (503, "shutting_down"),
-    RequestTimeout: (504, "timeout"),
-    ModelFailure: (500, "model_error"),
-    ConfigError: (500, "config_error"),
-    ModelLoadError: (500, "model_load_error"),
+# The table: error class -> (HTTP status, error type string, gRPC status code name). The gRPC codes
+# are those NIM documents for its KServe V2 endpoint (a full queue is RESOURCE_EXHAUSTED, bad input
+# INVALID_ARGUMENT); api/grpc_service.py reads them by name from ``grpc.StatusCode``.
+STATUS: dict[type[RankserveError], tuple[int, str, str]] = {
+    InputTooLong: (400, "input_too_long", "INVALID_ARGUMENT"),
+    UnknownModel: (400, "invalid_request_error", "NOT_FOUND"),
+    InvalidRequest: (400, "invalid_request_error", "INVALID_ARGUMENT"),
+    Unauthorized: (401, "authentication_error", "UNAUTHENTICATED"),
+    PayloadTooLarge: (413, "payload_too_large", "INVALID_ARGUMENT"),
+    ClientDisconnected: (499, "client_closed_request", "CANCELLED"),  # nginx's code; logged and counted, never read
+    NotReady: (503, "not_ready", "UNAVAILABLE"),
+    Overloaded: (503, "overloaded", "RESOURCE_EXHAUSTED"),
+    ShuttingDown: (503, "shutting_down", "UNAVAILABLE"),
+    RequestTimeout: (504, "timeout", "DEADLINE_EXCEEDED"),
+    ModelFailure: (500, "model_error", "INTERNAL"),
+    ConfigError: (500, "config_error", "INTERNAL"),
+    ModelLoadError: (500, "model_load_error", "INTERNAL"),
 }
 VALIDATION_STATUS = 422
+UNKNOWN = (500, "internal_error", "INTERNAL")
 
 
-def status_of(exc: RankserveError) -> tuple[int, str]:
+def _row(exc: RankserveError) -> tuple[int, str, str]:
     for cls in type(exc).__mro__:
         if cls in STATUS:
             return STATUS[cls]
-    return 500, "internal_error"
+    return UNKNOWN
+
+
+def status_of(exc: RankserveError) -> tuple[int, str]:
+    """(HTTP status, error type) for a domain error."""
+    status, type_, _ = _row(exc)
+    return status, type_
+
+
+def grpc_code_of(exc: RankserveError) -> str:
+    """The gRPC status code name (``grpc.StatusCode`` member) for a domain error."""
+    return _row(exc)[2]
 
 
 def error_body(status: int, type_: str, message: str, param: str | None = None, detail: Any = None) -> dict:

@@ -138,12 +138,19 @@ def create_app(config: ServerConfig, engine: Engine | Sequence[Engine] | None = 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        grpc_server = None
+        if config.grpc_port:  # listening before the models load: ServerLive yes, ServerReady not yet
+            from rankserve.api import grpc_service  # grpcio is the optional [grpc] extra
+
+            grpc_server = await grpc_service.start(app.state)
         loader = asyncio.get_running_loop().create_task(_bring_up(app, prebuilt))
         if prebuilt is not None:
             await asyncio.shield(loader)  # warm-up only: ready before start-up returns
         try:
             yield
         finally:
+            if grpc_server is not None:  # admitted calls finish (new ones were refused while draining)
+                await grpc_server.stop(grace=config.drain_timeout)
             loader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await loader

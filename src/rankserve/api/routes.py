@@ -12,9 +12,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from rankserve.api import schemas as s
+from rankserve.config import ServerConfig
 from rankserve.engine.batcher import PRIORITIES, Priority
 from rankserve.engine.engine import EmbedResult, Engine, RankResult
-from rankserve.errors import ClientDisconnected, InvalidRequest, NotReady, PayloadTooLarge, RequestTimeout, ShuttingDown, Unauthorized
+from rankserve.errors import (ClientDisconnected, InvalidRequest, NotReady, PayloadTooLarge, RequestTimeout, ShuttingDown,
+                              Unauthorized, UnknownModel)
 from rankserve.metrics import render as render_metrics
 
 T = TypeVar("T")
@@ -35,7 +37,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 def engines_of(request: Request) -> dict[str, Engine]:
     """The served engines by name, once every one is ready (503 while loading or draining)."""
-    state = request.app.state
+    return ready_engines(request.app.state)
+
+
+def ready_engines(state: Any) -> dict[str, Engine]:
+    """``engines_of`` for any front end holding the app's state (HTTP routes, the gRPC service)."""
     if state.draining:
         raise ShuttingDown("server is shutting down; retry on another replica",
                            headers={"Retry-After": "1", "Connection": "close"})
@@ -74,7 +80,7 @@ def engine_for(request: Request, requested: str | None, job: Job,
             if requested == f"{name}-{suffix}":
                 return engine, suffix
     served = ", ".join(map(repr, engines))
-    raise InvalidRequest(f"model {requested!r} is not served here; this server serves {served}", param="model")
+    raise UnknownModel(f"model {requested!r} is not served here; this server serves {served}", param="model")
 
 
 def check_auth(request: Request) -> None:
@@ -83,26 +89,30 @@ def check_auth(request: Request) -> None:
     Every key is compared in constant time (``hmac.compare_digest``), and all of them are compared,
     so neither the time nor the number of comparisons says how much of a guess was right.
     """
-    keys: tuple[bytes, ...] = request.app.state.api_keys
-    if not keys:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    given = token.strip().encode("utf-8", "surrogateescape")
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(given, key)
-    if scheme.lower() != "bearer" or not matched:
+    if not authorized(request.app.state.api_keys, request.headers.get("authorization", "")):
         raise Unauthorized("missing or invalid API key (send Authorization: Bearer <key>)",
                            headers={"WWW-Authenticate": "Bearer"})
 
 
-def check_texts(request: Request, texts: Iterable[str], field: str) -> None:
+def authorized(keys: tuple[bytes, ...], header: str) -> bool:
+    """``header`` (an Authorization value) is ``Bearer <one of keys>``; anything passes with no keys."""
+    if not keys:
+        return True
+    scheme, _, token = header.partition(" ")
+    given = token.strip().encode("utf-8", "surrogateescape")
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(given, key)
+    return scheme.lower() == "bearer" and matched
+
+
+def check_texts(config: ServerConfig, texts: Iterable[str], field: str) -> None:
     """Each text within ``max_text_chars`` (413 naming the text and the limit) and valid Unicode.
 
     JSON may carry lone UTF-16 surrogates (``"\\ud83d"``, an emoji cut in half) and pydantic lets
     some through inside unions; the tokenizer cannot take them, so they are a 400 here, not a 500.
     """
-    limit = request.app.state.config.max_text_chars
+    limit = config.max_text_chars
     for i, text in enumerate(texts):
         if len(text) > limit:
             raise PayloadTooLarge(f"{field}[{i}] has {len(text)} characters; the limit is {limit} per text "
@@ -117,7 +127,12 @@ def check_texts(request: Request, texts: Iterable[str], field: str) -> None:
 
 def priority_of(request: Request) -> Priority:
     """``X-Priority: interactive`` (default) or ``batch``: batch work yields to interactive work."""
-    value = request.headers.get("x-priority", "interactive").strip().lower()
+    return parse_priority(request.headers.get("x-priority", "interactive"))
+
+
+def parse_priority(value: str) -> Priority:
+    """A priority header's (or gRPC metadata's) value, checked."""
+    value = value.strip().lower()
     if value not in PRIORITIES:
         raise InvalidRequest(f"X-Priority must be one of {', '.join(PRIORITIES)}", param="X-Priority")
     return value  # type: ignore[return-value]
@@ -150,15 +165,33 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
         watcher.cancel()
 
 
+def check_rank_input(config: ServerConfig, query: str, texts: list[str], field: str) -> None:
+    """A rerank request's per-request limits (HTTP and gRPC): passage count and text sizes."""
+    if len(texts) > config.max_passages:
+        raise InvalidRequest(f"{len(texts)} {field} exceed the limit of {config.max_passages} per request", param=field)
+    check_texts(config, [query], "query")
+    check_texts(config, texts, field)
+
+
+def check_embed_input(config: ServerConfig, texts: list, field: str) -> None:
+    """An embedding request's checks and limits (HTTP and gRPC): strings, none empty, count, sizes."""
+    if not texts:
+        raise InvalidRequest(f"{field} is an empty list: send at least one string", param=field)
+    if any(not isinstance(t, str) for t in texts):
+        raise InvalidRequest(f"{field} holds token ids; this server accepts only strings", param=field)
+    empty = next((i for i, t in enumerate(texts) if not t), None)
+    if empty is not None:
+        raise InvalidRequest(f"{field}[{empty}] is an empty string", param=f"{field}.{empty}")
+    if len(texts) > config.max_inputs:
+        raise InvalidRequest(f"{len(texts)} inputs exceed the limit of {config.max_inputs} per request", param=field)
+    check_texts(config, texts, field)
+
+
 async def rank_request(request: Request, engine: Engine, query: str, texts: list[str], truncate: str,
                        field: str) -> tuple[RankResult, list[int]]:
     """What every rerank route does: the per-request limits, the engine call (with the request's
     priority, deadline and disconnect handling), and the passage indices best first."""
-    limit = request.app.state.config.max_passages
-    if len(texts) > limit:
-        raise InvalidRequest(f"{len(texts)} {field} exceed the limit of {limit} per request", param=field)
-    check_texts(request, [query], "query")
-    check_texts(request, texts, field)
+    check_rank_input(request.app.state.config, query, texts, field)
     work = engine.rank(query, texts, truncate, priority_of(request))  # type: ignore[arg-type]
     result = await unless_disconnected(request, work)
     return result, sorted(range(len(texts)), key=lambda i: (-result.scores[i], i))
@@ -183,17 +216,7 @@ async def embed_request(request: Request, engine: Engine, texts: list, input_typ
                         dimensions: int | None, field: str = "input") -> EmbedResult:
     """What every embedding route does: the per-request checks and limits, then the engine call
     (with the request's priority, deadline and disconnect handling)."""
-    if not texts:
-        raise InvalidRequest(f"{field} is an empty list: send at least one string", param=field)
-    if any(not isinstance(t, str) for t in texts):
-        raise InvalidRequest(f"{field} holds token ids; this server accepts only strings", param=field)
-    empty = next((i for i, t in enumerate(texts) if not t), None)
-    if empty is not None:
-        raise InvalidRequest(f"{field}[{empty}] is an empty string", param=f"{field}.{empty}")
-    limit = request.app.state.config.max_inputs
-    if len(texts) > limit:
-        raise InvalidRequest(f"{len(texts)} inputs exceed the limit of {limit} per request", param=field)
-    check_texts(request, texts, field)
+    check_embed_input(request.app.state.config, texts, field)
     work = engine.embed(texts, input_type, truncate, dimensions, priority_of(request))  # type: ignore[arg-type]
     return await unless_disconnected(request, work)
 

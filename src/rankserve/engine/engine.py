@@ -56,13 +56,15 @@ def make_runner(spec: ModelSpec, device: torch.device, config: ServerConfig):
 @dataclass(frozen=True)
 class RankResult:
     scores: list[float]  # one per passage, request order
-    tokens: int
+    tokens: int  # everything the model read for this request (usage)
+    token_counts: list[int]  # per passage: its pair's tokens (its windows' under CHUNK; its own for a bi-encoder)
 
 
 @dataclass(frozen=True)
 class EmbedResult:
     vectors: torch.Tensor  # [n, d] float32, request order
     tokens: int
+    token_counts: list[int]  # per input, request order
 
 
 class Engine:
@@ -157,7 +159,8 @@ class Engine:
             encoded: list[Encoded] = await self._in_pool(self.policy.pairs, query, passages, truncate)
             self.check_request_tokens(sum(len(e) for e in encoded))
             rows = await self.batcher.submit(encoded, priority)
-            return RankResult([float(r) for r in rows], sum(len(e) for e in encoded))
+            counts = [len(e) for e in encoded]
+            return RankResult([float(r) for r in rows], sum(counts), counts)
         return await self._rank_by_cosine(query, passages, truncate, priority)
 
     async def _rank_windows(self, query: str, passages: Sequence[str], priority: Priority) -> RankResult:
@@ -190,7 +193,9 @@ class Engine:
         else:
             per_passage = torch.full((len(passages),), -torch.inf).scatter_reduce(0, owner, scores.float(), "amax")
         self.metrics.chunk_windows.inc(len(owners))
-        return RankResult(per_passage.tolist(), tokens)
+        window_tokens = [len(w) for w in (windows if self.spec.kind == "cross-encoder" else encoded[1:])]
+        counts = torch.zeros(len(passages), dtype=torch.long).index_add_(0, owner, torch.tensor(window_tokens))
+        return RankResult(per_passage.tolist(), tokens, counts.tolist())
 
     async def _rank_by_cosine(self, query: str, passages: Sequence[str], truncate: Truncate,
                               priority: Priority) -> RankResult:
@@ -215,7 +220,8 @@ class Engine:
             self.cache.put(keys[i], *found[i])
         self.metrics.cache_size.set(len(self.cache))
         scores = torch.stack([f[0] for f in found]) @ torch.nn.functional.normalize(rows[0], dim=-1)
-        return RankResult(scores.tolist(), len(encoded[0]) + sum(f[1] for f in found))
+        counts = [f[1] for f in found]
+        return RankResult(scores.tolist(), len(encoded[0]) + sum(counts), counts)
 
     async def embed(self, texts: Sequence[str], input_type: InputType | None, truncate: Truncate = "END",
                     dimensions: int | None = None, priority: Priority = "interactive") -> EmbedResult:
@@ -233,7 +239,8 @@ class Engine:
         vectors = torch.stack(await self.batcher.submit(encoded, priority))  # the runner already L2-normalized
         if dimensions is not None:  # Matryoshka: keep the first d components, renormalize
             vectors = torch.nn.functional.normalize(vectors[:, :dimensions], dim=-1)
-        return EmbedResult(vectors, sum(len(e) for e in encoded))
+        counts = [len(e) for e in encoded]
+        return EmbedResult(vectors, sum(counts), counts)
 
     def check_dimensions(self, dimensions: int) -> None:
         allowed = self.spec.dimensions
