@@ -7,9 +7,13 @@ and noisy; absolute numbers drift between runs, ratios much less).
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +37,41 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def rankserve_cmd(port: int, *flags: str) -> list[str]:
+    """``rankserve serve`` on 127.0.0.1:``port`` with quiet logs, as a command line for ``start_server``."""
+    return [sys.executable, "-m", "rankserve.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+            "--log-level", "warning", *flags]
+
+
+def start_server(cmd: list[str], port: int, env: dict | None = None, timeout: float = 300) -> subprocess.Popen:
+    """Start a server process (its own process group) and wait until ``/v1/health/ready`` answers 200."""
+    import httpx
+
+    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {cmd}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/health/ready", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    stop_server(proc)
+    raise TimeoutError(f"{cmd} did not become ready within {timeout:g} s")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """SIGTERM the server's process group (workers too); SIGKILL after 60 s."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def minilm_cross_encoder(directory: Path, seed: int = 0) -> Path:

@@ -14,45 +14,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import free_port, minilm_cross_encoder  # noqa: E402
+from common import free_port, minilm_cross_encoder, rankserve_cmd, start_server, stop_server  # noqa: E402
 
 from rankserve.loadgen import make_requests, run_level  # noqa: E402
-
-
-def start(args: list[str], port: int) -> subprocess.Popen:
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "rankserve.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-                             "--log-level", "warning", "--dtype", "float32", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {args}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/health/ready", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(args)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def main() -> None:
@@ -72,13 +42,13 @@ def main() -> None:
     rates = {}
     for name, flags in setups.items():
         port = free_port()
-        proc = start(flags, port)
+        proc = start_server(rankserve_cmd(port, "--dtype", "float32", *flags), port, {"RAY_USAGE_STATS_ENABLED": "0"})
         try:
             url = f"http://127.0.0.1:{port}"
             asyncio.run(run_level(url, bodies[:4], 2, None, 300))  # warm the path
             r = asyncio.run(run_level(url, bodies, args.concurrency, None, 300))
         finally:
-            stop(proc)
+            stop_server(proc)
         rates[name] = r.pairs_per_s
         print(f"| {name} | {r.pairs_per_s:.1f} pairs/s | errors {r.errors} | p50 {r.p50_ms:.0f} ms | p99 {r.p99_ms:.0f} ms |"
               f" {r.pairs_per_s / rates['plain']:.2f}x plain |")

@@ -17,38 +17,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import minilm_cross_encoder  # noqa: E402
+from common import minilm_cross_encoder, start_server, stop_server  # noqa: E402
 
 from rankserve import loadgen  # noqa: E402
-
-
-def start(cmd: list[str], port: int, env: dict) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/health/ready", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError(f"{cmd} did not become ready")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    proc.wait(timeout=30)
 
 
 def main() -> None:
@@ -85,11 +65,11 @@ def main() -> None:
                    "--port", "8102", "--log-level", "warning"], 8102, {"MODEL_DIR": str(model_dir)}),
     }
     for name, (cmd, port, env) in servers.items():
-        proc = start(cmd, port, env)
+        proc = start_server(cmd, port, env, timeout=180)
         try:
             results[name] = loadgen.run(f"http://127.0.0.1:{port}", levels, args.requests, passages, tokens)
         finally:
-            stop(proc)
+            stop_server(proc)
         print(f"\n{name}\n{loadgen.table(results[name])}")
 
     print("\n| clients | rankserve pairs/s | naive pairs/s | rankserve/naive | rankserve/offline predict "

@@ -44,7 +44,6 @@ import random
 import re
 import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -57,7 +56,10 @@ from typing import Any
 import httpx
 import numpy as np
 
-from rankserve.loadgen import percentile
+sys.path.insert(0, str(Path(__file__).parent))
+from common import free_port  # noqa: E402
+
+from rankserve.loadgen import percentile  # noqa: E402
 
 # -- text -------------------------------------------------------------------------------------------
 
@@ -178,12 +180,6 @@ def make_passage(rng: random.Random, sentences: tuple[int, int] = (1, 4), tag: s
 
 
 # -- the server ---------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mb(pid: int) -> float | None:

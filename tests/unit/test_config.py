@@ -57,3 +57,14 @@ def test_batch_token_budget_defaults_per_device():
     assert batch_tokens(0, torch.device("cpu")) == 4096
     assert batch_tokens(0, torch.device("cuda")) == 65536
     assert batch_tokens(2048, torch.device("cuda")) == batch_tokens(2048, torch.device("cpu")) == 2048
+
+
+def test_grpc_port_from_flag_rankserve_env_and_nim_names():
+    assert load_config({}, environ={}).grpc_port == 0  # off by default
+    assert load_config({"grpc_port": 9001}, environ={"NIM_GRPC_API_PORT": "8001"}).grpc_port == 9001
+    assert load_config({}, environ={"NIM_GRPC_API_PORT": "8001"}).grpc_port == 8001
+    assert load_config({}, environ={"NIM_SERVER_GRPC_BIND_ADDR": "0.0.0.0:8011"}).grpc_port == 8011
+    assert load_config({}, environ={"RANKSERVE_GRPC_PORT": "7001", "NIM_SERVER_GRPC_BIND_ADDR": ":8011"}).grpc_port == 7001
+    for bad in ({"grpc_port": 70000}, {"grpc_port": 8000, "port": 8000}):
+        with pytest.raises(ConfigError, match="grpc_port"):
+            load_config(bad, environ={})
