@@ -181,3 +181,38 @@ def test_real_tree_build_is_deterministic(tmp_path):
     three = set(beir.load(tmp_path / "c" / "pages" / "en").doc_ids)
     assert three < set(beir.load(first / "pages" / "en").doc_ids)  # a smaller sample is a subset
     assert json.loads((first / "manifest.json").read_text())["renderer"] in ("groff", "mandoc")
+
+
+def test_split_by_page_is_disjoint_deterministic_and_the_same_in_every_variant():
+    from rankserve.eval.manpages import in_test_split
+
+    ids = [f"page{i}.1" for i in range(2000)]
+    test = {i for i in ids if in_test_split(i, 0.2, seed=0)}
+    assert 0.17 < len(test) / len(ids) < 0.23
+    assert test == {i for i in ids if in_test_split(i, 0.2, seed=0)}  # deterministic
+    assert test != {i for i in ids if in_test_split(i, 0.2, seed=1)}  # the seed matters
+    assert {i for i in ids if in_test_split(i, 0.1, seed=0)} <= test  # a smaller fraction holds out a subset
+
+
+@needs_groff
+def test_build_with_a_test_split(man_tree, tmp_path):
+    """Each variant becomes -train and -test: disjoint pages, queries only of their own split's
+    pages, and a page is on the same side in every variant (cross-lingual included)."""
+    from rankserve.eval.manpages import in_test_split
+
+    pages = {"blink.1", "frob.1", "tally.1"}
+    seed = next(s for s in range(100) if 0 < sum(in_test_split(p, 0.5, s) for p in pages) < 3)
+    out = tmp_path / "out"
+    manifest = build(out, BuildOptions(langs=["en", "de"], cross=["de"], sections=["1"], max_pages=0,
+                                       passage_tokens=16, man_root=man_tree, progress=False, seed=seed,
+                                       test_fraction=0.5))
+    assert set(manifest["variants"]) == {f"{g}/{v}-{s}" for g in ("pages", "passages") for v in ("en", "de", "de-en")
+                                         for s in ("train", "test")}
+    for variant in ("en", "de", "de-en"):
+        train, test = beir.load(out / "pages" / f"{variant}-train"), beir.load(out / "pages" / f"{variant}-test")
+        assert set(train.doc_ids).isdisjoint(test.doc_ids) and set(train.doc_ids) | set(test.doc_ids) == pages
+        assert set(test.doc_ids) == {p for p in pages if in_test_split(p, 0.5, seed)}
+        for ds in (train, test):
+            assert all(set(rel) <= set(ds.doc_ids) for rel in ds.qrels.values())
+        passages = beir.load(out / "passages" / f"{variant}-test")
+        assert {passages.doc_page[d] for d in passages.doc_ids} == set(test.doc_ids)

@@ -75,7 +75,10 @@ def add_commands(subparsers) -> None:
                           "language if none), or all")
     man.add_argument("--granularity", default="pages,passages", help="pages (whole page per document), passages, or both")
     man.add_argument("--passage-tokens", type=int, default=250, help="passage size in MiniLM WordPiece tokens")
-    man.add_argument("--seed", type=int, default=0, help="seed of the page sample")
+    man.add_argument("--seed", type=int, default=0, help="seed of the page sample (and of the train/test split)")
+    man.add_argument("--test-fraction", type=float, default=0.0,
+                     help="> 0: write <variant>-train and <variant>-test, split by page (a seeded hash of the page "
+                          "id: the same pages are held out in every variant); 0 = one set")
     man.add_argument("--man-root", type=Path, default=Path("/usr/share/man"),
                      help="man tree (English in man<N>/, others in <lang>/man<N>/)")
     man.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="parallel page renderers")
@@ -161,7 +164,7 @@ def cmd_data_manpages(args: argparse.Namespace) -> int:
     opts = BuildOptions(langs=langs, cross=cross, sections=[s for s in args.sections.split(",") if s],
                         max_pages=args.max_pages, granularity=[g for g in args.granularity.split(",") if g],
                         passage_tokens=args.passage_tokens, seed=args.seed, man_root=args.man_root, english=args.english,
-                        workers=args.workers, progress=not args.no_progress)
+                        workers=args.workers, progress=not args.no_progress, test_fraction=args.test_fraction)
     manifest = build(args.out, opts)
     for name, size in manifest["variants"].items():
         print(f"{name}: {size['documents']} documents, {size['pages']} pages, {size['queries']} queries")

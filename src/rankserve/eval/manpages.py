@@ -12,6 +12,11 @@ Variants, written as BEIR directories ``OUT/<granularity>/<variant>``:
     passages/  pages cut into chunks of at most ``passage_tokens`` MiniLM WordPiece tokens at line
                boundaries; qrels name pages, and a page scores as its best passage (``metadata.page``)
 
+Split (``test_fraction`` > 0): each variant is written as ``<variant>-train`` and ``<variant>-test``
+instead, split by page: a page (and so its query and all its passages) is in the test split of every
+variant or of none, chosen by a seeded hash of its id, so no test page or query is ever seen in
+training, not even as a negative.
+
 Deterministic: candidate pages are sorted, shuffled with ``seed`` and taken in that order until
 ``max_pages`` qualify; output rows are sorted. English pages are by default only those translated
 into one of the other languages asked for (any installed language when only English is asked
@@ -23,6 +28,7 @@ another page of the variant are dropped (their pages stay as documents).
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import random
 import re
@@ -53,6 +59,14 @@ class BuildOptions:
     english: str = "translated"  # translated | all
     workers: int = 2
     progress: bool = True
+    test_fraction: float = 0.0  # > 0: write <variant>-train and <variant>-test, split by page
+
+
+def in_test_split(page_id: str, fraction: float, seed: int) -> bool:
+    """Whether a page belongs to the test split: a seeded hash of its id (the same in every variant
+    and language, independent of which other pages were sampled)."""
+    digest = hashlib.sha256(f"{seed}:{page_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
 @dataclass(frozen=True)
@@ -274,6 +288,8 @@ def installed_packages() -> dict[str, str]:
 
 def build(out: Path, opts: BuildOptions) -> dict:
     """Write every variant under ``out``; returns (and writes) ``out/manifest.json``."""
+    if not 0 <= opts.test_fraction < 1:
+        raise ValueError(f"test_fraction {opts.test_fraction}: give a fraction in [0, 1)")
     bad = [g for g in opts.granularity if g not in ("pages", "passages")]
     if bad or not opts.granularity:
         raise ValueError(f"granularity {bad or opts.granularity}: choose pages, passages or both")
@@ -297,9 +313,16 @@ def build(out: Path, opts: BuildOptions) -> dict:
             candidates = sorted(set.intersection(*(set(s) for s in sources)))
             picked = sample(candidates, sources, rend, opts.max_pages, opts.seed)
             queries, docs = picked[0], picked[-1]
+            splits = {name: (queries, docs)}
+            if opts.test_fraction > 0:
+                def part(pages: list[Page], test: bool) -> list[Page]:
+                    return [p for p in pages if in_test_split(p.id, opts.test_fraction, opts.seed) == test]
+                splits = {f"{name}-{label}": (part(queries, test), part(docs, test))
+                          for label, test in (("train", False), ("test", True))}
             for gran in opts.granularity:
-                variants[f"{gran}/{name}"] = write_variant(out / gran / name, queries, q_lang, docs, d_lang,
-                                                           chunker if gran == "passages" else None)
+                for split_name, (qs, ds) in splits.items():
+                    variants[f"{gran}/{split_name}"] = write_variant(out / gran / split_name, qs, q_lang, ds, d_lang,
+                                                                     chunker if gran == "passages" else None)
     finally:
         rend.close()
     manifest = {"variants": variants, "options": {k: (str(v) if isinstance(v, Path) else v)
