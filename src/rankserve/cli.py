@@ -242,8 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from rankserve.eval.commands import add_commands as add_eval
     from rankserve.loadgen import add_command as add_bench
+    from rankserve.train.commands import add_command as add_train
 
     add_eval(sub)
+    add_train(sub)
     add_bench(sub)
     return parser
 

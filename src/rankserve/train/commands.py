@@ -1,0 +1,111 @@
+"""``rankserve train``: mine hard negatives, fine-tune a cross-encoder, evaluate it on held-out data.
+
+    rankserve data manpages --langs en --cross "" --granularity passages --test-fraction 0.2 --out /tmp/mp
+    rankserve train --dataset /tmp/mp/passages/en-train --output /models/man-ce --eval-dataset /tmp/mp/passages/en-test
+
+Writes the model folder (servable as is) and ``training.json`` in it: data, base, hyper-parameters,
+mining, time, loss history, and the held-out table when ``--eval-dataset`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+from rankserve.eval.commands import _Help, _usage_errors, default_cache_dir, require
+
+# Here, not in mining.py / fit.py: building the CLI parser must not import their dependencies.
+METHODS = ("bm25", "dense", "both")  # first stages hard negatives come from ("both": interleaved)
+LOSSES = ("bce", "listwise")
+
+
+def add_command(subparsers) -> None:
+    tr = subparsers.add_parser(
+        "train", help="fine-tune a cross-encoder reranker on a BEIR training set (hard negatives mined here)",
+        description=__doc__, formatter_class=_Help)
+    tr.add_argument("--dataset", required=True, type=Path, help="BEIR training set (e.g. a manpages -train split)")
+    tr.add_argument("--output", required=True, type=Path, help="model folder to write (safetensors cross-encoder)")
+    tr.add_argument("--base", type=Path, default=None,
+                    help="BERT-family checkpoint to start from; default: the packaged all-MiniLM-L6-v2 with a new head")
+    tr.add_argument("--epochs", type=float, default=1.0)
+    tr.add_argument("--batch-size", type=int, default=16)
+    tr.add_argument("--learning-rate", type=float, default=5e-5)
+    tr.add_argument("--max-length", type=int, default=256, help="tokens per (query, passage) pair")
+    tr.add_argument("--negatives", type=int, default=4, help="hard negatives per query")
+    tr.add_argument("--mine", choices=METHODS, default="both", help="first stage(s) the negatives come from")
+    tr.add_argument("--loss", choices=LOSSES, default="bce", help="bce (pointwise) or listwise (softmax over negatives)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--max-queries", type=int, default=0, help="train on a seeded sample of this many queries; 0 = all")
+    tr.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps (quick runs)")
+    tr.add_argument("--save-steps", type=int, default=500, help="checkpoint every this many steps (for --resume)")
+    tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUTPUT/checkpoints")
+    tr.add_argument("--eval-dataset", type=Path, default=None, help="held-out BEIR set: the full table with the new reranker")
+    tr.add_argument("--eval-top-k", type=int, default=20, help="rerank depth of the held-out evaluation")
+    tr.add_argument("--cache-dir", type=Path, default=default_cache_dir(), help="embedding and negatives cache")
+    tr.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    tr.set_defaults(func=cmd_train)
+
+
+@_usage_errors
+def cmd_train(args: argparse.Namespace) -> int:
+    require("bm25s", "datasets", "sentence_transformers")
+    return asyncio.run(run_train(args))
+
+
+async def run_train(args: argparse.Namespace) -> int:
+    from rankserve.eval import beir
+    from rankserve.eval.clients import LocalEngine
+    from rankserve.models.loader import default_model_dir
+    from rankserve.train.fit import FitOptions, fit
+    from rankserve.train.mining import examples, mine
+
+    progress = not args.no_progress
+    ds = beir.load(args.dataset)
+    if args.max_queries and len(ds.query_ids) > args.max_queries:
+        ds = ds.subset(random.Random(args.seed).sample(sorted(ds.query_ids), args.max_queries))
+    started = time.perf_counter()
+    embedder = await LocalEngine.open(None) if args.mine != "bm25" else None
+    try:
+        negatives = await mine(ds, args.mine, args.negatives, embedder, args.cache_dir, progress=progress)
+    finally:
+        if embedder is not None:
+            await embedder.close()
+    mining_s = time.perf_counter() - started
+    train_set = examples(ds, negatives)
+    print(f"{ds.name}: {len(train_set)} training queries, {args.negatives} {args.mine} negatives each "
+          f"(mined in {mining_s:.1f} s)", file=sys.stderr)
+    opts = FitOptions(output=args.output, base=args.base or default_model_dir(), epochs=args.epochs,
+                      batch_size=args.batch_size, learning_rate=args.learning_rate, max_length=args.max_length,
+                      loss=args.loss, negatives=args.negatives, seed=args.seed, save_steps=args.save_steps,
+                      max_steps=args.max_steps, resume=args.resume, progress=progress)
+    stats = await asyncio.to_thread(fit, train_set, opts)
+    record = {"dataset": str(args.dataset), "queries": len(ds.query_ids), "training": stats,
+              "mining": {"method": args.mine, "negatives": args.negatives, "seconds": round(mining_s, 1)},
+              "options": opts.recorded(), "command": "rankserve " + " ".join(sys.argv[1:])}
+    if args.eval_dataset is not None:
+        record["heldout"] = await evaluate(args, progress)
+    (args.output / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {args.output} ({stats['steps']} steps in {stats['seconds']} s); training.json", file=sys.stderr)
+    return 0
+
+
+async def evaluate(args: argparse.Namespace, progress: bool) -> dict:
+    """The held-out table: the default embedder's first stages, reranked by the trained model."""
+    from rankserve.eval import beir
+    from rankserve.eval.clients import open_clients
+    from rankserve.eval.pipeline import Options, run_dataset
+
+    embedder, reranker, opened = await open_clients(None, str(args.output), None, None, None, None, None)
+    try:
+        result = await run_dataset(beir.load(args.eval_dataset), embedder, reranker,
+                                   Options(top_k=args.eval_top_k, cache_dir=args.cache_dir, progress=progress))
+    finally:
+        for client in opened:
+            await client.close()
+    return {"dataset": str(args.eval_dataset), "top_k": args.eval_top_k, "metrics": result.metrics,
+            "rerank_seconds": result.timings.get("rerank"), "queries": result.sizes.get("queries")}
