@@ -73,6 +73,26 @@ def metric_sum(text: str, name: str, **labels: str) -> float:
                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
+def with_engine(directory, work, **config):
+    """``await work(engine)`` on a started float32 Engine for ``directory`` (no warm-up), then stop it."""
+    import asyncio
+
+    from rankserve.engine.engine import Engine
+    from rankserve.metrics import Metrics
+
+    engine = Engine.load(load_config({**TEST_DTYPE, "model": str(directory), "warmup": False, **config}, environ={}),
+                         Metrics())
+
+    async def go():
+        await engine.start()
+        try:
+            return await work(engine)
+        finally:
+            await engine.stop()
+
+    return asyncio.run(go())
+
+
 def app_client(**overrides) -> TestClient:
     """A TestClient (lifespan running) for an app built from config overrides; use as a context manager."""
     return TestClient(create_app(load_config({**TEST_DTYPE, **overrides}, environ={})), raise_server_exceptions=False)

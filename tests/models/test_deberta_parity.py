@@ -9,17 +9,14 @@ DebertaV2ForSequenceClassification / DebertaV2Model on a padded batch. Tolerance
 
 from __future__ import annotations
 
-import asyncio
 
 import pytest
 import torch
 from tokenizers import Tokenizer
 
 from checkpoints import WORDS, bert_tokenizer
-from rankserve.config import load_config
-from rankserve.engine.engine import Engine
+from conftest import with_engine
 from rankserve.errors import ModelLoadError
-from rankserve.metrics import Metrics
 from rankserve.models.deberta import bucket
 from rankserve.models.loader import load_model
 
@@ -68,19 +65,6 @@ def padded(encodings) -> dict[str, torch.Tensor]:
             "attention_mask": pad([[1] * len(e.ids) for e in encodings], 0)}
 
 
-def run_engine(directory, work):
-    e = Engine.load(load_config({"model": str(directory), "dtype": "float32", "warmup": False}, environ={}), Metrics())
-
-    async def go():
-        await e.start()
-        try:
-            return await work(e)
-        finally:
-            await e.stop()
-
-    return asyncio.run(go())
-
-
 @pytest.mark.parametrize("shape", ["v3", "v2"])
 def test_cross_encoder_equals_transformers(tmp_path, shape):
     directory, model = make_deberta(tmp_path / "ce", "ce", shape)
@@ -89,7 +73,7 @@ def test_cross_encoder_equals_transformers(tmp_path, shape):
     assert batch["input_ids"].shape[1] > 8  # pairs reach past the exact buckets
     with torch.no_grad():
         expected = model(**batch).logits[:, 0]
-    got = run_engine(directory, lambda e: e.rank(QUERY, PASSAGES, "END"))
+    got = with_engine(directory, lambda e: e.rank(QUERY, PASSAGES, "END"))
     assert max(abs(a - b) for a, b in zip(got.scores, expected.tolist())) <= TOL
     spec = load_model(directory)
     assert (spec.family, spec.kind, spec.pooling) == ("deberta", "cross-encoder", "cls")
@@ -103,7 +87,7 @@ def test_embedder_equals_transformers_mean_pooled(tmp_path):
     with torch.no_grad():
         hidden = model(**batch).last_hidden_state
     expected = torch.nn.functional.normalize((hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True), dim=-1)
-    got = run_engine(directory, lambda e: e.embed(PASSAGES, None, "END", None)).vectors
+    got = with_engine(directory, lambda e: e.embed(PASSAGES, None, "END", None)).vectors
     assert (torch.as_tensor(got) - expected).abs().max() <= TOL
 
 

@@ -7,7 +7,6 @@ logits, z[positive] - z[negative] (or z[positive]). Tolerance: float32, 1e-4 abs
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 
@@ -15,7 +14,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from conftest import LiveServer
+from conftest import LiveServer, with_engine
 from decoder_checkpoints import make_decoder, reference
 from rankserve.config import RECIPE_NAMES, load_config
 from rankserve.engine.engine import Engine
@@ -33,18 +32,16 @@ PASSAGES = ["the ls command lists directory contents, sorted by name",
 TOL = 1e-4
 
 
+async def _scores(engine, query, passages):
+    return (await engine.rank(query, passages, "END")).scores
+
+
 def engine_scores(directory, passages=PASSAGES, query=QUERY, **config) -> list[float]:
-    e = Engine.load(load_config({"model": str(directory), "dtype": "float32", "warmup": False, **config},
-                                environ={}), Metrics())
+    return with_engine(directory, lambda e: _scores(e, query, passages), **config)
 
-    async def go():
-        await e.start()
-        try:
-            return (await e.rank(query, passages, "END")).scores
-        finally:
-            await e.stop()
 
-    return asyncio.run(go())
+async def _vectors(engine, texts):
+    return (await engine.embed(texts, "passage", "END", None)).vectors
 
 
 def reference_scores(directory, family, template, positive, negative, passages=PASSAGES, query=QUERY):
@@ -160,16 +157,7 @@ def test_base_models_embed_like_transformers_last_token(tmp_path, family):
         assert spec.query_prefix.startswith("Instruct: ") and spec.query_prefix.endswith("\nQuery:")
     model = reference(directory, family, "Model")
     texts = PASSAGES[:3]
-    e = Engine.load(load_config({"model": str(directory), "dtype": "float32", "warmup": False}, environ={}), Metrics())
-
-    async def go():
-        await e.start()
-        try:
-            return (await e.embed(texts, "passage", "END", None)).vectors
-        finally:
-            await e.stop()
-
-    got = torch.as_tensor(asyncio.run(go()))
+    got = torch.as_tensor(with_engine(directory, lambda e: _vectors(e, texts)))
     with torch.no_grad():
         expected = torch.stack([model(input_ids=torch.tensor([tok.encode(t).ids])).last_hidden_state[0, -1]
                                 for t in texts])

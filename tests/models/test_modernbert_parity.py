@@ -8,7 +8,6 @@ ModernBertModel on a padded batch with its attention mask. Tolerance: float32, 1
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
@@ -16,9 +15,7 @@ import torch
 from tokenizers import Tokenizer
 
 from checkpoints import WORDS, roberta_tokenizer
-from rankserve.config import load_config
-from rankserve.engine.engine import Engine
-from rankserve.metrics import Metrics
+from conftest import with_engine
 from rankserve.models.loader import load_model
 
 QUERY = "how do i list the files in a directory"
@@ -52,19 +49,6 @@ def padded(ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     return input_ids, mask
 
 
-def run_engine(directory, work):
-    e = Engine.load(load_config({"model": str(directory), "dtype": "float32", "warmup": False}, environ={}), Metrics())
-
-    async def go():
-        await e.start()
-        try:
-            return await work(e)
-        finally:
-            await e.stop()
-
-    return asyncio.run(go())
-
-
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
 def test_cross_encoder_equals_transformers(tmp_path, pooling):
     directory, model = make_modernbert(tmp_path / "ce", "ce", pooling)
@@ -73,7 +57,7 @@ def test_cross_encoder_equals_transformers(tmp_path, pooling):
     assert max(map(len, ids)) > 2 * 4 + 1  # longer than the local window: the sliding mask matters
     with torch.no_grad():
         expected = model(*padded(ids)).logits[:, 0]
-    got = run_engine(directory, lambda e: e.rank(QUERY, PASSAGES, "END"))
+    got = with_engine(directory, lambda e: e.rank(QUERY, PASSAGES, "END"))
     assert max(abs(a - b) for a, b in zip(got.scores, expected.tolist())) <= TOL
     spec = load_model(directory)
     assert (spec.family, spec.kind, spec.pooling) == ("modernbert", "cross-encoder", pooling)
@@ -82,16 +66,16 @@ def test_cross_encoder_equals_transformers(tmp_path, pooling):
 def test_old_config_format_loads_the_same(tmp_path):
     """transformers 4.x configs (global_rope_theta, local_rope_theta, global_attn_every_n_layers)."""
     directory, model = make_modernbert(tmp_path / "ce", "ce")
-    new = run_engine(directory, lambda e: e.rank(QUERY, PASSAGES, "END")).scores
+    new = with_engine(directory, lambda e: e.rank(QUERY, PASSAGES, "END")).scores
     cfg = json.loads((directory / "config.json").read_text())
     assert cfg["layer_types"] == ["full_attention", "sliding_attention", "full_attention"]
     old = {k: v for k, v in cfg.items() if k not in ("layer_types", "rope_parameters")}
     old.update(global_attn_every_n_layers=2, global_rope_theta=160000.0, local_rope_theta=10000.0)
     (directory / "config.json").write_text(json.dumps(old))
-    assert run_engine(directory, lambda e: e.rank(QUERY, PASSAGES, "END")).scores == pytest.approx(new, abs=1e-6)
+    assert with_engine(directory, lambda e: e.rank(QUERY, PASSAGES, "END")).scores == pytest.approx(new, abs=1e-6)
     # and the window and thetas matter: a wrong local theta changes the scores
     (directory / "config.json").write_text(json.dumps({**old, "local_rope_theta": 160000.0}))
-    changed = run_engine(directory, lambda e: e.rank(QUERY, PASSAGES, "END")).scores
+    changed = with_engine(directory, lambda e: e.rank(QUERY, PASSAGES, "END")).scores
     assert max(abs(a - b) for a, b in zip(changed, new)) > 1e-3
 
 
@@ -103,7 +87,7 @@ def test_embedder_equals_transformers_mean_pooled(tmp_path):
     with torch.no_grad():
         hidden = model(input_ids, mask).last_hidden_state
     expected = torch.nn.functional.normalize((hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True), dim=-1)
-    got = run_engine(directory, lambda e: e.embed(PASSAGES, None, "END", None)).vectors
+    got = with_engine(directory, lambda e: e.embed(PASSAGES, None, "END", None)).vectors
     assert (torch.as_tensor(got) - expected).abs().max() <= TOL
     spec = load_model(directory)
     assert (spec.family, spec.kind, spec.pooling) == ("modernbert", "embedder", "mean")

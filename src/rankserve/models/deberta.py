@@ -21,23 +21,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rankserve.engine.types import Packed
 from rankserve.errors import ModelLoadError
 from rankserve.models.attention import packed_attention
-from rankserve.models.model_dir import num_labels, st_embedder, tokenizer_max
-from rankserve.models.pooling import PooledEncoder, pool
+from rankserve.models.bert import ACTIVATIONS, DenseNorm, Intermediate
+from rankserve.models.model_dir import require_one_label, tokenizer_max
+from rankserve.models.pooling import encoder_embedder, pool
 from rankserve.models.recipes import RecipeChoice, refuse_for_encoder
 from rankserve.models.rows import by_rows
-
-ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh,
-               "gelu_new": lambda x: F.gelu(x, approximate="tanh")}
-
 
 @dataclass(frozen=True, kw_only=True)
 class DebertaConfig:
@@ -160,61 +156,42 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, p: Packed, rel: torch.Tensor | None) -> torch.Tensor:
         q, k, v = self.query_proj(x), self.key_proj(x), self.value_proj(x)
-        bias = None
-        if self.terms:
-            span, heads, hd = self.c.span, self.heads, self.head_dim
-
-            def by_head(name: str) -> torch.Tensor:  # rel [2 span, H] projected -> [heads, hd, 2 span]
-                proj = getattr(self, name if self.c.share_att_key else "pos_" + name)
-                return proj(rel).view(2 * span, heads, hd).permute(1, 2, 0)
-
-            pos_k = by_head("key_proj") if "c2p" in self.terms else None
-            pos_q = by_head("query_proj") if "p2c" in self.terms else None
-
-            def bias(qh: torch.Tensor, kh: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-                b, _, t, _ = qh.shape
-                rel_pos = bucket(pos[:, :, None] - pos[:, None, :], self.c.position_buckets, self.c.max_relative_positions)
-                index = (rel_pos + span).clamp(0, 2 * span - 1)[:, None].expand(b, heads, t, t)  # [B, H, Tq, Tk]
-                total = qh.new_zeros((b, heads, t, t))
-                if "c2p" in self.terms:  # query i . position key d(i, j)
-                    total += torch.gather(qh @ pos_k, -1, index)
-                if "p2c" in self.terms:  # key j . position query d(i, j), gathered along the key's rows
-                    total += torch.gather(kh @ pos_q, -1, index.transpose(-1, -2)).transpose(-1, -2)
-                return total * self.scale
-
+        bias = self.position_bias(rel) if self.terms else None
         return packed_attention(q, k, v, p, self.heads, self.heads, scale=self.scale, bias=bias)
 
+    def position_bias(self, rel: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The c2p + p2c score terms as ``packed_attention``'s ``bias(q, k, pos)``, already scaled."""
+        span, heads, hd = self.c.span, self.heads, self.head_dim
 
-class AddNorm(nn.Module):
-    """BERT's post-norm output: LayerNorm(dense(x) + residual). Keys ``dense``, ``LayerNorm``."""
+        def by_head(name: str) -> torch.Tensor:  # rel [2 span, H] projected -> [heads, hd, 2 span]
+            proj = getattr(self, name if self.c.share_att_key else "pos_" + name)
+            return proj(rel).view(2 * span, heads, hd).permute(1, 2, 0)
 
-    def __init__(self, size_in: int, c: DebertaConfig):
-        super().__init__()
-        self.dense = nn.Linear(size_in, c.hidden_size)
-        self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        pos_k = by_head("key_proj") if "c2p" in self.terms else None
+        pos_q = by_head("query_proj") if "p2c" in self.terms else None
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dense(x) + residual)
+        def bias(qh: torch.Tensor, kh: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+            b, _, t, _ = qh.shape
+            rel_pos = bucket(pos[:, :, None] - pos[:, None, :], self.c.position_buckets, self.c.max_relative_positions)
+            index = (rel_pos + span).clamp(0, 2 * span - 1)[:, None].expand(b, heads, t, t)  # [B, H, Tq, Tk]
+            total = qh.new_zeros((b, heads, t, t))
+            if pos_k is not None:  # c2p: query i . position key d(i, j)
+                total += torch.gather(qh @ pos_k, -1, index)
+            if pos_q is not None:  # p2c: key j . position query d(i, j), gathered along the key's rows
+                total += torch.gather(kh @ pos_q, -1, index.transpose(-1, -2)).transpose(-1, -2)
+            return total * self.scale
+
+        return bias
 
 
 class Attention(nn.Module):
     def __init__(self, c: DebertaConfig):
         super().__init__()
         self.self = SelfAttention(c)
-        self.output = AddNorm(c.hidden_size, c)
+        self.output = DenseNorm(c, c.hidden_size)  # BERT's post-norm output (same keys)
 
     def forward(self, x: torch.Tensor, p: Packed, rel: torch.Tensor | None) -> torch.Tensor:
         return self.output(self.self(x, p, rel), x)
-
-
-class Intermediate(nn.Module):
-    def __init__(self, c: DebertaConfig):
-        super().__init__()
-        self.dense = nn.Linear(c.hidden_size, c.intermediate_size)
-        self.act = ACTIVATIONS[c.hidden_act]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.dense(x))
 
 
 class Layer(nn.Module):
@@ -222,7 +199,7 @@ class Layer(nn.Module):
         super().__init__()
         self.attention = Attention(c)
         self.intermediate = Intermediate(c)
-        self.output = AddNorm(c.intermediate_size, c)
+        self.output = DenseNorm(c, c.intermediate_size)
 
     def forward(self, x: torch.Tensor, p: Packed, rel: torch.Tensor | None) -> torch.Tensor:
         h = self.attention(x, p, rel)
@@ -293,17 +270,12 @@ def build(directory: Path, cfg: dict[str, Any], arch: str, choice: RecipeChoice)
     limits = [c.max_position_embeddings, tokenizer_max(directory)]
     fields: dict[str, Any] = dict(family="deberta", pad_id=int(cfg.get("pad_token_id") or 0), hidden_size=c.hidden_size)
     if arch.endswith("ForSequenceClassification"):
-        if num_labels(cfg) != 1:
-            raise ModelLoadError(f"{arch} with {num_labels(cfg)} labels: only one-logit cross-encoders rank")
+        require_one_label(cfg, arch)
         if int(cfg.get("pooler_hidden_size") or c.hidden_size) != c.hidden_size:
             raise ModelLoadError("pooler_hidden_size != hidden_size is not supported")
         return dict(fields, module=DebertaForSequenceClassification(c), kind="cross-encoder", pooling="cls",
                     max_length=min(x for x in limits if x))
-    st = st_embedder(directory)
-    pooling, normalize, st_max = st if st else ("mean", True, None)
-    limits.append(st_max)
-    return dict(fields, module=PooledEncoder(DebertaModel(c), pooling), kind="embedder", pooling=pooling,
-                normalize=normalize, max_length=min(x for x in limits if x))
+    return dict(fields, **encoder_embedder(directory, DebertaModel(c), limits))
 
 
 ARCHITECTURE_NAMES = ("DebertaV2ForSequenceClassification", "DebertaV2Model")

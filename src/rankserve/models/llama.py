@@ -34,7 +34,7 @@ from rankserve.engine.types import Packed
 from rankserve.errors import ModelLoadError
 from rankserve.models import recipes
 from rankserve.models.attention import packed_attention
-from rankserve.models.model_dir import num_labels, read_json, st_embedder, tokenizer_max
+from rankserve.models.model_dir import read_json, require_one_label, st_embedder, tokenizer_max
 from rankserve.models.pooling import PooledEncoder, normalize_pooling, pool
 from rankserve.models.rows import by_rows
 
@@ -358,8 +358,7 @@ def build(directory: Path, cfg: dict[str, Any], arch: str,
             return dict(fields, module=LlamaForSequenceClassification(c, "last"), pooling="last", temperature=1.0,
                         rerank_template=template,
                         prepare_state=lambda state: recipes.score_head(state, positive, negative))
-        if num_labels(cfg) != 1:
-            raise ModelLoadError(f"{arch} with {num_labels(cfg)} labels: only one-logit cross-encoders rank")
+        require_one_label(cfg, arch)
         pooling = normalize_pooling(str(cfg.get("pooling", default_pooling)))
         temperature = float(cfg.get("temperature", 1.0))
         if not temperature > 0:

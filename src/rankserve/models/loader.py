@@ -20,8 +20,8 @@ from torch import nn
 from rankserve.errors import ModelLoadError
 from rankserve.models import bert, deberta, llama, modernbert
 from rankserve.models.recipes import RecipeChoice, refuse_for_encoder
-from rankserve.models.model_dir import num_labels, read_json, st_embedder, tokenizer_max
-from rankserve.models.pooling import PooledEncoder
+from rankserve.models.model_dir import read_json, require_one_label, tokenizer_max
+from rankserve.models.pooling import encoder_embedder
 
 log = logging.getLogger("rankserve")
 
@@ -236,17 +236,12 @@ def _build_bert(directory: Path, cfg: dict[str, Any], arch: str, choice: RecipeC
     family = "xlm-roberta" if roberta else "bert"
     limits = [c.max_tokens, tokenizer_max(directory)]
     if arch.endswith("ForSequenceClassification"):
-        if num_labels(cfg) != 1:
-            raise ModelLoadError(f"{arch} with {num_labels(cfg)} labels: only one-logit cross-encoders rank")
+        require_one_label(cfg, arch)
         head = bert.XLMRobertaForSequenceClassification if roberta else bert.BertForSequenceClassification
         return dict(module=head(c), kind="cross-encoder", family=family, max_length=min(x for x in limits if x),
                     pad_id=c.pad_token_id, pooling="cls", hidden_size=c.hidden_size)
-    st = st_embedder(directory)
-    pooling, normalize, st_max = st if st else ("mean", True, None)
-    limits.append(st_max)
-    return dict(module=PooledEncoder(bert.BertModel(c), pooling), kind="embedder", family=family,
-                max_length=min(x for x in limits if x), pad_id=c.pad_token_id, pooling=pooling,
-                normalize=normalize, hidden_size=c.hidden_size)
+    return dict(encoder_embedder(directory, bert.BertModel(c), limits), family=family, pad_id=c.pad_token_id,
+                hidden_size=c.hidden_size)
 
 
 # architecture name -> builder(directory, config, architecture, recipe choice) -> ModelSpec fields

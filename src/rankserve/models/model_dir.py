@@ -28,6 +28,12 @@ def num_labels(cfg: dict[str, Any]) -> int:
     return len(cfg["id2label"]) if "id2label" in cfg else int(cfg.get("num_labels", 1))
 
 
+def require_one_label(cfg: dict[str, Any], arch: str) -> None:
+    """A reranker's head must have one output (the loader sets num_labels from the head's weights)."""
+    if num_labels(cfg) != 1:
+        raise ModelLoadError(f"{arch} with {num_labels(cfg)} labels: only one-logit cross-encoders rank")
+
+
 def tokenizer_max(directory: Path) -> int | None:
     """``model_max_length`` from tokenizer_config.json, unless it is transformers' "no limit" value."""
     tok_cfg = read_json(directory / "tokenizer_config.json") or {}

@@ -25,11 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from rankserve.engine.types import Packed
-from rankserve.errors import ModelLoadError
 from rankserve.models.attention import packed_attention
 from rankserve.models.llama import apply_rope, default_inv_freq, rope_cos_sin
-from rankserve.models.model_dir import num_labels, st_embedder, tokenizer_max
-from rankserve.models.pooling import PooledEncoder, normalize_pooling, pool
+from rankserve.models.model_dir import require_one_label, tokenizer_max
+from rankserve.models.pooling import encoder_embedder, normalize_pooling, pool
 from rankserve.models.recipes import RecipeChoice, refuse_for_encoder
 from rankserve.models.rows import by_rows
 
@@ -206,16 +205,11 @@ def build(directory: Path, cfg: dict[str, Any], arch: str, choice: RecipeChoice)
     fields: dict[str, Any] = dict(family="modernbert", pad_id=int(cfg.get("pad_token_id") or 0),
                                   hidden_size=c.hidden_size)
     if arch.endswith("ForSequenceClassification"):
-        if num_labels(cfg) != 1:
-            raise ModelLoadError(f"{arch} with {num_labels(cfg)} labels: only one-logit cross-encoders rank")
+        require_one_label(cfg, arch)
         pooling = normalize_pooling(str(cfg.get("classifier_pooling", "cls")))
         return dict(fields, module=ModernBertForSequenceClassification(c, pooling), kind="cross-encoder",
                     pooling=pooling, max_length=min(x for x in limits if x))
-    st = st_embedder(directory)
-    pooling, normalize, st_max = st if st else ("mean", True, None)
-    limits.append(st_max)
-    return dict(fields, module=PooledEncoder(ModernBertModel(c), pooling), kind="embedder", pooling=pooling,
-                normalize=normalize, max_length=min(x for x in limits if x))
+    return dict(fields, **encoder_embedder(directory, ModernBertModel(c), limits))
 
 
 ARCHITECTURE_NAMES = ("ModernBertForSequenceClassification", "ModernBertModel")

@@ -9,6 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pathlib import Path
+from typing import Any
+
 from rankserve.engine.types import Packed
 
 POOLING_ALIASES = {"avg": "mean", "mean": "mean", "cls": "cls", "first": "cls", "last": "last", "eos": "last"}
@@ -47,3 +50,14 @@ class PooledEncoder(nn.Module):
 
     def forward(self, p: Packed) -> torch.Tensor:
         return pool(self.model(p), p, self.pooling)
+
+
+def encoder_embedder(directory: Path, encoder: nn.Module, limits: list[int | None]) -> dict[str, Any]:
+    """ModelSpec fields of an encoder served as an embedder: pooling, normalization and length from
+    the folder's sentence-transformers files (mean pooling, normalized, when it has none)."""
+    from rankserve.models.model_dir import st_embedder
+
+    st = st_embedder(directory)
+    pooling, normalize, st_max = st if st else ("mean", True, None)
+    return dict(module=PooledEncoder(encoder, pooling), kind="embedder", pooling=pooling, normalize=normalize,
+                max_length=min(x for x in [*limits, st_max] if x))
