@@ -759,6 +759,10 @@ class Options:
     # soak
     clients: int = 64
     seconds: float = 60.0
+    # Keep sending past ``seconds`` until this many valid and invalid requests went out (at most
+    # 10x ``seconds``): on a slow or busy machine a short soak still exercises both kinds.
+    min_valid: int = 0
+    min_invalid: int = 0
     distinct: int = 200  # distinct valid requests
     passage_pool: int = 400  # distinct passages they draw from
     invalid_fraction: float = 0.2
@@ -814,8 +818,13 @@ async def _soak(opts: Options, ref: Reference, server: Server, calls: list[Call]
     rss: list[tuple[float, float]] = []
     rss_before = server.rss()
     start = time.monotonic()
-    deadline = start + opts.seconds
+    deadline, hard_stop = start + opts.seconds, start + 10 * opts.seconds
     done = asyncio.Event()
+
+    def keep_going() -> bool:
+        now = time.monotonic()
+        short = tally.valid_sent < opts.min_valid or tally.invalid_sent < opts.min_invalid
+        return now < deadline or (short and now < hard_stop)
 
     async def sample() -> None:
         while not done.is_set():
@@ -829,7 +838,7 @@ async def _soak(opts: Options, ref: Reference, server: Server, calls: list[Call]
 
     async def client(k: int, http: httpx.AsyncClient) -> None:
         rng = random.Random(opts.seed * 1000 + k + 1)
-        while time.monotonic() < deadline:
+        while keep_going():
             if rng.random() < opts.invalid_fraction:
                 name, path, raw = invalid_request(rng, ref)
                 r, _s, err = await post(http, server.url + path, raw=raw)
