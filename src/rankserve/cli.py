@@ -50,8 +50,8 @@ HELP = {
 }
 
 
-CHOICES = {"recipe": RECIPE_NAMES, "dtype": DTYPES, "backend": BACKENDS, "quantize": QUANTIZE, "cpu_gemm": CPU_GEMMS, "log_format": LOG_FORMATS,
-           "log_level": LOG_LEVELS, "truncate_default": TRUNCATE_DEFAULTS, "chunk_aggregate": CHUNK_AGGREGATES}
+CHOICES = {"recipe": RECIPE_NAMES, "dtype": DTYPES, "backend": BACKENDS, "quantize": QUANTIZE, "cpu_gemm": CPU_GEMMS,
+           "log_format": LOG_FORMATS, "log_level": LOG_LEVELS, "truncate_default": TRUNCATE_DEFAULTS, "chunk_aggregate": CHUNK_AGGREGATES}
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -81,8 +81,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.ray:
         from rankserve.deploy.ray_serve import Scaling, run
 
+        config = config_from(args)
+        if config.grpc_port:  # every replica would bind the same port; Ray Serve proxies HTTP only here
+            raise ConfigError("--grpc-port is not supported with --ray (each replica would bind it); serve "
+                              "gRPC from plain `rankserve serve` processes")
         scaling = Scaling.parse(args.replicas, args.autoscale, args.ray_cpus, args.ray_gpus)
-        return run(config_from(args), scaling, args.ray_address)
+        return run(config, scaling, args.ray_address)
     if any(v is not None for v in (args.replicas, args.autoscale, args.ray_address, args.ray_cpus, args.ray_gpus)):
         raise ConfigError("--replicas, --autoscale, --ray-address, --ray-cpus and --ray-gpus need --ray")
     from rankserve.api.server import serve

@@ -68,3 +68,10 @@ def test_grpc_port_from_flag_rankserve_env_and_nim_names():
     for bad in ({"grpc_port": 70000}, {"grpc_port": 8000, "port": 8000}):
         with pytest.raises(ConfigError, match="grpc_port"):
             load_config(bad, environ={})
+
+
+def test_grpc_with_ray_is_refused(capsys):
+    from rankserve.cli import main
+
+    assert main(["serve", "--ray", "--grpc-port", "9001"]) != 0
+    assert "--grpc-port is not supported with --ray" in capsys.readouterr().err
