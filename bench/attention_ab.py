@@ -45,4 +45,6 @@ def run(lengths, rounds=5):
 for label, lengths in (("mixed 16-512 x32", [int(16 * 32 ** rng.random()) for _ in range(32)]),
                        ("uniform 256 x16", [256] * 16), ("short 24-64 x64", [rng.randint(24, 64) for _ in range(64)])):
     best, flops = run(lengths)
-    print(f"{label:18} grouped {best['grouped']*1e3:7.2f} ms ({flops/best['grouped']/1e9:5.1f} GF/s)  per-seq {best['per_seq']*1e3:7.2f} ms ({flops/best['per_seq']/1e9:5.1f} GF/s)  per-seq speed {best["grouped"]/best["per_seq"]:.2f}x grouped")
+    g, ps = best["grouped"], best["per_seq"]
+    print(f"{label:18} grouped {g * 1e3:7.2f} ms ({flops / g / 1e9:5.1f} GF/s)  "
+          f"per-seq {ps * 1e3:7.2f} ms ({flops / ps / 1e9:5.1f} GF/s)  per-seq speed {g / ps:.2f}x grouped")
