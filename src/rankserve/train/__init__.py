@@ -1,0 +1,5 @@
+"""``rankserve train``. The choices the command offers live here, not in mining.py / fit.py, so that
+building the CLI parser imports none of their dependencies and every module imports them one way."""
+
+METHODS = ("bm25", "dense", "both")  # first stages hard negatives come from ("both": interleaved)
+LOSSES = ("bce", "listwise")

@@ -18,10 +18,7 @@ import time
 from pathlib import Path
 
 from rankserve.eval.commands import _Help, _usage_errors, default_cache_dir, require
-
-# Here, not in mining.py / fit.py: building the CLI parser must not import their dependencies.
-METHODS = ("bm25", "dense", "both")  # first stages hard negatives come from ("both": interleaved)
-LOSSES = ("bce", "listwise")
+from rankserve.train import LOSSES, METHODS
 
 
 def add_command(subparsers) -> None:

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from rankserve.train.commands import LOSSES
+from rankserve.train import LOSSES
 from rankserve.train.mining import Example
 
 

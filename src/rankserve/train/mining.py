@@ -16,7 +16,7 @@ from pathlib import Path
 from rankserve.eval.beir import Dataset
 from rankserve.eval.clients import Embedder
 from rankserve.eval.retrieval import bm25_search, dense_search, embed_cached, tokenize
-from rankserve.train.commands import METHODS
+from rankserve.train import METHODS
 
 
 @dataclass(frozen=True)
