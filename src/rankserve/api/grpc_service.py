@@ -91,7 +91,8 @@ def parameter(request: Any, name: str) -> Any:
     if name not in request.parameters:
         return None
     p = request.parameters[name]
-    return getattr(p, p.WhichOneof("parameter_choice")) if p.WhichOneof("parameter_choice") else None
+    kind = p.WhichOneof("parameter_choice")
+    return getattr(p, kind) if kind else None
 
 
 def string_parameter(request: Any, name: str, choices: tuple[str, ...]) -> str | None:

@@ -171,7 +171,8 @@ class Engine:
         if self.spec.kind == "cross-encoder":
             windows, owners = await self._in_pool(self.policy.pair_windows, query, passages,
                                                   self.config.chunk_max_windows)
-            tokens = sum(len(w) for w in windows)
+            lengths = [len(w) for w in windows]
+            tokens = sum(lengths)
             self.check_request_tokens(tokens)
             scores = torch.stack(await self.batcher.submit(windows, priority)).reshape(-1)
         else:
@@ -182,20 +183,20 @@ class Engine:
                 return q + windows, owners
 
             encoded, owners = await self._in_pool(encode)
-            tokens = sum(len(e) for e in encoded)
+            lengths = [len(e) for e in encoded[1:]]  # the windows' (the query is encoded[0])
+            tokens = len(encoded[0]) + sum(lengths)
             self.check_request_tokens(tokens)
             rows = torch.nn.functional.normalize(torch.stack(await self.batcher.submit(encoded, priority)), dim=-1)
             scores = rows[1:] @ rows[0]
         owner = torch.tensor(owners)
-        counts = torch.bincount(owner, minlength=len(passages)).float()
         if self.config.chunk_aggregate == "mean":
-            per_passage = torch.zeros(len(passages)).index_add_(0, owner, scores.float()) / counts
+            windows_each = torch.bincount(owner, minlength=len(passages)).float()
+            per_passage = torch.zeros(len(passages)).index_add_(0, owner, scores.float()) / windows_each
         else:
             per_passage = torch.full((len(passages),), -torch.inf).scatter_reduce(0, owner, scores.float(), "amax")
         self.metrics.chunk_windows.inc(len(owners))
-        window_tokens = [len(w) for w in (windows if self.spec.kind == "cross-encoder" else encoded[1:])]
-        counts = torch.zeros(len(passages), dtype=torch.long).index_add_(0, owner, torch.tensor(window_tokens))
-        return RankResult(per_passage.tolist(), tokens, counts.tolist())
+        token_counts = torch.zeros(len(passages), dtype=torch.long).index_add_(0, owner, torch.tensor(lengths))
+        return RankResult(per_passage.tolist(), tokens, token_counts.tolist())
 
     async def _rank_by_cosine(self, query: str, passages: Sequence[str], truncate: Truncate,
                               priority: Priority) -> RankResult:
