@@ -33,6 +33,8 @@ HELP = {
     "drain_timeout": "seconds SIGTERM waits for admitted requests to finish",
     "max_text_chars": "characters per text (query, passage, input); more is a 413",
     "max_request_tokens": "tokens per request after truncation; more is a 413",
+    "max_image_bytes": "bytes per image passage (decoded from base64, VL rerankers); more is a 400",
+    "max_image_pixels": "pixels (width x height) per image passage, checked before decoding; more is a 400",
     "ssl_certfile": "PEM certificate chain: serve HTTPS (with --ssl-keyfile)",
     "ssl_keyfile": "PEM private key for --ssl-certfile",
     "log_format": "text | json (one JSON object per line, with request ids)",

@@ -188,11 +188,12 @@ def check_embed_input(config: ServerConfig, texts: list, field: str) -> None:
 
 
 async def rank_request(request: Request, engine: Engine, query: str, texts: list[str], truncate: str,
-                       field: str) -> tuple[RankResult, list[int]]:
+                       field: str, images: list[str | None] | None = None) -> tuple[RankResult, list[int]]:
     """What every rerank route does: the per-request limits, the engine call (with the request's
-    priority, deadline and disconnect handling), and the passage indices best first."""
+    priority, deadline and disconnect handling), and the passage indices best first. ``images``:
+    per passage a data URL or None (NIM's VL reranker shape)."""
     check_rank_input(request.app.state.config, query, texts, field)
-    work = engine.rank(query, texts, truncate, priority_of(request))  # type: ignore[arg-type]
+    work = engine.rank(query, texts, truncate, priority_of(request), images)  # type: ignore[arg-type]
     result = await unless_disconnected(request, work)
     return result, sorted(range(len(texts)), key=lambda i: (-result.scores[i], i))
 
@@ -200,9 +201,11 @@ async def rank_request(request: Request, engine: Engine, query: str, texts: list
 @router.post("/v1/ranking", response_model=s.RankingResponse, responses=ERRORS, dependencies=[Depends(check_auth)])
 async def ranking(body: s.RankingRequest, request: Request) -> s.RankingResponse:
     engine, _ = engine_for(request, body.model, "rank")
-    texts = [p.text for p in body.passages]
+    texts = [p.text or "" for p in body.passages]
+    images = [p.image for p in body.passages]
     truncate = body.truncate or request.app.state.config.truncate_default
-    result, order = await rank_request(request, engine, body.query.text, texts, truncate, "passages")
+    result, order = await rank_request(request, engine, body.query.text, texts, truncate, "passages",
+                                       images if any(images) else None)
     top = body.top_k or body.top_n
     if top is not None:
         order = order[:top]

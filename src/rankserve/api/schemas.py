@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_validator
 
 
 class Request(BaseModel):
@@ -28,10 +28,23 @@ class Query(TextItem):
         return v
 
 
+class Passage(Request):
+    text: StrictStr | None = Field(None, min_length=1, description="The passage's text; may be left out when it has an image")
+    image: StrictStr | None = Field(
+        None, description="VL rerankers only: a base64 data URL, e.g. data:image/png;base64,... (PNG, JPEG, WebP, "
+                          "GIF, BMP, TIFF)")
+
+    @model_validator(mode="after")
+    def text_or_image(self) -> "Passage":
+        if self.text is None and self.image is None:
+            raise ValueError("a passage needs text, an image (VL rerankers), or both")
+        return self
+
+
 class RankingRequest(Request):
     model: StrictStr | None = Field(None, description="Served model id; optional")
     query: Query
-    passages: list[TextItem] = Field(min_length=1)
+    passages: list[Passage] = Field(min_length=1)
     truncate: Literal["NONE", "END", "CHUNK"] | None = Field(
         None, description="END drops passage tokens, then query tokens, from the right; CHUNK scores overlapping "
                           "windows of a long passage and keeps the best; omitted: the server's --truncate-default (END)")

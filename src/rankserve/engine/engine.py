@@ -8,6 +8,7 @@ the query's and each passage's embedding (the query encoded once, passages throu
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,9 +20,10 @@ import torch
 from rankserve.config import ServerConfig
 from rankserve.engine.batcher import Batcher, Priority
 from rankserve.engine.cache import EmbeddingCache, text_key
+from rankserve.engine.images import image_pixels
 from rankserve.engine.runner import TorchRunner, batch_tokens, resolve_device
 from rankserve.engine.tokenize import Encoded, TokenizerPolicy, Truncate
-from rankserve.errors import InvalidRequest, PayloadTooLarge
+from rankserve.errors import ConfigError, InvalidRequest, PayloadTooLarge
 from rankserve.metrics import Metrics
 from rankserve.models.loader import ModelSpec, default_model_dir, load_model, resolve_dtype
 from rankserve.models.recipes import RecipeChoice
@@ -47,6 +49,9 @@ def served_name(config: ServerConfig) -> str:
 def make_runner(spec: ModelSpec, device: torch.device, config: ServerConfig):
     """The runner ``config.backend`` names (both have ``forward(items) -> Tensor``)."""
     if config.backend == "onnxruntime":
+        if spec.vision is not None:
+            raise ConfigError(f"backend onnxruntime exports text models only; {spec.architecture} (image passages) "
+                              "runs on backend torch")
         from rankserve.engine.onnx_runner import OnnxRunner  # onnxruntime is an optional dependency
 
         return OnnxRunner(spec, threads=config.threads, quantize=config.quantize)
@@ -151,8 +156,11 @@ class Engine:
 
     # -- API -------------------------------------------------------------------------------
     async def rank(self, query: str, passages: Sequence[str], truncate: Truncate = "END",
-                   priority: Priority = "interactive") -> RankResult:
+                   priority: Priority = "interactive", images: Sequence[str | None] | None = None) -> RankResult:
+        """``images``: per passage, a data URL or None (VL rerankers; a text-only model refuses them)."""
         self.batcher.check_admission(len(passages))  # refuse before tokenizing when full
+        if images is not None and any(image is not None for image in images):
+            return await self._rank_with_images(query, passages, images, truncate, priority)
         if truncate == "CHUNK":
             return await self._rank_windows(query, passages, priority)
         if self.spec.kind == "cross-encoder":
@@ -162,6 +170,34 @@ class Engine:
             counts = [len(e) for e in encoded]
             return RankResult([float(r) for r in rows], sum(counts), counts)
         return await self._rank_by_cosine(query, passages, truncate, priority)
+
+    async def _rank_with_images(self, query: str, passages: Sequence[str], images: Sequence[str | None],
+                                truncate: Truncate, priority: Priority) -> RankResult:
+        """A VL reranker's request: images decoded and tiled in the tokenize pool, each image passage's
+        prompt led by its image tokens (never truncated), tiles sent along with the token ids."""
+        vision = self.spec.vision
+        first = next(i for i, image in enumerate(images) if image is not None)
+        if vision is None:
+            raise InvalidRequest(f"passages[{first}] has an image, but model {self.name!r} reads text only: send "
+                                 "text passages, or serve a VL reranker (docs/rerankers.md)", param=f"passages.{first}.image")
+        if truncate == "CHUNK":
+            raise InvalidRequest("truncate CHUNK splits long text; it does not apply to passages with images: "
+                                 "use END or NONE", param="truncate")
+        template = self.spec.rerank_template or ""
+        limits = (self.config.max_image_bytes, self.config.max_image_pixels)
+
+        def encode() -> list[Encoded]:
+            pixels = [None if image is None else image_pixels(image, f"passages[{i}].image", vision.tiles, *limits)
+                      for i, image in enumerate(images)]
+            templates = [template if px is None else vision.image_text(px.shape[0]) + " " + template for px in pixels]
+            encoded = self.policy.pairs(query, passages, truncate, templates)
+            return [e if px is None else dataclasses.replace(e, pixels=px) for e, px in zip(encoded, pixels)]
+
+        encoded = await self._in_pool(encode)
+        counts = [len(e) for e in encoded]
+        self.check_request_tokens(sum(counts))
+        rows = await self.batcher.submit(encoded, priority)
+        return RankResult([float(r) for r in rows], sum(counts), counts)
 
     async def _rank_windows(self, query: str, passages: Sequence[str], priority: Priority) -> RankResult:
         """``truncate: CHUNK``: every window of every passage scored (one job), each passage getting

@@ -8,6 +8,7 @@ and ``engine.make_runner`` picks between them.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Sequence
 
@@ -57,7 +58,9 @@ def packed_batch(spec: ModelSpec, items: Sequence[Encoded], group_ratio: float =
     batch = Batch.from_sequences(
         [it.ids for it in items], [it.type_ids for it in items] if with_types else None, pad_id=spec.pad_id
     )
-    return batch.packed(group_ratio)
+    packed = batch.packed(group_ratio)
+    images = [it.pixels for it in items if it.pixels is not None]
+    return dataclasses.replace(packed, images=torch.cat(images)) if images else packed
 
 
 def finish(spec: ModelSpec, out: torch.Tensor) -> torch.Tensor:

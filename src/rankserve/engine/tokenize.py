@@ -15,9 +15,10 @@ tokens and template text are never removed.
 from __future__ import annotations
 
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
+import torch
 from tokenizers import Encoding, Tokenizer
 
 from rankserve.errors import InputTooLong
@@ -31,6 +32,7 @@ KEEP, QUERY, PASSAGE, TEXT = 0, 1, 2, 3
 class Encoded:
     ids: list[int]
     type_ids: list[int] | None  # None when the model has no token types (Llama)
+    pixels: torch.Tensor | None = field(default=None, compare=False)  # an image passage's tiles [T, 3, S, S] (VL)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -157,14 +159,16 @@ class TokenizerPolicy:
         encs, roles_of = self._text_encodings(texts, prefix)
         return self._windows(encs, roles_of, TEXT, what, names, limit)
 
-    def _pair_encodings(self, query: str, passages: Sequence[str]):
+    def _pair_encodings(self, query: str, passages: Sequence[str], templates: Sequence[str] | None = None):
+        """``templates``: one per passage in place of ``rerank_template`` (a VL model's image prefix)."""
         if self.rerank_template is None:
             encs = self.tokenizer.encode_batch([(query, p) for p in passages])
 
             def roles_of(_i: int, enc: Encoding) -> list[int]:
                 return [KEEP if s is None else (QUERY if s == 0 else PASSAGE) for s in enc.sequence_ids]
         else:
-            filled = [template_spans(self.rerank_template, query=query, passage=p) for p in passages]
+            filled = [template_spans(templates[i] if templates else self.rerank_template, query=query, passage=p)
+                      for i, p in enumerate(passages)]
             encs = self.tokenizer.encode_batch([text for text, _ in filled])
 
             def roles_of(i: int, enc: Encoding) -> list[int]:
@@ -179,9 +183,11 @@ class TokenizerPolicy:
             return _roles_from_offsets(enc, {TEXT: (len(prefix), len(prefix) + len(texts[i]))})
         return encs, roles_of
 
-    def pairs(self, query: str, passages: Sequence[str], truncate: Truncate) -> list[Encoded]:
-        """Cross-encoder inputs for (query, passage_i), truncated passage-first."""
-        encs, roles_of = self._pair_encodings(query, passages)
+    def pairs(self, query: str, passages: Sequence[str], truncate: Truncate,
+              templates: Sequence[str] | None = None) -> list[Encoded]:
+        """Cross-encoder inputs for (query, passage_i), truncated passage-first; ``templates`` as in
+        ``_pair_encodings`` (text outside the fields, image tokens included, is never cut)."""
+        encs, roles_of = self._pair_encodings(query, passages, templates)
         return self._fit(encs, truncate, "passages", roles_of, [(PASSAGE, "right"), (QUERY, "right")])
 
     def texts(self, texts: Sequence[str], truncate: Truncate, prefix: str = "", what: str = "input",

@@ -31,6 +31,8 @@ class Packed:
     # set, attention runs per group, each padded only to its own longest sequence (see
     # ``Batch.packed``); everything else still runs on the whole packed batch.
     groups: tuple[tuple[int, int, "Packed"], ...] = ()
+    # A VL model's image tiles [T, 3, S, S], the batch's images in row order (None: no image).
+    images: torch.Tensor | None = None
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         """[N, ...] -> [B, T, ...], zeros at padding."""

@@ -241,9 +241,10 @@ class LlamaModel(nn.Module):
         # A plain attribute, not a buffer: it stays float32 when the module is cast to bf16.
         self.inv_freq = rope_inv_freq(c)
 
-    def forward(self, p: Packed) -> torch.Tensor:
+    def forward(self, p: Packed, embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """``embeds`` [N, H] replaces the token embeddings (a VL model's, with image vectors in)."""
         cos, sin = rope_cos_sin(p.position_ids, self.inv_freq)  # once per batch, shared by layers
-        x = self.embed_tokens(p.input_ids)  # [N, H]
+        x = self.embed_tokens(p.input_ids) if embeds is None else embeds  # [N, H]
         if self.config.embed_scale != 1.0:  # Gemma; the factor rounded to the weights' dtype, as its reference
             x = x * torch.tensor(self.config.embed_scale, dtype=x.dtype)
         for layer in self.layers:

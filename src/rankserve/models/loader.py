@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from rankserve.errors import ModelLoadError
-from rankserve.models import bert, deberta, llama, modernbert
+from rankserve.models import bert, deberta, llama, modernbert, nemotron_vl
+from rankserve.models.nemotron_vl import VisionInput
 from rankserve.models.recipes import RecipeChoice, refuse_for_encoder
 from rankserve.models.model_dir import read_json, require_one_label, tokenizer_max
 from rankserve.models.pooling import encoder_embedder
@@ -40,7 +41,7 @@ class ModelSpec:
 
     module: nn.Module  # Packed -> [B, 1] logits (cross-encoder) or [B, H] vectors (embedder)
     kind: Kind
-    family: str  # bert | xlm-roberta | llama | mistral | qwen2 | qwen3 | gemma
+    family: str  # bert | xlm-roberta | llama | mistral | qwen2 | qwen3 | gemma | modernbert | deberta | nemotron-vl
     architecture: str
     tokenizer_file: Path
     max_length: int  # tokens per sequence, special tokens included
@@ -56,6 +57,7 @@ class ModelSpec:
     dimensions: tuple[int, ...] | None = None  # Matryoshka sizes the model supports; None = any <= hidden
     hidden_size: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    vision: VisionInput | None = None  # VL models: how image passages become tokens and tiles
 
 
 # Pickle formats: never unpickled (loading one runs arbitrary code); named in the refusal.
@@ -106,7 +108,8 @@ def skip_weight_init() -> Iterator[None]:
             setattr(nn.init, name, fn)
 
 
-HEAD_KEYS = (("score", "weight"), ("classifier", "weight"), ("out_proj", "weight"))  # Llama, BERT, XLM-R heads
+# Llama, BERT, XLM-R heads: key endings (a bare out_proj is also a vision tower's attention output)
+HEAD_KEYS = (("score", "weight"), ("classifier", "weight"), ("classifier", "out_proj", "weight"))
 
 
 def head_labels(files: list[Path]) -> int | None:
@@ -117,7 +120,7 @@ def head_labels(files: list[Path]) -> int | None:
         try:
             with safe_open(str(path), "pt") as f:
                 for key in f.keys():
-                    if tuple(key.split(".")[-2:]) in HEAD_KEYS:
+                    if any(tuple(key.split(".")[-len(end):]) == end for end in HEAD_KEYS):
                         return int(f.get_slice(key).get_shape()[0])
         except (SafetensorError, OSError) as exc:
             raise ModelLoadError(f"{path} is not a readable safetensors file: {exc}") from exc
@@ -140,11 +143,13 @@ def load_state(files: list[Path]) -> dict[str, torch.Tensor]:
 CONFIG_BOUNDS = {
     "num_hidden_layers": 1024, "hidden_size": 1 << 16, "intermediate_size": 1 << 20, "num_attention_heads": 1024,
     "num_key_value_heads": 1024, "vocab_size": 1 << 23, "max_position_embeddings": 1 << 21, "type_vocab_size": 1 << 10,
-    "head_dim": 4096,
+    "head_dim": 4096, "image_size": 1 << 13, "force_image_size": 1 << 13, "patch_size": 1 << 10,
+    "max_input_tiles": 64,
 }
 
 
 MAY_BE_ZERO = frozenset({"type_vocab_size"})  # DeBERTa-v3 has no token types
+NESTED_CONFIGS = ("llm_config", "vision_config")  # checked with the same bounds
 
 
 def check_config_sizes(cfg: dict[str, Any], path: Path) -> None:
@@ -258,6 +263,7 @@ ARCHITECTURES: dict[str, Callable[[Path, dict[str, Any], str, RecipeChoice], dic
 ARCHITECTURES.update({name: llama.build for name in llama.ARCHITECTURE_NAMES})
 ARCHITECTURES.update({name: modernbert.build for name in modernbert.ARCHITECTURE_NAMES})
 ARCHITECTURES.update({name: deberta.build for name in deberta.ARCHITECTURE_NAMES})
+ARCHITECTURES.update({name: nemotron_vl.build for name in nemotron_vl.ARCHITECTURE_NAMES})
 # config.json without ``architectures``: the base model its ``model_type`` names.
 MODEL_TYPES = {"bert": "BertModel", "xlm-roberta": "XLMRobertaModel", "roberta": "RobertaModel",
                "llama": "LlamaModel", "llama_bidirec": "LlamaBidirectionalModel",
@@ -298,6 +304,9 @@ def load_model(directory: str | Path, *, dtype: torch.dtype = torch.float32, dev
     if not tokenizer_file.is_file():
         raise ModelLoadError(f"{directory} has no tokenizer.json (a fast tokenizer file is required)")
     check_config_sizes(cfg, directory / "config.json")
+    for part in NESTED_CONFIGS:  # a VL model's language and vision halves
+        if isinstance(cfg.get(part), dict):
+            check_config_sizes(cfg[part], directory / "config.json" / part)
     files = weight_files(directory)
     check_weights_fit(cfg, files)
     labels = head_labels(files)
