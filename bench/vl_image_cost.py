@@ -54,7 +54,10 @@ def peer_models() -> tuple[nn.Module, nn.Module, nn.Module, torch.Tensor]:
         module.to_empty(device="cpu").eval().requires_grad_(False)
         for p in module.parameters():
             p.normal_(0.0 if p.dim() > 1 else 1.0, 0.02, generator=gen)
-    if hasattr(language, "rotary_emb"):  # buffers on meta were not filled: rebuild RoPE's
+    for m in vision.modules():  # buffers built on meta hold garbage after to_empty: refill them
+        if isinstance(getattr(m, "position_ids", None), torch.Tensor):
+            m.position_ids.copy_(torch.arange(m.position_ids.shape[-1]).expand_as(m.position_ids))
+    if hasattr(language, "rotary_emb"):
         language.rotary_emb = type(language.rotary_emb)(language.config)
     return vision, language, mlp1, torch.randn(1, 2048, generator=gen) * 0.02
 
