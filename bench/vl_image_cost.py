@@ -89,7 +89,7 @@ def passage(tiles: int, text_tokens: int, gen: torch.Generator) -> Encoded:
     if not tiles:
         return Encoded([BOS] + text, None)
     ids = [BOS, IMG_START] + [CONTEXT_ID] * (tiles * TILE_TOKENS) + [IMG_END] + text
-    return Encoded(ids, None, torch.rand(tiles, 3, 512, 512, generator=gen) * 2 - 1)
+    return Encoded(ids, None, torch.randint(0, 256, (tiles, 3, 512, 512), dtype=torch.uint8, generator=gen))
 
 
 @torch.inference_mode()
@@ -98,7 +98,8 @@ def peer_logit(models, item: Encoded) -> float:
     ids = torch.tensor(item.ids)
     x = language.embed_tokens(ids)
     if item.pixels is not None:
-        vit = vision(pixel_values=item.pixels).last_hidden_state  # [T, 1024, 1152]
+        pixels = (item.pixels.float() / 255 - 0.5) / 0.5  # SigLIP's normalization, as the processor does
+        vit = vision(pixel_values=pixels).last_hidden_state  # [T, 1024, 1152]
         n, side = vit.shape[0], int(vit.shape[1] ** 0.5)
         v = vit.reshape(n, side, side, -1).view(n, side, side // 2, -1).permute(0, 2, 1, 3).contiguous()
         v = v.view(n, side // 2, side // 2, -1).permute(0, 2, 1, 3).contiguous()

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from tokenizers import AddedToken, Tokenizer
 from torch import nn
 
-from rankserve.engine.images import image_pixels
+from rankserve.engine.images import image_tiles
 from rankserve.models.loader import load_model
 
 from llama_checkpoints import hf_config, llama_tokenizer, tiny_config
@@ -163,7 +163,8 @@ def reference_scores(directory: Path, texts: list[str], images: list[str | None]
     tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
     ids, pixels = [], []
     for text, image in zip(texts, images):
-        px = None if image is None else image_pixels(image, "x", spec.vision.tiles, 1 << 24, 1 << 26)
+        tiles = None if image is None else image_tiles(image, "x", spec.vision.tiles, 1 << 24, 1 << 26)
+        px = None if tiles is None else (tiles.float() / 255 - 0.5) / 0.5  # SigLIP's normalization
         prefix = "" if px is None else "<img>" + "<IMG_CONTEXT>" * (px.shape[0] * 16) + "</img> "
         ids.append(tok.encode(f"{prefix}question:{query} \n \n passage:{text}").ids)
         pixels.append(px)

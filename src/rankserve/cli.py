@@ -34,6 +34,7 @@ HELP = {
     "max_text_chars": "characters per text (query, passage, input); more is a 413",
     "max_request_tokens": "tokens per request after truncation; more is a 413",
     "max_image_bytes": "bytes per image passage (decoded from base64, VL rerankers); more is a 400",
+    "max_request_images": "image passages per ranking request (VL rerankers); more is a 413",
     "max_image_pixels": "pixels (width x height) per image passage, checked before decoding; more is a 400",
     "ssl_certfile": "PEM certificate chain: serve HTTPS (with --ssl-keyfile)",
     "ssl_keyfile": "PEM private key for --ssl-certfile",

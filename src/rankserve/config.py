@@ -82,6 +82,7 @@ class ServerConfig:
     max_text_chars: int = 100_000  # characters per query/passage/input text; more is a 413
     max_request_tokens: int = 1_000_000  # tokens per request after truncation; more is a 413
     max_image_bytes: int = 5 * 1024 * 1024  # per image passage, decoded from base64; more is a 400
+    max_request_images: int = 64  # image passages per ranking request; more is a 413
     # per image (width x height, read from its header before decoding: decompression bombs); more is a 400
     max_image_pixels: int = 25_000_000
     # Ranking requests that omit truncate (and Cohere's rerank, which has no such field): NONE | END |
@@ -179,7 +180,7 @@ class ServerConfig:
         if self.grpc_port and self.grpc_port == self.port:
             bad("grpc_port", "must differ from port (HTTP)")
         for name in ("max_passages", "max_inputs", "max_queue_items", "max_request_bytes", "max_text_chars",
-                     "max_request_tokens", "max_image_bytes", "max_image_pixels"):
+                     "max_request_tokens", "max_image_bytes", "max_image_pixels", "max_request_images"):
             if getattr(self, name) < 1:
                 bad(name, "must be >= 1")
         for name in ("threads", "max_length", "cache_size", "max_batch_tokens", "max_queue_tokens",

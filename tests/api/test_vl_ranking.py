@@ -13,7 +13,7 @@ from vl_checkpoints import QUERY, make_vl_reranker, picture, reference_scores
 def vl_client(tmp_path_factory):
     directory = make_vl_reranker(tmp_path_factory.mktemp("vl-api") / "llama-nemotron-rerank-vl-tiny")
     with app_client(model=str(directory), served_model_name="nvidia/llama-nemotron-rerank-vl-tiny",
-                    max_image_bytes=200_000, max_image_pixels=1_000_000) as client:
+                    max_image_bytes=200_000, max_image_pixels=1_000_000, max_request_images=3) as client:
         wait_ready(client)
         client.directory = directory
         yield client
@@ -84,3 +84,12 @@ def test_text_only_model_refuses_images(ce_client):
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert "reads text only" in error["message"] and error["param"] == "passages.1.image"
+
+
+def test_image_count_limit_is_413_before_decoding(vl_client):
+    """More image passages than --max-request-images (3 here): 413, even when the images are bad
+    (counted before any is decoded)."""
+    passages = [{"image": "data:image/png;base64,bm90IGFuIGltYWdl"}] * 4
+    r = vl_client.post("/v1/ranking", json={"query": {"text": QUERY}, "passages": passages})
+    assert r.status_code == 413, r.text
+    assert "max_request_images" in r.json()["error"]["message"]

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from rankserve.engine.images import TilePolicy, decode, image_pixels
+from rankserve.engine.images import TilePolicy, decode, image_tiles
 from rankserve.errors import InvalidRequest
 
 S = 32
@@ -75,11 +75,11 @@ def test_tiles_are_row_major_then_thumbnail():
     assert [thumb.getpixel(p) for p in ((8, 8), (24, 8), (8, 24), (24, 24))] == centres
 
 
-def test_normalized_pixels():
-    px = image_pixels(data_url(quadrants()), "passages[0].image", TilePolicy(size=S, max_tiles=4, min_tiles=4), **LIMITS)
-    assert px.shape == (5, 3, S, S) and px.dtype == torch.float32
-    assert px[0, :, 16, 16].tolist() == [1.0, -1.0, -1.0]  # red: 255 -> 1, 0 -> -1
-    assert px[3, :, 16, 16].tolist() == [1.0, 1.0, 1.0]
+def test_tiles_tensor():
+    px = image_tiles(data_url(quadrants()), "passages[0].image", TilePolicy(size=S, max_tiles=4, min_tiles=4), **LIMITS)
+    assert px.shape == (5, 3, S, S) and px.dtype == torch.uint8  # uint8 while queued; the model normalizes
+    assert px[0, :, 16, 16].tolist() == [255, 0, 0]
+    assert px[3, :, 16, 16].tolist() == [255, 255, 255]
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"])

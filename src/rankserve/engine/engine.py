@@ -20,7 +20,7 @@ import torch
 from rankserve.config import ServerConfig
 from rankserve.engine.batcher import Batcher, Priority
 from rankserve.engine.cache import EmbeddingCache, text_key
-from rankserve.engine.images import image_pixels
+from rankserve.engine.images import image_tiles
 from rankserve.engine.runner import TorchRunner, batch_tokens, resolve_device
 from rankserve.engine.tokenize import Encoded, TokenizerPolicy, Truncate
 from rankserve.errors import ConfigError, InvalidRequest, PayloadTooLarge
@@ -183,11 +183,15 @@ class Engine:
         if truncate == "CHUNK":
             raise InvalidRequest("truncate CHUNK splits long text; it does not apply to passages with images: "
                                  "use END or NONE", param="truncate")
+        count, limit = sum(image is not None for image in images), self.config.max_request_images
+        if count > limit:  # before decoding any: every image costs seconds of CPU and MBs while queued
+            raise PayloadTooLarge(f"{count} passages have images; the limit is {limit} per request "
+                                  "(max_request_images): split it", param="passages")
         template = self.spec.rerank_template or ""
         limits = (self.config.max_image_bytes, self.config.max_image_pixels)
 
         def encode() -> list[Encoded]:
-            pixels = [None if image is None else image_pixels(image, f"passages[{i}].image", vision.tiles, *limits)
+            pixels = [None if image is None else image_tiles(image, f"passages[{i}].image", vision.tiles, *limits)
                       for i, image in enumerate(images)]
             templates = [template if px is None else vision.image_text(px.shape[0]) + " " + template for px in pixels]
             encoded = self.policy.pairs(query, passages, truncate, templates)

@@ -1,4 +1,4 @@
-"""Image passages -> normalized pixel tiles, the way NVIDIA's VL retrievers cut them (Pillow only).
+"""Image passages -> pixel tiles, the way NVIDIA's VL retrievers cut them (Pillow only).
 
 Runs in the engine's tokenize pool, never on the event loop. Steps, each with its own 400:
 
@@ -13,7 +13,8 @@ Runs in the engine's tokenize pool, never on the event loop. Steps, each with it
    aspect ratios``: enough tiles to keep detail, never stretching the page much. The image is
    resized (bicubic) to cols*S x rows*S and cropped row-major into S x S tiles; with more than one
    tile a whole-image thumbnail (S x S) follows when ``use_thumbnail``;
-5. pixels scaled to [0, 1], then (x - 0.5) / 0.5 per channel (SigLIP's normalization).
+5. the tiles as one uint8 tensor [T, 3, S, S]: a quarter of float32's memory while a request waits
+   in the queue; the model scales and normalizes them (``models/nemotron_vl.py``).
 """
 
 from __future__ import annotations
@@ -82,11 +83,10 @@ class TilePolicy:
         return out
 
 
-def normalized(tiles: list[Image.Image]) -> torch.Tensor:
-    """RGB tiles -> [T, 3, S, S] float32, (x/255 - 0.5) / 0.5."""
+def as_tensor(tiles: list[Image.Image]) -> torch.Tensor:
+    """RGB tiles -> [T, 3, S, S] uint8."""
     array = np.stack([np.asarray(t, dtype=np.uint8) for t in tiles])  # [T, S, S, 3]
-    pixels = torch.from_numpy(array).permute(0, 3, 1, 2).float().div_(255.0)
-    return pixels.sub_(0.5).div_(0.5)
+    return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
 
 
 def decode(value: str, where: str, max_bytes: int, max_pixels: int) -> Image.Image:
@@ -144,6 +144,6 @@ def rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def image_pixels(value: str, where: str, policy: TilePolicy, max_bytes: int, max_pixels: int) -> torch.Tensor:
-    """A passage's image (data URL) -> its normalized tiles [T, 3, S, S]."""
-    return normalized(policy.tiles(decode(value, where, max_bytes, max_pixels)))
+def image_tiles(value: str, where: str, policy: TilePolicy, max_bytes: int, max_pixels: int) -> torch.Tensor:
+    """A passage's image (data URL) -> its tiles [T, 3, S, S] uint8."""
+    return as_tensor(policy.tiles(decode(value, where, max_bytes, max_pixels)))

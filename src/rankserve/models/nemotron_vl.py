@@ -4,7 +4,8 @@ image+text passages, from its config.json and safetensors alone (no remote code)
 The parts, with the checkpoint's key names (the reranker puts all but the head under ``model.``):
 
 - ``vision_model``: SigLIP's vision transformer (``models/siglip.py``), one S x S tile at a time
-  (tiles cut by ``engine/images.py``), last hidden state after ``post_layernorm``;
+  (tiles cut by ``engine/images.py``, scaled to [0, 1] and normalized with mean = std = 0.5 here),
+  last hidden state after ``post_layernorm``;
 - pixel shuffle (``ps_version`` "v2", ratio ``downsample_ratio`` 0.5): each 2 x 2 block of patch
   vectors becomes one vector of 4C, so a 512-pixel tile with 16-pixel patches gives 256 vectors;
 - ``mlp1``: LayerNorm(4C) -> Linear(4C, H) -> GELU -> Linear(H, H) (indices 0, 1, 3);
@@ -38,7 +39,7 @@ from rankserve.models.recipes import RecipeChoice, refuse_for_encoder
 from rankserve.models.siglip import SiglipConfig, SiglipVisionModel
 
 IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
-IMAGE_PLACEHOLDER = "<image> "  # put before the prompt when the passage has an image
+PIXEL_MEAN = PIXEL_STD = 0.5  # SigLIP's normalization of [0, 1] pixels, every channel
 DEFAULT_MAX_TILES = 6
 ARCHITECTURE_NAMES = ("LlamaNemotronVLForSequenceClassification",)
 
@@ -77,8 +78,9 @@ class NemotronVLModel(nn.Module):
         self.context_id = context_id
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """[T, 3, S, S] -> [T * tokens_per_tile, H]."""
-        patches = self.vision_model(pixels)  # [T, P, C]
+        """[T, 3, S, S] uint8 RGB tiles -> [T * tokens_per_tile, H]."""
+        normalized = (pixels.to(torch.float32) / 255.0 - PIXEL_MEAN) / PIXEL_STD
+        patches = self.vision_model(normalized)  # [T, P, C]
         side = int(round(patches.shape[1] ** 0.5))
         shuffled = pixel_shuffle(patches.reshape(patches.shape[0], side, side, -1), self.ratio)
         rows = shuffled.reshape(-1, shuffled.shape[-1])  # 2-D for the CPU GEMM wrappers
