@@ -17,19 +17,23 @@ Passages: a 300-token text passage; a 1-tile image passage (an image that fits o
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from rankserve.engine.images import TilePolicy
-from rankserve.engine.runner import TorchRunner, available_cores
-from rankserve.engine.tokenize import Encoded
-from rankserve.models.llama import LlamaConfig, rope_inv_freq
-from rankserve.models.loader import ModelSpec
-from rankserve.models.nemotron_vl import NemotronVLForSequenceClassification, NemotronVLModel, VisionInput
-from rankserve.models.siglip import SiglipConfig
+sys.path.insert(0, str(Path(__file__).parent))
+from common import best_of  # noqa: E402
+
+from rankserve.engine.images import TilePolicy  # noqa: E402
+from rankserve.engine.runner import TorchRunner, available_cores  # noqa: E402
+from rankserve.engine.tokenize import Encoded  # noqa: E402
+from rankserve.models.llama import LlamaConfig, rope_inv_freq  # noqa: E402
+from rankserve.models.loader import ModelSpec  # noqa: E402
+from rankserve.models.nemotron_vl import NemotronVLForSequenceClassification, NemotronVLModel, VisionInput  # noqa: E402
+from rankserve.models.siglip import SiglipConfig  # noqa: E402
 
 VISION = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
               image_size=512, patch_size=16, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
@@ -109,15 +113,6 @@ def peer_logit(models, item: Encoded) -> float:
     return float(hidden.mean(0) @ score[0])
 
 
-def timed(fn, rounds: int) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(rounds):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=2)
@@ -140,9 +135,9 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, item in cases:
         rounds = 1 if item.pixels is not None and item.pixels.shape[0] > 1 else args.rounds
-        t_peer, ref = timed(lambda: peer_logit(peer, item), rounds)
-        t_ours, got = timed(lambda: fp32.forward([item]), rounds)
-        t_mixed, _ = timed(lambda: mixed.forward([item]), rounds)
+        t_peer, ref = best_of(lambda: peer_logit(peer, item), rounds)
+        t_ours, got = best_of(lambda: fp32.forward([item]), rounds)
+        t_mixed, _ = best_of(lambda: mixed.forward([item]), rounds)
         print(f"| {name} | {len(item)} | {t_peer:.2f} | {t_ours:.2f} | {t_peer / t_ours:.2f}x | {t_mixed:.2f} | "
               f"{t_peer / t_mixed:.2f}x | {abs(float(got[0]) - ref):.1e} |", flush=True)
 
