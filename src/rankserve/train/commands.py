@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from rankserve.eval.commands import _Help, _usage_errors, default_cache_dir, require
-from rankserve.train import LOSSES, METHODS
+from rankserve.train import LOSSES, METHODS, POSITIONS
 
 
 def add_command(subparsers) -> None:
@@ -35,6 +35,9 @@ def add_command(subparsers) -> None:
     tr.add_argument("--max-length", type=int, default=256, help="tokens per (query, passage) pair")
     tr.add_argument("--negatives", type=int, default=4, help="hard negatives per query")
     tr.add_argument("--mine", choices=METHODS, default="both", help="first stage(s) the negatives come from")
+    tr.add_argument("--negative-passages", choices=POSITIONS, default="first",
+                    help="passage datasets: each retrieved page's first passage, the positive's position (first), "
+                         "or the passages as retrieved (any: lets the model learn position instead of relevance)")
     tr.add_argument("--loss", choices=LOSSES, default="bce", help="bce (pointwise) or listwise (softmax over negatives)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--max-queries", type=int, default=0, help="train on a seeded sample of this many queries; 0 = all")
@@ -68,7 +71,8 @@ async def run_train(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     embedder = await LocalEngine.open(None) if args.mine != "bm25" else None
     try:
-        negatives = await mine(ds, args.mine, args.negatives, embedder, args.cache_dir, progress=progress)
+        negatives = await mine(ds, args.mine, args.negatives, embedder, args.cache_dir, progress=progress,
+                               position=args.negative_passages)
     finally:
         if embedder is not None:
             await embedder.close()
@@ -82,7 +86,8 @@ async def run_train(args: argparse.Namespace) -> int:
                       max_steps=args.max_steps, resume=args.resume, progress=progress)
     stats = await asyncio.to_thread(fit, train_set, opts)
     record = {"dataset": str(args.dataset), "queries": len(ds.query_ids), "training": stats,
-              "mining": {"method": args.mine, "negatives": args.negatives, "seconds": round(mining_s, 1)},
+              "mining": {"method": args.mine, "negatives": args.negatives, "passages": args.negative_passages,
+                         "seconds": round(mining_s, 1)},
               "options": opts.recorded(), "command": "rankserve " + " ".join(sys.argv[1:])}
     if args.eval_dataset is not None:
         record["heldout"] = await evaluate(args, progress)

@@ -3,7 +3,13 @@
 Hard negatives are what rankserve's own first stages retrieve for the query (BM25, the dense
 embedder, or both interleaved) minus everything relevant: with passage datasets (``metadata.page``)
 no passage of a relevant page is ever a negative. The mined lists are cached on disk, keyed by the
-data, the method, the depth and the embedder, because mining costs a corpus embedding.
+data, the method, the depth, the embedder and the passage choice, because mining costs a corpus
+embedding.
+
+Passage datasets: the positive is the relevant page's *first* passage (where a man page says what
+it is for). Negatives are then, by default (``position="first"``), the first passages of the
+retrieved pages too. Taken as retrieved (``"any"``), only 23 % of them were first passages, and a
+cross-encoder learned the shortcut "a page's opening passage is relevant" instead of relevance.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from pathlib import Path
 from rankserve.eval.beir import Dataset
 from rankserve.eval.clients import Embedder
 from rankserve.eval.retrieval import bm25_search, dense_search, embed_cached, tokenize
-from rankserve.train import METHODS
+from rankserve.train import METHODS, POSITIONS
 
 
 @dataclass(frozen=True)
@@ -36,15 +42,21 @@ def passage_number(doc: str) -> int:
     return int(n) if n.isdigit() else 0
 
 
-def positives(ds: Dataset) -> dict[str, str]:
-    """Query id -> its positive document: the relevant page itself, or (passage datasets) the first
-    passage of the relevant page, where a man page states what it is for. Queries whose relevant
-    page has no document are skipped."""
+def first_passages(ds: Dataset) -> dict[str, str]:
+    """Page -> its first document (the page itself for page-level datasets)."""
     first: dict[str, str] = {}
     for doc in ds.doc_ids:
         page = page_of(ds, doc)
         if page not in first or passage_number(doc) < passage_number(first[page]):
             first[page] = doc
+    return first
+
+
+def positives(ds: Dataset) -> dict[str, str]:
+    """Query id -> its positive document: the relevant page itself, or (passage datasets) the first
+    passage of the relevant page, where a man page states what it is for. Queries whose relevant
+    page has no document are skipped."""
+    first = first_passages(ds)
     out = {}
     for q in ds.query_ids:
         relevant = sorted(p for p, grade in ds.qrels.get(q, {}).items() if grade > 0 and p in first)
@@ -53,19 +65,25 @@ def positives(ds: Dataset) -> dict[str, str]:
     return out
 
 
-def _cache_file(cache_dir: Path, ds: Dataset, method: str, k: int, embedder: str) -> Path:
-    key = hashlib.sha256("\0".join([ds.fingerprint("corpus"), ds.fingerprint("queries"), method, str(k),
-                                    embedder]).encode()).hexdigest()[:24]
+def _cache_file(cache_dir: Path, ds: Dataset, method: str, k: int, embedder: str, position: str) -> Path:
+    parts = [ds.fingerprint("corpus"), ds.fingerprint("queries"), method, str(k), embedder]
+    if position != "any":  # "any" keeps the key of the caches written before the choice existed
+        parts.append(position)
+    key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
     return cache_dir / f"negatives-{key}.json"
 
 
 async def mine(ds: Dataset, method: str, k: int, embedder: Embedder | None, cache_dir: Path | None = None,
-               lang: str = "en", progress: bool = True) -> dict[str, list[str]]:
-    """Query id -> up to ``k`` hard negatives (document ids), best-ranked first, never relevant."""
+               lang: str = "en", progress: bool = True, position: str = "first") -> dict[str, list[str]]:
+    """Query id -> up to ``k`` hard negatives (document ids), best-ranked first, never relevant.
+    ``position`` (passage datasets): "first" = each retrieved page's first passage (as the
+    positive), "any" = the passages as retrieved."""
     if method not in METHODS:
         raise ValueError(f"negatives from {method!r}: choose {', '.join(METHODS)}")
+    if position not in POSITIONS:
+        raise ValueError(f"negative passages {position!r}: choose {', '.join(POSITIONS)}")
     identity = embedder.identity if embedder is not None and method != "bm25" else "-"
-    path = _cache_file(cache_dir, ds, method, k, identity) if cache_dir else None
+    path = _cache_file(cache_dir, ds, method, k, identity, position) if cache_dir else None
     if path is not None and path.is_file():
         return json.loads(path.read_text())
     depth = min(len(ds.doc_ids), 4 * k + 20)  # room for the relevant pages' passages that are dropped
@@ -82,6 +100,7 @@ async def mine(ds: Dataset, method: str, k: int, embedder: Embedder | None, cach
         queries, _ = await embed_cached(embedder, ds.query_texts, "query", ds.fingerprint("queries"), cache_dir,
                                         progress=progress, desc="mining: queries")
         runs.append(dense_search(ds.doc_ids, docs, ds.query_ids, queries, depth, progress=progress))
+    first = first_passages(ds) if position == "first" and ds.doc_page else None
     out: dict[str, list[str]] = {}
     for q in ds.query_ids:
         relevant = {p for p, grade in ds.qrels.get(q, {}).items() if grade > 0}
@@ -89,8 +108,11 @@ async def mine(ds: Dataset, method: str, k: int, embedder: Embedder | None, cach
         picked: list[str] = []
         for rank in range(max(map(len, ranked), default=0)):  # interleave the stages, best first
             for lst in ranked:
-                if rank < len(lst) and page_of(ds, lst[rank]) not in relevant and lst[rank] not in picked:
-                    picked.append(lst[rank])
+                if rank >= len(lst) or page_of(ds, lst[rank]) in relevant:
+                    continue
+                doc = lst[rank] if first is None else first[page_of(ds, lst[rank])]
+                if doc not in picked:
+                    picked.append(doc)
         out[q] = picked[:k]
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
