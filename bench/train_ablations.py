@@ -25,7 +25,7 @@ from pathlib import Path
 BASE = ["--negatives", "4", "--mine", "both", "--negative-passages", "any", "--max-length", "128", "--epochs", "1"]
 VARIANTS = {
     "base": ("base: 4 negatives (BM25 + dense, passages as retrieved), 128 tokens, 1 epoch", {}),
-    "first": ("negatives = first passages of the retrieved pages (now the default)", {"--negative-passages": "first"}),
+    "first": ("negatives = first passages of the retrieved pages", {"--negative-passages": "first"}),
     "neg8": ("8 negatives", {"--negatives": "8"}),
     "bm25": ("negatives from BM25 only", {"--mine": "bm25"}),
     "dense": ("negatives from the dense embedder only", {"--mine": "dense"}),

@@ -53,12 +53,12 @@ def test_mined_negatives_never_include_a_relevant_page(tmp_path):
     assert cached == negatives and list((tmp_path / "cache").glob("negatives-*.json"))
     ex = examples(ds, negatives)
     assert len(ex) == len(TOPICS) and ex[0].query == "how do i files directory list"
-    # by default a negative is a retrieved page's first passage, the positive's position; "any" keeps
-    # the passages as retrieved (some not first), each still never from a relevant page
-    assert all(d.endswith("#0") for docs in negatives.values() for d in docs)
-    anywhere = asyncio.run(mine(ds, "bm25", 5, None, tmp_path / "cache", progress=False, position="any"))
-    assert any(not d.endswith("#0") for docs in anywhere.values() for d in docs)
-    assert all(ds.doc_page[d] not in set(ds.qrels[q]) for q, docs in anywhere.items() for d in docs)
+    # by default negatives are passages as retrieved (some not first); "first" takes each retrieved
+    # page's first passage, the positive's position, still never from a relevant page
+    assert any(not d.endswith("#0") for docs in negatives.values() for d in docs)
+    firsts = asyncio.run(mine(ds, "bm25", 5, None, tmp_path / "cache", progress=False, position="first"))
+    assert all(d.endswith("#0") for docs in firsts.values() for d in docs) and all(firsts.values())
+    assert all(ds.doc_page[d] not in set(ds.qrels[q]) for q, docs in firsts.items() for d in docs)
 
 
 def test_train_loss_falls_and_the_folder_serves_the_trained_logits(tmp_path, bert_bi_dir):

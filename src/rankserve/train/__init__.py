@@ -3,4 +3,4 @@ building the CLI parser imports none of their dependencies and every module impo
 
 METHODS = ("bm25", "dense", "both")  # first stages hard negatives come from ("both": interleaved)
 LOSSES = ("bce", "listwise")
-POSITIONS = ("first", "any")  # passage datasets: negatives' passages (first of their page, or as retrieved)
+POSITIONS = ("any", "first")  # passage datasets: negatives' passages (as retrieved, or first of their page)

@@ -35,9 +35,9 @@ def add_command(subparsers) -> None:
     tr.add_argument("--max-length", type=int, default=256, help="tokens per (query, passage) pair")
     tr.add_argument("--negatives", type=int, default=4, help="hard negatives per query")
     tr.add_argument("--mine", choices=METHODS, default="both", help="first stage(s) the negatives come from")
-    tr.add_argument("--negative-passages", choices=POSITIONS, default="first",
-                    help="passage datasets: each retrieved page's first passage, the positive's position (first), "
-                         "or the passages as retrieved (any: lets the model learn position instead of relevance)")
+    tr.add_argument("--negative-passages", choices=POSITIONS, default="any",
+                    help="passage datasets: the passages as retrieved (any), or each retrieved page's first passage, "
+                         "the positive's position (first; ranked worse on the man pages: docs/evaluation.md)")
     tr.add_argument("--loss", choices=LOSSES, default="bce", help="bce (pointwise) or listwise (softmax over negatives)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--max-queries", type=int, default=0, help="train on a seeded sample of this many queries; 0 = all")
