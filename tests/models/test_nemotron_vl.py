@@ -111,3 +111,17 @@ def test_onnxruntime_backend_is_refused_clearly(vl_dir):
         return None
     with pytest.raises(ConfigError, match="onnxruntime exports text models only"):
         with_engine(vl_dir, work, backend="onnxruntime")
+
+
+def test_generation_default_max_length_is_not_a_limit(vl_dir, tmp_path):
+    """An old transformers config carries ``max_length: 20`` (a generation length): as for the text
+    Llama models it must not cap the input (the tokenizer's 256 does)."""
+    import json
+    import shutil
+
+    folder = tmp_path / "gen-default"
+    shutil.copytree(vl_dir, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["llm_config"]["max_length"] = 20
+    (folder / "config.json").write_text(json.dumps(cfg))
+    assert load_model(folder).max_length == 256

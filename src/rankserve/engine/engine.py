@@ -164,12 +164,15 @@ class Engine:
         if truncate == "CHUNK":
             return await self._rank_windows(query, passages, priority)
         if self.spec.kind == "cross-encoder":
-            encoded: list[Encoded] = await self._in_pool(self.policy.pairs, query, passages, truncate)
-            self.check_request_tokens(sum(len(e) for e in encoded))
-            rows = await self.batcher.submit(encoded, priority)
-            counts = [len(e) for e in encoded]
-            return RankResult([float(r) for r in rows], sum(counts), counts)
+            return await self._score_pairs(await self._in_pool(self.policy.pairs, query, passages, truncate), priority)
         return await self._rank_by_cosine(query, passages, truncate, priority)
+
+    async def _score_pairs(self, encoded: list[Encoded], priority: Priority) -> RankResult:
+        """Cross-encoder pairs (one per passage, request order) within the request's token limit -> logits."""
+        counts = [len(e) for e in encoded]
+        self.check_request_tokens(sum(counts))
+        rows = await self.batcher.submit(encoded, priority)
+        return RankResult([float(r) for r in rows], sum(counts), counts)
 
     async def _rank_with_images(self, query: str, passages: Sequence[str], images: Sequence[str | None],
                                 truncate: Truncate, priority: Priority) -> RankResult:
@@ -197,11 +200,7 @@ class Engine:
             encoded = self.policy.pairs(query, passages, truncate, templates)
             return [e if px is None else dataclasses.replace(e, pixels=px) for e, px in zip(encoded, pixels)]
 
-        encoded = await self._in_pool(encode)
-        counts = [len(e) for e in encoded]
-        self.check_request_tokens(sum(counts))
-        rows = await self.batcher.submit(encoded, priority)
-        return RankResult([float(r) for r in rows], sum(counts), counts)
+        return await self._score_pairs(await self._in_pool(encode), priority)
 
     async def _rank_windows(self, query: str, passages: Sequence[str], priority: Priority) -> RankResult:
         """``truncate: CHUNK``: every window of every passage scored (one job), each passage getting

@@ -318,6 +318,23 @@ def _prompts(directory: Path) -> dict[str, str]:
     return {k: v for k, v in prompts.items() if isinstance(v, str)}
 
 
+def length_limits(c: LlamaConfig, family: str, directory: Path, config_max: Any) -> list[int | None]:
+    """The bounds on a Llama-family model's input length (the smallest given one wins): positions,
+    the family's documented length, the tokenizer's, and a config ``max_length`` unless it is the
+    old generation default."""
+    usable = isinstance(config_max, int) and config_max != TRANSFORMERS_GENERATION_MAX_LENGTH
+    return [c.max_position_embeddings, DEFAULT_MAX_LENGTH[family], tokenizer_max(directory),
+            config_max if usable else None]
+
+
+def config_temperature(cfg: dict[str, Any]) -> float:
+    """The config's ``temperature`` (a reranker's logit is divided by it); must be > 0."""
+    temperature = float(cfg.get("temperature", 1.0))
+    if not temperature > 0:
+        raise ModelLoadError(f"temperature must be > 0, got {temperature}")
+    return temperature
+
+
 def _rerank_template(cfg: dict[str, Any], family: str, arch: str, recipe: recipes.Recipe | None,
                      choice: recipes.RecipeChoice) -> str:
     """The reranker's prompt: its recipe's, else the config's, else NVIDIA's (Llama / Mistral)."""
@@ -342,9 +359,7 @@ def build(directory: Path, cfg: dict[str, Any], arch: str,
     kind = "cross-encoder" if causal_lm or arch.endswith("ForSequenceClassification") else "embedder"
     bidirectional = False if causal_lm else _is_bidirectional(cfg, arch, family)
     c = LlamaConfig.from_hf(cfg, causal=not bidirectional)
-    config_max = cfg.get("max_length")
-    limits = [c.max_position_embeddings, DEFAULT_MAX_LENGTH[family], tokenizer_max(directory),
-              config_max if isinstance(config_max, int) and config_max != TRANSFORMERS_GENERATION_MAX_LENGTH else None]
+    limits = length_limits(c, family, directory, cfg.get("max_length"))
     st = st_embedder(directory) if kind == "embedder" else None
     if st is not None:
         limits.append(st[2])
@@ -361,11 +376,8 @@ def build(directory: Path, cfg: dict[str, Any], arch: str,
                         prepare_state=lambda state: recipes.score_head(state, positive, negative))
         require_one_label(cfg, arch)
         pooling = normalize_pooling(str(cfg.get("pooling", default_pooling)))
-        temperature = float(cfg.get("temperature", 1.0))
-        if not temperature > 0:
-            raise ModelLoadError(f"temperature must be > 0, got {temperature}")
         return dict(fields, module=LlamaForSequenceClassification(c, pooling), pooling=pooling,
-                    temperature=temperature, rerank_template=template)
+                    temperature=config_temperature(cfg), rerank_template=template)
     pooling = normalize_pooling(str(cfg.get("pooling", st[0] if st else default_pooling)))
     prompts = _prompts(directory)
     nvidia = family in NVIDIA_FAMILIES

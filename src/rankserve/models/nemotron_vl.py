@@ -33,7 +33,7 @@ from rankserve.engine.images import TilePolicy
 from rankserve.engine.types import Packed
 from rankserve.errors import ModelLoadError
 from rankserve.models import llama
-from rankserve.models.model_dir import read_json, require_one_label, tokenizer_max
+from rankserve.models.model_dir import read_json, require_one_label
 from rankserve.models.pooling import normalize_pooling, pool
 from rankserve.models.recipes import RecipeChoice, refuse_for_encoder
 from rankserve.models.siglip import SiglipConfig, SiglipVisionModel
@@ -151,17 +151,12 @@ def build(directory: Path, cfg: dict[str, Any], arch: str, choice: RecipeChoice 
                        min_tiles=int(cfg.get("min_input_tiles") or processor.get("min_input_tiles") or 1),
                        use_thumbnail=bool(cfg.get("use_thumbnail", True)))
     pooling = normalize_pooling(str(cfg.get("pooling", "avg")))
-    temperature = float(cfg.get("temperature", 1.0))
-    if not temperature > 0:
-        raise ModelLoadError(f"temperature must be > 0, got {temperature}")
     template = choice.template or cfg.get("prompt_template")
     if not (isinstance(template, str) and "{query}" in template and "{passage}" in template):
         template = llama.NVIDIA_RERANK_TEMPLATE
-    config_max = cfg.get("max_length") or text_cfg.get("max_length")
-    limits = [text.max_position_embeddings, llama.DEFAULT_MAX_LENGTH["llama"], tokenizer_max(directory),
-              config_max if isinstance(config_max, int) else None]
+    limits = llama.length_limits(text, "llama", directory, cfg.get("max_length") or text_cfg.get("max_length"))
     model = NemotronVLModel(vision, text, ratio, context_id)
     return dict(module=NemotronVLForSequenceClassification(model, pooling), kind="cross-encoder", family="nemotron-vl",
                 max_length=min(x for x in limits if x), pad_id=llama._pad_id(text_cfg), pooling=pooling,
-                temperature=temperature, rerank_template=template, hidden_size=text.hidden_size,
+                temperature=llama.config_temperature(cfg), rerank_template=template, hidden_size=text.hidden_size,
                 vision=VisionInput(tiles, int(vision.grid * ratio) ** 2))

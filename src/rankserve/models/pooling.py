@@ -6,11 +6,11 @@ Pooling is configuration (``cls`` | ``mean`` | ``last``), chosen once by the loa
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-
 from pathlib import Path
 from typing import Any
+
+import torch
+from torch import nn
 
 from rankserve.engine.types import Packed
 
