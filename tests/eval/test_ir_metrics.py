@@ -124,3 +124,38 @@ def test_passages_score_pages_by_their_best_passage():
     run = {"q": {"ls.1#0": 0.2, "ls.1#3": 0.9, "cp.1#0": 0.5, "mv.1": 0.4}}
     pages = to_pages(run, {"ls.1#0": "ls.1", "ls.1#3": "ls.1", "cp.1#0": "cp.1"})
     assert pages == {"q": {"ls.1": 0.9, "cp.1": 0.5, "mv.1": 0.4}}
+
+
+def test_weighted_rrf_scales_each_runs_share():
+    fused = rrf([{"a": 2.0, "b": 1.0}, {"b": 5.0}], weights=[0.25, 0.75])
+    assert fused["a"] == pytest.approx(0.25 / 61)
+    assert fused["b"] == pytest.approx(0.25 / 62 + 0.75 / 61)
+
+
+def test_fuse_rerank_weight_ends_are_the_reranker_and_the_first_stage():
+    from rankserve.eval.pipeline import fuse_rerank
+
+    first = {"q": {"a": 3.0, "b": 2.0, "c": 1.0}}
+    reranked = {"q": {"a": 0.1, "b": 0.9, "c": 0.5}}
+    runs = {"Dense": first, "Dense+Rerank": reranked, "Dense+Sparse": first, "Dense+Sparse+Rerank": reranked}
+    assert metrics.ranking(fuse_rerank(runs, 1.0)["Dense+Rerank"]["q"]) == ["b", "c", "a"]
+    assert metrics.ranking(fuse_rerank(runs, 0.0)["Dense+Sparse+Rerank"]["q"]) == ["a", "b", "c"]
+    assert metrics.ranking(fuse_rerank(runs, 0.5)["Dense+Rerank"]["q"])[0] == "b"  # 1/62+1/61 beats 1/61+1/63
+    assert fuse_rerank(runs, 0.5)["Dense"] is first  # first stages untouched
+    with pytest.raises(ValueError):
+        fuse_rerank(runs, 1.5)
+
+
+def test_choose_rerank_weight_finds_the_blend_that_beats_both_ends():
+    """q1: the first stage ranks the relevant document second and the reranker first; q2 the reverse.
+    The fused list ranks both first for 0.337 < w < 0.663 (worked by hand), neither end does."""
+    from rankserve.eval.pipeline import choose_rerank_weight
+
+    first = {"q1": {"b": 3, "a": 2, "c": 1}, "q2": {"x": 3, "y": 2, "z": 1}}
+    reranked = {"q1": {"a": 3, "c": 2, "b": 1}, "q2": {"z": 3, "x": 2, "y": 1}}
+    qrels = {"q1": {"a": 1}, "q2": {"x": 1}}
+    runs = {"Dense": first, "Dense+Rerank": reranked, "Dense+Sparse": first, "Dense+Sparse+Rerank": reranked}
+    best, scores = choose_rerank_weight(runs, qrels)
+    assert scores[0.0] < 1.0 and scores[1.0] < 1.0
+    assert [w for w, v in scores.items() if v == pytest.approx(1.0)] == [0.4, 0.5, 0.6]
+    assert best == 0.6  # ties go to the larger weight

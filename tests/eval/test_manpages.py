@@ -184,24 +184,24 @@ def test_real_tree_build_is_deterministic(tmp_path):
 
 
 def test_split_by_page_is_disjoint_deterministic_and_the_same_in_every_variant():
-    from rankserve.eval.manpages import in_test_split
+    from rankserve.eval.beir import held_out
 
     ids = [f"page{i}.1" for i in range(2000)]
-    test = {i for i in ids if in_test_split(i, 0.2, seed=0)}
+    test = {i for i in ids if held_out(i, 0.2, seed=0)}
     assert 0.17 < len(test) / len(ids) < 0.23
-    assert test == {i for i in ids if in_test_split(i, 0.2, seed=0)}  # deterministic
-    assert test != {i for i in ids if in_test_split(i, 0.2, seed=1)}  # the seed matters
-    assert {i for i in ids if in_test_split(i, 0.1, seed=0)} <= test  # a smaller fraction holds out a subset
+    assert test == {i for i in ids if held_out(i, 0.2, seed=0)}  # deterministic
+    assert test != {i for i in ids if held_out(i, 0.2, seed=1)}  # the seed matters
+    assert {i for i in ids if held_out(i, 0.1, seed=0)} <= test  # a smaller fraction holds out a subset
 
 
 @needs_groff
 def test_build_with_a_test_split(man_tree, tmp_path):
     """Each variant becomes -train and -test: disjoint pages, queries only of their own split's
     pages, and a page is on the same side in every variant (cross-lingual included)."""
-    from rankserve.eval.manpages import in_test_split
+    from rankserve.eval.beir import held_out
 
     pages = {"blink.1", "frob.1", "tally.1"}
-    seed = next(s for s in range(100) if 0 < sum(in_test_split(p, 0.5, s) for p in pages) < 3)
+    seed = next(s for s in range(100) if 0 < sum(held_out(p, 0.5, s) for p in pages) < 3)
     out = tmp_path / "out"
     manifest = build(out, BuildOptions(langs=["en", "de"], cross=["de"], sections=["1"], max_pages=0,
                                        passage_tokens=16, man_root=man_tree, progress=False, seed=seed,
@@ -211,8 +211,31 @@ def test_build_with_a_test_split(man_tree, tmp_path):
     for variant in ("en", "de", "de-en"):
         train, test = beir.load(out / "pages" / f"{variant}-train"), beir.load(out / "pages" / f"{variant}-test")
         assert set(train.doc_ids).isdisjoint(test.doc_ids) and set(train.doc_ids) | set(test.doc_ids) == pages
-        assert set(test.doc_ids) == {p for p in pages if in_test_split(p, 0.5, seed)}
+        assert set(test.doc_ids) == {p for p in pages if held_out(p, 0.5, seed)}
         for ds in (train, test):
             assert all(set(rel) <= set(ds.doc_ids) for rel in ds.qrels.values())
         passages = beir.load(out / "passages" / f"{variant}-test")
         assert {passages.doc_page[d] for d in passages.doc_ids} == set(test.doc_ids)
+
+
+def test_split_pages_keeps_each_page_whole_on_one_side():
+    """Dataset.split_pages (the train command's validation split): documents go with their page,
+    queries with their relevant pages, a query whose relevant pages straddle the split is dropped."""
+    from rankserve.eval.beir import Dataset, held_out
+
+    pages = [f"p{i}.1" for i in range(40)]
+    docs = [f"{p}#{n}" for p in pages for n in range(3)]
+    qrels = {f"q{i}": {p: 1} for i, p in enumerate(pages)}
+    seed = "validation:0"
+    out = [p for p in pages if held_out(p, 0.3, seed)]
+    kept = [p for p in pages if not held_out(p, 0.3, seed)]
+    qrels["both"] = {out[0]: 1, kept[0]: 1}
+    ds = Dataset("d", docs, [f"text {d}" for d in docs], list(qrels), [f"query {q}" for q in qrels], qrels,
+                 {d: d.split("#")[0] for d in docs})
+    rest, val, dropped = ds.split_pages(0.3, seed)
+    assert dropped == 1 and "both" not in rest.query_ids + val.query_ids
+    assert {d.split("#")[0] for d in val.doc_ids} == set(out) and {d.split("#")[0] for d in rest.doc_ids} == set(kept)
+    assert len(val.doc_ids) == 3 * len(out) and val.doc_texts[0] == f"text {val.doc_ids[0]}"
+    assert {next(iter(val.qrels[q])) for q in val.query_ids} == set(out)
+    assert {next(iter(rest.qrels[q])) for q in rest.query_ids} == set(kept)
+    assert rest.split_pages(0.3, seed)[1].doc_ids == []  # deterministic: nothing left to hold out

@@ -92,3 +92,40 @@ def test_train_loss_falls_and_the_folder_serves_the_trained_logits(tmp_path, ber
     assert main(common + ["--max-steps", "40", "--resume"]) == 0
     again = json.loads((out / "training.json").read_text())["training"]
     assert again["resumed"] and again["steps"] == 40
+
+
+def test_validation_pages_choose_the_fusion_weight_that_eval_applies(tmp_path, bert_bi_dir):
+    """--validation-fraction: validation pages are left out of training, the rerank weight chosen on
+    them is recorded, and `rankserve eval --rerank-weight trained` reproduces the fused held-out table."""
+    require(all(__import__("importlib").util.find_spec(m) for m in ("bm25s", "datasets", "sentence_transformers")),
+            "training needs the [train] extra", "pip install 'rankserve[train]'")
+    data = synthetic_beir(tmp_path / "train")
+    heldout = synthetic_beir(tmp_path / "test", seed=1)
+    out = tmp_path / "model"
+    assert main(["train", "--dataset", str(data), "--output", str(out), "--base", str(bert_bi_dir), "--mine", "bm25",
+                 "--negatives", "2", "--batch-size", "8", "--max-length", "48", "--max-steps", "4",
+                 "--validation-fraction", "0.4", "--eval-dataset", str(heldout), "--eval-top-k", "5",
+                 "--no-progress", "--cache-dir", str(tmp_path / "cache")]) == 0
+    record = json.loads((out / "training.json").read_text())
+    rest, validation, dropped = beir.load(data).split_pages(0.4, "validation:0")
+    assert dropped == 0 and 0 < len(validation.query_ids) < len(TOPICS)
+    assert record["queries"] == len(rest.query_ids) == len(TOPICS) - len(validation.query_ids)
+    val = record["validation"]
+    assert val["queries"] == len(validation.query_ids)
+    grid = {float(w): v for w, v in val["nDCG@10_by_weight"].items()}
+    assert len(grid) == 11 and val["rerank_weight"] in grid
+    assert grid[val["rerank_weight"]] == max(grid.values())
+    fused = record["heldout"]["fused_metrics"]
+    assert record["heldout"]["rerank_weight"] == val["rerank_weight"]
+
+    results = tmp_path / "eval"
+    assert main(["eval", "--dataset", str(heldout), "--output", str(results), "--reranker", str(out),
+                 "--rerank-weight", "trained", "--top-k", "5", "--no-progress", "--no-cache"]) == 0
+    table = json.loads((results / "results.json").read_text())
+    for pipeline in ("Dense+Rerank", "Dense+Sparse+Rerank", "Dense+Sparse"):
+        assert table[pipeline] == pytest.approx(fused[pipeline], abs=1e-6)
+    # a folder without a chosen weight, or a weight outside [0, 1], is a one-line usage error
+    assert main(["eval", "--dataset", str(heldout), "--output", str(results), "--reranker", str(bert_bi_dir),
+                 "--rerank-weight", "trained", "--no-progress"]) == 2
+    assert main(["eval", "--dataset", str(heldout), "--output", str(results), "--rerank-weight", "1.5",
+                 "--no-progress"]) == 2

@@ -44,6 +44,10 @@ def add_commands(subparsers) -> None:
     ev.add_argument("--rerank-truncate", choices=("END", "CHUNK"), default="END",
                     help="how the rerank stage fits long documents: END cuts at the model's limit, CHUNK scores "
                          "overlapping windows and keeps the best")
+    ev.add_argument("--rerank-weight", default=None,
+                    help="fuse each +Rerank list with the first stage it re-scored (weighted RRF; a number in [0, 1], "
+                         "1 = the reranker alone), or 'trained': the weight `rankserve train --validation-fraction` "
+                         "chose for --reranker (its training.json); default: the reranker's order alone")
     ev.add_argument("--rerank-url", default=None, help="NIM-compatible server for /v1/ranking instead of --reranker")
     ev.add_argument("--embed-model", default=None, help="model id sent to --embed-url; default: first of /v1/models")
     ev.add_argument("--rerank-model", default=None, help="model id sent to --rerank-url; default: first of /v1/models")
@@ -121,13 +125,14 @@ async def run_eval(args: argparse.Namespace) -> int:
     from rankserve.eval.pipeline import Options, run_dataset, write_run
 
     paths = beir.find_datasets(args.dataset)
+    weight = rerank_weight(args.rerank_weight, args.reranker)
     start = time.perf_counter()
     embedder, reranker, opened = await open_clients(args.model, args.reranker, args.embed_url, args.rerank_url,
                                                     args.embed_model, args.rerank_model, args.api_key,
                                                     args.rerank_truncate)
     load_s = time.perf_counter() - start
     opts = Options(top_k=args.top_k, cache_dir=None if args.no_cache else args.cache_dir, batch_size=args.batch_size,
-                   concurrency=args.concurrency, lang=args.lang, progress=not args.no_progress)
+                   concurrency=args.concurrency, lang=args.lang, progress=not args.no_progress, rerank_weight=weight)
     results = []
     try:
         for path in paths:
@@ -144,7 +149,7 @@ async def run_eval(args: argparse.Namespace) -> int:
             await c.close()
     settings = {
         "embedder": embedder.identity, "reranker": reranker.identity, "rerank_truncate": args.rerank_truncate,
-        "top_k": args.top_k,
+        "top_k": args.top_k, "rerank_weight": weight,
         "datasets": [str(p) for p in paths], "max_queries": args.max_queries, "seed": args.seed,
         "model_load_seconds": round(load_s, 3), "total_seconds": round(time.perf_counter() - start, 3),
         "command": "rankserve " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("rankserve") else None,
@@ -152,6 +157,29 @@ async def run_eval(args: argparse.Namespace) -> int:
     print(report.write(args.output, results, settings))
     print(f"wrote {args.output}/results.json, results.md, results.png, details.json, runs/", file=sys.stderr)
     return 0
+
+
+def rerank_weight(value: str | None, reranker: str | None) -> float | None:
+    """``--rerank-weight``: None, a number in [0, 1], or "trained" (read from the reranker's training.json)."""
+    import json
+
+    if value is None:
+        return None
+    if value == "trained":
+        record = Path(reranker or "") / "training.json"
+        if reranker is None or not record.is_file():
+            raise ValueError("--rerank-weight trained needs --reranker, a folder written by `rankserve train`")
+        weight = json.loads(record.read_text()).get("validation", {}).get("rerank_weight")
+        if weight is None:
+            raise ValueError(f"{record}: no rerank weight (train with --validation-fraction to choose one)")
+        return float(weight)
+    try:
+        weight = float(value)
+    except ValueError:
+        raise ValueError(f"--rerank-weight {value!r}: a number in [0, 1] or 'trained'") from None
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"--rerank-weight {value}: must be in [0, 1]")
+    return weight
 
 
 @_usage_errors

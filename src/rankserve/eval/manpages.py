@@ -28,7 +28,6 @@ another page of the variant are dropped (their pages stay as documents).
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import random
 import re
@@ -60,13 +59,6 @@ class BuildOptions:
     workers: int = 2
     progress: bool = True
     test_fraction: float = 0.0  # > 0: write <variant>-train and <variant>-test, split by page
-
-
-def in_test_split(page_id: str, fraction: float, seed: int) -> bool:
-    """Whether a page belongs to the test split: a seeded hash of its id (the same in every variant
-    and language, independent of which other pages were sampled)."""
-    digest = hashlib.sha256(f"{seed}:{page_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
 @dataclass(frozen=True)
@@ -316,7 +308,7 @@ def build(out: Path, opts: BuildOptions) -> dict:
             splits = {name: (queries, docs)}
             if opts.test_fraction > 0:
                 def part(pages: list[Page], test: bool) -> list[Page]:
-                    return [p for p in pages if in_test_split(p.id, opts.test_fraction, opts.seed) == test]
+                    return [p for p in pages if beir.held_out(p.id, opts.test_fraction, opts.seed) == test]
                 splits = {f"{name}-{label}": (part(queries, test), part(docs, test))
                           for label, test in (("train", False), ("test", True))}
             for gran in opts.granularity:

@@ -5,6 +5,11 @@
     Dense+Rerank         the reranker re-scores Dense's top-k
     Dense+Sparse         reciprocal rank fusion (k=60) of Dense and Sparse, top-k
     Dense+Sparse+Rerank  the reranker re-scores the fused top-k
+
+With a rerank weight w (``Options.rerank_weight``), each +Rerank list is instead fused with the
+list it re-scored: weighted RRF, w on the reranker's ranks and 1 - w on the first stage's (w = 1 is
+the reranker's order alone, w = 0 the first stage's). ``rankserve train --validation-fraction``
+chooses w on validation pages (``choose_rerank_weight``), never on the test split.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ class Options:
     concurrency: int = 4
     lang: str = "en"  # BM25 language for texts without metadata.lang
     progress: bool = True
+    rerank_weight: float | None = None  # None: +Rerank = the reranker's order; else fused (fuse_rerank)
 
 
 async def run_dataset(ds: Dataset, embedder: Embedder, reranker: Reranker, opts: Options) -> DatasetResult:
@@ -80,6 +86,8 @@ async def run_dataset(ds: Dataset, embedder: Embedder, reranker: Reranker, opts:
             "Dense+Sparse+Rerank": fused_rr}
     if ds.doc_page:
         runs = {name: to_pages(run, ds.doc_page) for name, run in runs.items()}
+    if opts.rerank_weight is not None:
+        runs = fuse_rerank(runs, opts.rerank_weight)
 
     with stage("metrics"):
         per_query = {name: metrics.per_query(run, ds.qrels) for name, run in runs.items()}
@@ -94,6 +102,36 @@ async def run_dataset(ds: Dataset, embedder: Embedder, reranker: Reranker, opts:
     pages = set(ds.doc_page.get(d, d) for d in ds.doc_ids)
     sizes = {"documents": len(ds.doc_ids), "pages": len(pages), "queries": len(metrics.judged(ds.qrels))}
     return DatasetResult(ds.name, sizes, scores, per_lang, timings, cached, runs)
+
+
+RERANKED = {"Dense+Rerank": "Dense", "Dense+Sparse+Rerank": "Dense+Sparse"}  # +Rerank list -> what it re-scored
+WEIGHT_GRID = tuple(n / 10 for n in range(11))
+
+
+def fuse_rerank(runs: dict[str, Run], weight: float) -> dict[str, Run]:
+    """``runs`` with each +Rerank list replaced by the weighted RRF of it (``weight``) and the first
+    stage it re-scored (1 - ``weight``). Fusing ranks, not scores, needs no calibration between a
+    cross-encoder's logits and a cosine or BM25 score."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"rerank weight {weight}: must be in [0, 1]")
+    out = dict(runs)
+    for reranked, first in RERANKED.items():
+        out[reranked] = {q: rrf([runs[first][q], scores], weights=[1.0 - weight, weight])
+                         for q, scores in runs[reranked].items()}
+    return out
+
+
+def choose_rerank_weight(runs: dict[str, Run], qrels: dict[str, dict[str, int]], metric: str = "nDCG@10",
+                         grid: tuple[float, ...] = WEIGHT_GRID) -> tuple[float, dict[float, float]]:
+    """The weight on ``grid`` whose fused +Rerank lists score best on ``metric`` (mean over both
+    +Rerank pipelines), and every weight's score. Ties go to the larger weight (more of the reranker).
+    Call it on validation runs only: a weight picked on the test split says nothing about new data."""
+    scores = {}
+    for w in grid:
+        fused = fuse_rerank(runs, w)
+        scores[w] = sum(metrics.mean(metrics.per_query(fused[p], qrels))[metric] for p in RERANKED) / len(RERANKED)
+    best = max(grid, key=lambda w: (round(scores[w], 12), w))
+    return best, scores
 
 
 def macro_average(results: list[DatasetResult]) -> dict[str, dict[str, float]]:

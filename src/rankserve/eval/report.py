@@ -38,7 +38,9 @@ def rows(results: list[DatasetResult]) -> dict[str, dict[str, dict[str, float]]]
 
 def markdown(results: list[DatasetResult], settings: dict[str, Any]) -> str:
     avg = macro_average(results)
-    lines = [f"Embedder: `{settings['embedder']}`  ", f"Reranker: `{settings['reranker']}`  ",
+    weight = settings.get("rerank_weight")
+    fusion = "" if weight is None else f" (+Rerank fused with its first stage: weighted RRF, reranker weight {weight})"
+    lines = [f"Embedder: `{settings['embedder']}`  ", f"Reranker: `{settings['reranker']}`{fusion}  ",
              f"Top-k: {settings['top_k']}; datasets: {', '.join(r.name for r in results)}; values in %"
              + ("; averaged over datasets" if len(results) > 1 else ""), ""]
     lines += _table(["Pipeline", *METRICS], [[p, *(pct(avg[p][m]) for m in METRICS)] for p in PIPELINES])

@@ -181,12 +181,15 @@ def top(scores: Mapping[str, float], k: int) -> list[str]:
     return ranking(scores)[:k]
 
 
-def rrf(runs: Sequence[Mapping[str, float]], k: int = RRF_K, depth: int | None = None) -> dict[str, float]:
-    """Reciprocal rank fusion: score(d) = sum over runs of 1 / (k + rank of d), ranks from 1."""
+def rrf(runs: Sequence[Mapping[str, float]], k: int = RRF_K, depth: int | None = None,
+        weights: Sequence[float] | None = None) -> dict[str, float]:
+    """Reciprocal rank fusion: score(d) = sum over runs of w / (k + rank of d), ranks from 1 (w = 1
+    unless ``weights`` gives one per run)."""
     fused: dict[str, float] = {}
-    for run in runs:
+    for n, run in enumerate(runs):
+        w = 1.0 if weights is None else weights[n]
         for rank, d in enumerate(ranking(run), 1):
-            fused[d] = fused.get(d, 0.0) + 1.0 / (k + rank)
+            fused[d] = fused.get(d, 0.0) + w / (k + rank)
     return {d: fused[d] for d in top(fused, depth)} if depth else fused
 
 

@@ -5,6 +5,12 @@
 
 Writes the model folder (servable as is) and ``training.json`` in it: data, base, hyper-parameters,
 mining, time, loss history, and the held-out table when ``--eval-dataset`` is given.
+
+``--validation-fraction F`` holds out a seeded fraction of the training *pages* (none of their
+passages is trained on or mined as a negative), evaluates the trained model on them, and chooses
+there the rerank weight w with which each +Rerank list is fused with its first stage (weighted RRF;
+w = 1 is the reranker alone). The held-out table then shows both the reranker alone and fused at
+that w, which ``rankserve eval --rerank-weight trained`` applies: the test split never chooses it.
 """
 
 from __future__ import annotations
@@ -46,6 +52,9 @@ def add_command(subparsers) -> None:
     tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUTPUT/checkpoints")
     tr.add_argument("--eval-dataset", type=Path, default=None, help="held-out BEIR set: the full table with the new reranker")
     tr.add_argument("--eval-top-k", type=int, default=20, help="rerank depth of the held-out evaluation")
+    tr.add_argument("--validation-fraction", type=float, default=0.0,
+                    help="> 0: hold out this fraction of the training pages (seeded) and choose the rerank fusion "
+                         "weight on them (0 = train on all, no weight chosen)")
     tr.add_argument("--cache-dir", type=Path, default=default_cache_dir(), help="embedding and negatives cache")
     tr.add_argument("--no-progress", action="store_true", help="hide progress bars")
     tr.set_defaults(func=cmd_train)
@@ -65,7 +74,17 @@ async def run_train(args: argparse.Namespace) -> int:
     from rankserve.train.mining import examples, mine
 
     progress = not args.no_progress
+    if not 0.0 <= args.validation_fraction < 1.0:
+        raise ValueError(f"--validation-fraction {args.validation_fraction}: must be in [0, 1)")
     ds = beir.load(args.dataset)
+    validation = None
+    if args.validation_fraction > 0:
+        ds, validation, dropped = ds.split_pages(args.validation_fraction, f"validation:{args.seed}")
+        if not validation.query_ids or not ds.query_ids:
+            raise ValueError(f"--validation-fraction {args.validation_fraction} leaves {len(ds.query_ids)} training and "
+                             f"{len(validation.query_ids)} validation queries: both need some")
+        print(f"validation: {len(validation.query_ids)} queries on held-out training pages "
+              f"({len(ds.query_ids)} left to train on, {dropped} dropped: relevant pages on both sides)", file=sys.stderr)
     if args.max_queries and len(ds.query_ids) > args.max_queries:
         ds = ds.subset(random.Random(args.seed).sample(sorted(ds.query_ids), args.max_queries))
     started = time.perf_counter()
@@ -89,25 +108,40 @@ async def run_train(args: argparse.Namespace) -> int:
               "mining": {"method": args.mine, "negatives": args.negatives, "passages": args.negative_passages,
                          "seconds": round(mining_s, 1)},
               "options": opts.recorded(), "command": "rankserve " + " ".join(sys.argv[1:])}
+    weight = None
+    if validation is not None:
+        record["validation"] = await evaluate(args, validation, progress)
+        weight = record["validation"]["rerank_weight"]
     if args.eval_dataset is not None:
-        record["heldout"] = await evaluate(args, progress)
+        record["heldout"] = await evaluate(args, beir.load(args.eval_dataset), progress, weight)
     (args.output / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {args.output} ({stats['steps']} steps in {stats['seconds']} s); training.json", file=sys.stderr)
     return 0
 
 
-async def evaluate(args: argparse.Namespace, progress: bool) -> dict:
-    """The held-out table: the default embedder's first stages, reranked by the trained model."""
-    from rankserve.eval import beir
+async def evaluate(args: argparse.Namespace, ds, progress: bool, weight: float | None = None) -> dict:
+    """The table on ``ds``: the default embedder's first stages, reranked by the trained model.
+    Without ``weight`` (validation data), also every fusion weight's score and the best one; with it
+    (held-out data), also the table fused at that weight."""
+    from rankserve.eval import metrics
     from rankserve.eval.clients import open_clients
-    from rankserve.eval.pipeline import Options, run_dataset
+    from rankserve.eval.pipeline import Options, choose_rerank_weight, fuse_rerank, run_dataset
 
     embedder, reranker, opened = await open_clients(None, str(args.output), None, None, None, None, None)
     try:
-        result = await run_dataset(beir.load(args.eval_dataset), embedder, reranker,
+        result = await run_dataset(ds, embedder, reranker,
                                    Options(top_k=args.eval_top_k, cache_dir=args.cache_dir, progress=progress))
     finally:
         for client in opened:
             await client.close()
-    return {"dataset": str(args.eval_dataset), "top_k": args.eval_top_k, "metrics": result.metrics,
-            "rerank_seconds": result.timings.get("rerank"), "queries": result.sizes.get("queries")}
+    out = {"dataset": str(args.eval_dataset) if weight is not None else f"{args.dataset} (validation pages)",
+           "top_k": args.eval_top_k, "metrics": result.metrics,
+           "rerank_seconds": result.timings.get("rerank"), "queries": result.sizes.get("queries")}
+    if weight is None:
+        out["rerank_weight"], by_weight = choose_rerank_weight(result.runs, ds.qrels)
+        out["nDCG@10_by_weight"] = {str(w): round(v, 4) for w, v in by_weight.items()}
+    else:
+        fused = fuse_rerank(result.runs, weight)
+        out["rerank_weight"] = weight
+        out["fused_metrics"] = {p: metrics.mean(metrics.per_query(run, ds.qrels)) for p, run in fused.items()}
+    return out
