@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -159,3 +160,37 @@ def test_choose_rerank_weight_finds_the_blend_that_beats_both_ends():
     assert scores[0.0] < 1.0 and scores[1.0] < 1.0
     assert [w for w, v in scores.items() if v == pytest.approx(1.0)] == [0.4, 0.5, 0.6]
     assert best == 0.6  # ties go to the larger weight
+
+
+def test_paired_p_value_equals_the_exact_permutation_test():
+    """Against scipy's exact paired permutation test (all 2^12 sign patterns) on 12 queries."""
+    scipy_stats = pytest.importorskip("scipy.stats")
+    import numpy as np
+
+    rng = random.Random(3)
+    a = {f"q{i}": rng.random() for i in range(12)}
+    b = {q: v - 0.15 + 0.3 * rng.random() for q, v in a.items()}
+    qs = sorted(a)
+    exact = scipy_stats.permutation_test(
+        (np.array([a[q] for q in qs]), np.array([b[q] for q in qs])), lambda x, y: np.mean(x - y),
+        permutation_type="samples", alternative="two-sided", n_resamples=np.inf).pvalue
+    assert metrics.paired_p_value(a, b, rounds=20_000) == pytest.approx(exact, abs=0.015)
+    assert metrics.paired_p_value(a, a) == 1.0
+    # 40 queries all one point better: only 2 of 2^40 sign patterns reach it
+    assert metrics.paired_p_value({f"q{i}": 1.0 for i in range(40)}, {f"q{i}": 0.0 for i in range(40)},
+                                  rounds=999) == 1 / 1000
+
+
+def test_rerank_lift_reports_the_difference_and_its_p_value():
+    from rankserve.eval.pipeline import rerank_lift
+
+    qrels = {f"q{i}": {"rel": 1} for i in range(30)}
+    first = {q: {"other": 2.0, "rel": 1.0} for q in qrels}  # relevant document second everywhere
+    better = {q: {"rel": 2.0, "other": 1.0} for q in qrels}  # ... and first after the rerank
+    runs = {"Dense": first, "Dense+Rerank": better, "Dense+Sparse": first, "Dense+Sparse+Rerank": first}
+    lift = rerank_lift(runs, qrels)
+    ndcg = 1 - 1 / math.log2(3)
+    assert lift["Dense+Rerank vs Dense"]["nDCG@10"]["delta"] == pytest.approx(ndcg)
+    assert lift["Dense+Rerank vs Dense"]["nDCG@10"]["p"] < 0.001
+    assert lift["Dense+Rerank vs Dense"]["Recall@5"] == {"delta": 0.0, "p": 1.0}
+    assert lift["Dense+Sparse+Rerank vs Dense+Sparse"]["nDCG@10"] == {"delta": 0.0, "p": 1.0}

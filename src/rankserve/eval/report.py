@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rankserve.eval.metrics import METRICS
-from rankserve.eval.pipeline import PIPELINES, DatasetResult, macro_average
+from rankserve.eval.pipeline import LIFT_METRICS, PIPELINES, DatasetResult, macro_average
 
 STAGES = ("sparse", "embed corpus", "embed queries", "dense search", "fusion", "rerank", "metrics")
 
@@ -51,6 +51,10 @@ def markdown(results: list[DatasetResult], settings: dict[str, Any]) -> str:
             lines += ["", f"{metric} per dataset / language:", ""]
             body = [[p, *(pct(labelled[label][p][metric]) for label in labels), pct(avg[p][metric])] for p in PIPELINES]
             lines += _table(["Pipeline", *labels, "avg"], body)
+    lines += ["", "What reranking changes (mean difference in points; p: paired randomization test, 10,000 rounds):", ""]
+    lines += _table(["Dataset", "Comparison", *(f"{m} (p)" for m in LIFT_METRICS)],
+                    [[r.name, comparison, *(f"{100 * v[m]['delta']:+.1f} ({v[m]['p']:.3g})" for m in LIFT_METRICS)]
+                     for r in results for comparison, v in r.lift.items()])
     lines += ["", "Seconds per stage (embeddings read from the cache are marked *):", ""]
     body = []
     for stage in STAGES:
@@ -102,7 +106,7 @@ def write(out: Path, results: list[DatasetResult], settings: dict[str, Any]) -> 
         "average": macro_average(results),
         "rows": rows(results),
         "datasets": {r.name: {"sizes": r.sizes, "metrics": r.metrics, "per_lang": r.per_lang, "seconds": r.timings,
-                              "cached": r.cached} for r in results},
+                              "cached": r.cached, "rerank_lift": r.lift} for r in results},
     }
     (out / "details.json").write_text(json.dumps(details, indent=2, ensure_ascii=False) + "\n")
     text = markdown(results, settings)

@@ -125,7 +125,7 @@ async def evaluate(args: argparse.Namespace, ds, progress: bool, weight: float |
     (held-out data), also the table fused at that weight."""
     from rankserve.eval import metrics
     from rankserve.eval.clients import open_clients
-    from rankserve.eval.pipeline import Options, choose_rerank_weight, fuse_rerank, run_dataset
+    from rankserve.eval.pipeline import Options, choose_rerank_weight, fuse_rerank, rerank_lift, run_dataset
 
     embedder, reranker, opened = await open_clients(None, str(args.output), None, None, None, None, None)
     try:
@@ -144,4 +144,6 @@ async def evaluate(args: argparse.Namespace, ds, progress: bool, weight: float |
         fused = fuse_rerank(result.runs, weight)
         out["rerank_weight"] = weight
         out["fused_metrics"] = {p: metrics.mean(metrics.per_query(run, ds.qrels)) for p, run in fused.items()}
+        out["fused_lift"] = rerank_lift(fused, ds.qrels)
+    out["lift"] = result.lift
     return out
