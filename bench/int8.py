@@ -8,8 +8,12 @@ Kendall tau over the query's passages, averaged over queries.
 
 Two models: the MiniLM-L6-size cross-encoder (real encoder, seeded random head: the speed figure),
 and the trained all-MiniLM-L6-v2 bi-encoder ranking by cosine (agreement of a trained model).
+``--cross-encoder DIR`` puts a trained cross-encoder (e.g. a ``rankserve train`` output) in place of
+the random-head one: a trained reranker's scores spread apart, a random head's crowd together, so
+agreement is only meaningful on trained weights.
 
     python bench/int8.py [--rounds 3] [--queries 8] [--per-query 64] [--workload mixed|uniform|manpages]
+                         [--cross-encoder DIR]
 """
 
 from __future__ import annotations
@@ -118,6 +122,8 @@ def main() -> None:
     ap.add_argument("--modes", default="torch-fp32,onnxruntime-fp32,onnxruntime-int8",
                     help=f"comma-separated, torch-fp32 first; of {', '.join(MODES)}")
     ap.add_argument("--models", default="cross-encoder,bi-encoder")
+    ap.add_argument("--cross-encoder", type=Path, default=None,
+                    help="a trained cross-encoder folder instead of the random-head MiniLM-L6 one")
     args = ap.parse_args()
     modes = args.modes.split(",")
     if modes[0] != "torch-fp32" or any(m not in MODES for m in modes):
@@ -131,8 +137,10 @@ def main() -> None:
     work = (manpage_workload(args.queries, args.per_query) if args.workload == "manpages"
             else workload(args.workload, args.queries, args.per_query))
     loop = asyncio.new_event_loop()
-    models = {"cross-encoder": ("MiniLM-L6 cross-encoder (random head)",
-                                lambda: minilm_cross_encoder(Path(tempfile.gettempdir()) / "rankserve-bench-minilm-ce")),
+    random_head = ("MiniLM-L6 cross-encoder (random head)",
+                   lambda: minilm_cross_encoder(Path(tempfile.gettempdir()) / "rankserve-bench-minilm-ce"))
+    trained = (f"trained cross-encoder {args.cross_encoder}", lambda: args.cross_encoder)
+    models = {"cross-encoder": trained if args.cross_encoder else random_head,
               "bi-encoder": ("all-MiniLM-L6-v2 bi-encoder (trained), cosine ranking", default_model_dir)}
     for name in args.models.split(","):
         label, directory = models[name]
