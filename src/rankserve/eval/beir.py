@@ -45,8 +45,7 @@ class Dataset:
         pages' documents and the queries whose relevant pages all lie in it. A query with relevant
         pages on both sides is in neither (counted), so no held-out page is ever seen by the rest."""
         pages = {d: self.doc_page.get(d, d) for d in self.doc_ids}
-        out = set(pages.values())
-        out = {p for p in out if held_out(p, fraction, seed)}
+        out = {p for p in set(pages.values()) if held_out(p, fraction, seed)}
         parts = []
         placed: set[str] = set()
         for side, suffix in ((False, ""), (True, "-heldout")):
