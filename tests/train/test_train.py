@@ -61,14 +61,15 @@ def test_mined_negatives_never_include_a_relevant_page(tmp_path):
     assert all(ds.doc_page[d] not in set(ds.qrels[q]) for q, docs in firsts.items() for d in docs)
 
 
-def test_train_loss_falls_and_the_folder_serves_the_trained_logits(tmp_path, bert_bi_dir):
+@pytest.mark.parametrize("loss", ["bce", "listwise"])
+def test_train_loss_falls_and_the_folder_serves_the_trained_logits(tmp_path, bert_bi_dir, loss):
     require(all(__import__("importlib").util.find_spec(m) for m in ("bm25s", "datasets", "sentence_transformers")),
             "training needs the [train] extra", "pip install 'rankserve[train]'")
     data = synthetic_beir(tmp_path / "train")
     out = tmp_path / "model"
     common = ["train", "--dataset", str(data), "--output", str(out), "--base", str(bert_bi_dir), "--mine", "bm25",
               "--negatives", "3", "--batch-size", "8", "--learning-rate", "2e-3", "--max-length", "48",
-              "--save-steps", "5", "--no-progress", "--cache-dir", str(tmp_path / "cache")]
+              "--save-steps", "5", "--loss", loss, "--no-progress", "--cache-dir", str(tmp_path / "cache")]
     assert main(common + ["--max-steps", "30"]) == 0
     record = json.loads((out / "training.json").read_text())
     losses = record["training"]["loss_history"]

@@ -44,7 +44,9 @@ def add_command(subparsers) -> None:
     tr.add_argument("--negative-passages", choices=POSITIONS, default="any",
                     help="passage datasets: the passages as retrieved (any), or each retrieved page's first passage, "
                          "the positive's position (first; ranked worse on the man pages: docs/evaluation.md)")
-    tr.add_argument("--loss", choices=LOSSES, default="bce", help="bce (pointwise) or listwise (softmax over negatives)")
+    tr.add_argument("--loss", choices=LOSSES, default="listwise",
+                    help="listwise (softmax over the positive, its negatives and the batch's other passages) or bce "
+                         "(pointwise); on the man pages listwise ranked far better (docs/evaluation.md)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--max-queries", type=int, default=0, help="train on a seeded sample of this many queries; 0 = all")
     tr.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps (quick runs)")
