@@ -188,7 +188,7 @@ def test_rerank_lift_reports_the_difference_and_its_p_value():
     first = {q: {"other": 2.0, "rel": 1.0} for q in qrels}  # relevant document second everywhere
     better = {q: {"rel": 2.0, "other": 1.0} for q in qrels}  # ... and first after the rerank
     runs = {"Dense": first, "Dense+Rerank": better, "Dense+Sparse": first, "Dense+Sparse+Rerank": first}
-    lift = rerank_lift(runs, qrels)
+    lift = rerank_lift({name: metrics.per_query(run, qrels) for name, run in runs.items()})
     ndcg = 1 - 1 / math.log2(3)
     assert lift["Dense+Rerank vs Dense"]["nDCG@10"]["delta"] == pytest.approx(ndcg)
     assert lift["Dense+Rerank vs Dense"]["nDCG@10"]["p"] < 0.001

@@ -70,8 +70,13 @@ def test_train_loss_falls_and_the_folder_serves_the_trained_logits(tmp_path, ber
     common = ["train", "--dataset", str(data), "--output", str(out), "--base", str(bert_bi_dir), "--mine", "bm25",
               "--negatives", "3", "--batch-size", "8", "--learning-rate", "2e-3", "--max-length", "48",
               "--save-steps", "5", "--loss", loss, "--no-progress", "--cache-dir", str(tmp_path / "cache")]
-    assert main(common + ["--max-steps", "30"]) == 0
+    heldout = synthetic_beir(tmp_path / "test", seed=1)
+    assert main(common + ["--max-steps", "30", "--eval-dataset", str(heldout), "--eval-top-k", "5"]) == 0
     record = json.loads((out / "training.json").read_text())
+    # without validation pages no fusion weight is chosen, least of all on the held-out data
+    assert "validation" not in record and record["heldout"]["dataset"] == str(heldout)
+    assert not {"rerank_weight", "nDCG@10_by_weight", "fused_metrics"} & set(record["heldout"])
+    assert set(record["heldout"]["lift"]) == {"Dense+Rerank vs Dense", "Dense+Sparse+Rerank vs Dense+Sparse"}
     losses = record["training"]["loss_history"]
     assert len(losses) >= 4 and sum(losses[-2:]) / 2 < sum(losses[:2]) / 2, losses
     assert record["training"]["steps"] == 30 and record["mining"]["method"] == "bm25"

@@ -166,8 +166,8 @@ def rerank_weight(value: str | None, reranker: str | None) -> float | None:
     if value is None:
         return None
     if value == "trained":
-        record = Path(reranker or "") / "training.json"
-        if reranker is None or not record.is_file():
+        record = Path(reranker) / "training.json" if reranker else None
+        if record is None or not record.is_file():
             raise ValueError("--rerank-weight trained needs --reranker, a folder written by `rankserve train`")
         weight = json.loads(record.read_text()).get("validation", {}).get("rerank_weight")
         if weight is None:

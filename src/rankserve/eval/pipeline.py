@@ -102,7 +102,7 @@ async def run_dataset(ds: Dataset, embedder: Embedder, reranker: Reranker, opts:
 
     pages = set(ds.doc_page.get(d, d) for d in ds.doc_ids)
     sizes = {"documents": len(ds.doc_ids), "pages": len(pages), "queries": len(metrics.judged(ds.qrels))}
-    return DatasetResult(ds.name, sizes, scores, per_lang, timings, cached, runs, rerank_lift(runs, ds.qrels))
+    return DatasetResult(ds.name, sizes, scores, per_lang, timings, cached, runs, rerank_lift(per_query))
 
 
 RERANKED = {"Dense+Rerank": "Dense", "Dense+Sparse+Rerank": "Dense+Sparse"}  # +Rerank list -> what it re-scored
@@ -138,17 +138,17 @@ def choose_rerank_weight(runs: dict[str, Run], qrels: dict[str, dict[str, int]],
 LIFT_METRICS = ("Recall@5", "nDCG@10")
 
 
-def rerank_lift(runs: dict[str, Run], qrels: dict[str, dict[str, int]]) -> dict[str, dict[str, dict[str, float]]]:
-    """What each +Rerank list changes against the first stage it re-scored, per metric: the mean
-    difference and its paired randomization p-value over the judged queries. A few points on a few
-    hundred queries can be noise; the p-value says how likely a difference that large is by chance."""
+def rerank_lift(per_query: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
+    """What each +Rerank list changes against the first stage it re-scored, per metric, from the
+    pipelines' per-query values (``metrics.per_query``: the judged queries): the mean difference and
+    its paired randomization p-value. A few points on a few hundred queries can be noise; the p-value
+    says how likely a difference that large is by chance."""
     out: dict[str, dict[str, dict[str, float]]] = {}
-    judged = metrics.judged(qrels)
     for reranked, first in RERANKED.items():
-        after, before = metrics.per_query(runs[reranked], qrels), metrics.per_query(runs[first], qrels)
+        after, before = per_query[reranked], per_query[first]
         out[f"{reranked} vs {first}"] = {
-            m: {"delta": sum(after[q][m] - before[q][m] for q in judged) / max(1, len(judged)),
-                "p": metrics.paired_p_value({q: after[q][m] for q in judged}, {q: before[q][m] for q in judged})}
+            m: {"delta": sum(after[q][m] - before[q][m] for q in after) / max(1, len(after)),
+                "p": metrics.paired_p_value({q: v[m] for q, v in after.items()}, {q: v[m] for q, v in before.items()})}
             for m in LIFT_METRICS}
     return out
 

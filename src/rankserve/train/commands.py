@@ -110,42 +110,46 @@ async def run_train(args: argparse.Namespace) -> int:
               "mining": {"method": args.mine, "negatives": args.negatives, "passages": args.negative_passages,
                          "seconds": round(mining_s, 1)},
               "options": opts.recorded(), "command": "rankserve " + " ".join(sys.argv[1:])}
-    weight = None
-    if validation is not None:
-        record["validation"] = await evaluate(args, validation, progress)
-        weight = record["validation"]["rerank_weight"]
-    if args.eval_dataset is not None:
-        record["heldout"] = await evaluate(args, beir.load(args.eval_dataset), progress, weight)
+    if validation is not None or args.eval_dataset is not None:
+        from rankserve.eval.clients import open_clients
+
+        embedder, reranker, opened = await open_clients(None, str(args.output), None, None, None, None, None)
+        try:
+            weight = None
+            if validation is not None:
+                record["validation"] = await evaluate(args, embedder, reranker, validation,
+                                                      f"{args.dataset} (validation pages)", progress, choose_weight=True)
+                weight = record["validation"]["rerank_weight"]
+            if args.eval_dataset is not None:
+                record["heldout"] = await evaluate(args, embedder, reranker, beir.load(args.eval_dataset),
+                                                   str(args.eval_dataset), progress, weight=weight)
+        finally:
+            for client in opened:
+                await client.close()
     (args.output / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {args.output} ({stats['steps']} steps in {stats['seconds']} s); training.json", file=sys.stderr)
     return 0
 
 
-async def evaluate(args: argparse.Namespace, ds, progress: bool, weight: float | None = None) -> dict:
-    """The table on ``ds``: the default embedder's first stages, reranked by the trained model.
-    Without ``weight`` (validation data), also every fusion weight's score and the best one; with it
-    (held-out data), also the table fused at that weight."""
+async def evaluate(args: argparse.Namespace, embedder, reranker, ds, label: str, progress: bool, *,
+                   choose_weight: bool = False, weight: float | None = None) -> dict:
+    """The table on ``ds``: the default embedder's first stages, reranked by the trained model, and
+    each +Rerank pipeline's lift. ``choose_weight`` (validation pages only): also every fusion
+    weight's score and the best one. ``weight`` (held-out data, chosen on validation): also the
+    table and lift fused at that weight."""
     from rankserve.eval import metrics
-    from rankserve.eval.clients import open_clients
     from rankserve.eval.pipeline import Options, choose_rerank_weight, fuse_rerank, rerank_lift, run_dataset
 
-    embedder, reranker, opened = await open_clients(None, str(args.output), None, None, None, None, None)
-    try:
-        result = await run_dataset(ds, embedder, reranker,
-                                   Options(top_k=args.eval_top_k, cache_dir=args.cache_dir, progress=progress))
-    finally:
-        for client in opened:
-            await client.close()
-    out = {"dataset": str(args.eval_dataset) if weight is not None else f"{args.dataset} (validation pages)",
-           "top_k": args.eval_top_k, "metrics": result.metrics,
+    result = await run_dataset(ds, embedder, reranker,
+                               Options(top_k=args.eval_top_k, cache_dir=args.cache_dir, progress=progress))
+    out = {"dataset": label, "top_k": args.eval_top_k, "metrics": result.metrics, "lift": result.lift,
            "rerank_seconds": result.timings.get("rerank"), "queries": result.sizes.get("queries")}
-    if weight is None:
+    if choose_weight:
         out["rerank_weight"], by_weight = choose_rerank_weight(result.runs, ds.qrels)
         out["nDCG@10_by_weight"] = {str(w): round(v, 4) for w, v in by_weight.items()}
-    else:
-        fused = fuse_rerank(result.runs, weight)
+    if weight is not None:
+        per_query = {p: metrics.per_query(run, ds.qrels) for p, run in fuse_rerank(result.runs, weight).items()}
         out["rerank_weight"] = weight
-        out["fused_metrics"] = {p: metrics.mean(metrics.per_query(run, ds.qrels)) for p, run in fused.items()}
-        out["fused_lift"] = rerank_lift(fused, ds.qrels)
-    out["lift"] = result.lift
+        out["fused_metrics"] = {p: metrics.mean(values) for p, values in per_query.items()}
+        out["fused_lift"] = rerank_lift(per_query)
     return out
