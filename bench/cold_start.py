@@ -14,6 +14,11 @@ reranker with random weights (16 layers, hidden 2048, 32000-token vocabulary, bf
 NVIDIA's checkpoints), written once to a temp folder.
 
     python bench/cold_start.py [--rounds 3] [--models minilm,llama-1b] [--serve-args "--dtype float32"]
+
+Before the models, where the time before the first log line goes: fresh interpreters import what
+``rankserve serve`` imports, one layer at a time (the CLI and asyncio, torch, then FastAPI /
+starlette / pydantic / uvicorn and rankserve's API and engine), each timed in-process; median of
+the rounds. ``--models ""`` prints only that.
 """
 
 from __future__ import annotations
@@ -125,6 +130,29 @@ def one_peer(model: Path) -> float:
     return time.perf_counter() - start
 
 
+IMPORT_STEPS = (("interpreter -> rankserve.cli (argparse, asyncio, ssl)", "import rankserve.cli"),
+                ("torch", "import torch"),
+                ("fastapi, uvicorn, rankserve.api (routes, engine, models)", "import rankserve.api.server"))
+
+
+def import_breakdown(rounds: int) -> None:
+    """Seconds per import step of ``rankserve serve``, each in a fresh interpreter, median of ``rounds``."""
+    code = ("import time, sys; marks = [time.perf_counter()]\n"
+            + "".join(f"{stmt}; marks.append(time.perf_counter())\n" for _, stmt in IMPORT_STEPS)
+            + "print(' '.join(f'{b - a:.4f}' for a, b in zip(marks, marks[1:])))")
+    runs = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+        runs.append([float(x) for x in out.split()] + [time.perf_counter() - start])
+    print("\n## imports before the first log line (fresh interpreter each round)")
+    print("| step | median s |\n|---|---:|")
+    for i, (label, _) in enumerate(IMPORT_STEPS):
+        print(f"| {label} | {statistics.median(r[i] for r in runs):.3f} |")
+    print(f"| sum of the steps | {statistics.median(sum(r[:-1]) for r in runs):.3f} |")
+    print(f"| process spawn to exit (adds interpreter start and torch's teardown) | {statistics.median(r[-1] for r in runs):.3f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
@@ -135,7 +163,8 @@ def main() -> None:
     models = {"minilm": default_model_dir, "llama-1b": lambda: llama_1b(Path(tempfile.gettempdir()) / "rankserve-bench-llama-1b")}
     print(f"python {sys.version.split()[0]}, cores {len(os.sched_getaffinity(0))}, serve args {serve_args or 'none'}; "
           f"median of {args.rounds} rounds (peer and ours interleaved)")
-    for name in args.models.split(","):
+    import_breakdown(args.rounds)
+    for name in filter(None, args.models.split(",")):
         model = models[name]()
         for f in model.iterdir():  # page cache warm, as on a second start
             if f.is_file():
