@@ -130,7 +130,7 @@ def one_peer(model: Path) -> float:
     return time.perf_counter() - start
 
 
-IMPORT_STEPS = (("interpreter -> rankserve.cli (argparse, asyncio, ssl)", "import rankserve.cli"),
+IMPORT_STEPS = (("rankserve.cli (argparse, config, asyncio, ssl)", "import rankserve.cli"),
                 ("torch", "import torch"),
                 ("fastapi, uvicorn, rankserve.api (routes, engine, models)", "import rankserve.api.server"))
 
