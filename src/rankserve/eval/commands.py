@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import time
@@ -161,8 +162,6 @@ async def run_eval(args: argparse.Namespace) -> int:
 
 def rerank_weight(value: str | None, reranker: str | None) -> float | None:
     """``--rerank-weight``: None, a number in [0, 1], or "trained" (read from the reranker's training.json)."""
-    import json
-
     if value is None:
         return None
     if value == "trained":
