@@ -1,6 +1,8 @@
 """Backends and lossy modes vs our own torch fp32: speed and ranking agreement, one process.
 
-Modes (``--modes``): torch-fp32 (the reference), onnxruntime-fp32, onnxruntime-int8, torch-bf16.
+Modes (``--modes``): torch-fp32 (the reference), onnxruntime-fp32, onnxruntime-int8, torch-bf16
+(mixed: linears and attention in bf16), openvino-fp32, openvino-bf16 (OpenVINO's CPU plugin on the same
+ONNX export).
 Each mode is a full rankserve Engine (config ``backend`` / ``quantize`` / ``dtype``) ranking the same
 workload (all queries submitted concurrently, as in engine_offline.py). Rounds are interleaved; each
 figure is the best of its rounds. Agreement is per query against torch fp32: top-5 overlap and
@@ -42,6 +44,8 @@ MODES = {
     "onnxruntime-fp32": {"backend": "onnxruntime"},
     "onnxruntime-int8": {"backend": "onnxruntime", "quantize": "int8"},
     "torch-bf16": {"backend": "torch", "dtype": "bfloat16"},
+    "openvino-fp32": {"backend": "openvino", "dtype": "float32"},
+    "openvino-bf16": {"backend": "openvino", "dtype": "bfloat16"},
 }
 
 
@@ -129,10 +133,12 @@ def main() -> None:
     if modes[0] != "torch-fp32" or any(m not in MODES for m in modes):
         ap.error(f"--modes: torch-fp32 first, then any of {', '.join(MODES)}")
 
-    import onnxruntime
+    from importlib.metadata import version
 
+    tools = ", ".join(f"{name} {version(name)}" for name in ("onnxruntime", "openvino")
+                      if any(m.startswith(name) for m in modes))
     print(f"cores {available_cores()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-          f"onnxruntime {onnxruntime.__version__}; workload {args.workload}, {args.queries} queries x "
+          f"{tools or 'torch only'}; workload {args.workload}, {args.queries} queries x "
           f"{args.per_query} passages, best of {args.rounds} interleaved rounds")
     work = (manpage_workload(args.queries, args.per_query) if args.workload == "manpages"
             else workload(args.workload, args.queries, args.per_query))

@@ -36,6 +36,14 @@ def bert_bi_dir(tmp_path_factory) -> Path:
     return make_bert_bi_encoder(tmp_path_factory.mktemp("bert-bi"))
 
 
+@pytest.fixture(scope="session")
+def export_cache(tmp_path_factory) -> tuple[Path, Path]:
+    """(an XDG_CACHE_HOME, its rankserve/onnx folder): one ONNX export per tiny model per session,
+    shared by the onnxruntime and openvino backends' tests."""
+    root = tmp_path_factory.mktemp("xdg-cache")
+    return root, root / "rankserve" / "onnx"
+
+
 def require(ok: bool, why: str, install: str) -> None:
     """Gate a test on a prerequisite (system package, optional wheel): skip locally naming the install
     line, but fail when the environment variable CI is set (anything but "", "0" or "false"), so a CI

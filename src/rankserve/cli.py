@@ -18,9 +18,12 @@ HELP = {
              "one process (requests route by their model field); default: packaged all-MiniLM-L6-v2",
     "served_model_name": "model id in /v1/models and requests; default: derived from the model",
     "device": "auto | cpu | cuda | cuda:N",
-    "dtype": "auto (CPU: mixed bf16 where the CPU has native bf16 and it is faster, else fp32; CUDA: bf16/fp16) "
+    "dtype": "auto (CPU: bf16 where the CPU has native bf16 and it is faster, else fp32; CUDA: bf16/fp16) "
              "| float32 | bfloat16 | float16",
-    "threads": "torch CPU threads; 0 = all cores available",
+    "backend": "torch | onnxruntime (CPU, float32; int8 with --quantize; needs rankserve[onnx]) | openvino (CPU, "
+               "float32 or bfloat16, the fastest where the CPU has native bf16; needs rankserve[openvino])",
+    "quantize": "none | int8 (lossy: dynamic int8 weights, --backend onnxruntime only)",
+    "threads": "CPU threads for the model; 0 = all cores available",
     "cpu_gemm": "fp32 linear layers on CPU: auto (time both at start, keep the faster) | torch | onednn",
     "max_length": "token limit per sequence; 0 = the model's own",
     "max_batch_tokens": "padded tokens (longest x rows) per forward pass; 0 = 4096 on CPU, 65536 on CUDA",

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 from rankserve.errors import ConfigError
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "openvino")
 QUANTIZE = ("none", "int8")
 CPU_GEMMS = ("auto", "torch", "onednn")
 TRUNCATE_DEFAULTS = ("NONE", "END", "CHUNK")  # what a ranking request may ask for (CHUNK: windows)
@@ -149,6 +149,9 @@ class ServerConfig:
             bad("quantize", "int8 runs on --backend onnxruntime")
         if self.backend == "onnxruntime" and (self.device.startswith("cuda") or self.dtype not in ("auto", "float32")):
             bad("backend", "onnxruntime runs on the CPU in float32 (--device cpu|auto, --dtype auto|float32)")
+        if self.backend == "openvino" and (self.device.startswith("cuda") or self.dtype == "float16"):
+            bad("backend", "openvino runs on the CPU in float32 or bfloat16 (--device cpu|auto, "
+                           "--dtype auto|float32|bfloat16)")
         entries = self.model_entries() if self.model is not None else []
         if any(not path for _, path in entries):
             bad("model", "an empty entry: give PATH, or NAME=PATH for each of several models")

@@ -1,7 +1,7 @@
 """The onnxruntime backend: fp32 equals TorchRunner, int8 stays close and ranks alike, and it serves.
 
-Tiny random checkpoints; every export goes to one temp cache shared by the module (the app tests
-point XDG_CACHE_HOME at it, so the server start reuses the exported files).
+Tiny random checkpoints; every export goes to one temp cache shared by the session (conftest's
+``export_cache``; the app tests point XDG_CACHE_HOME at it, so the server start reuses the exported files).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 
 from conftest import app_client, wait_ready  # noqa: E402
+from export_cases import QUERY, WORDS, encode, kendall_tau, passages  # noqa: E402
 from rankserve.config import load_config  # noqa: E402
 from rankserve.engine.onnx_runner import OnnxRunner, exported_model  # noqa: E402
 from rankserve.engine.engine import make_runner  # noqa: E402
@@ -29,41 +30,15 @@ FP32_TOL = 1e-4  # |onnxruntime fp32 - torch fp32|, logits and normalized vector
 INT8_REL = 0.15  # |int8 - fp32| <= INT8_REL x the fp32 score range of the batch
 INT8_TAU = 0.8  # Kendall tau of int8 vs fp32 scores over one query's passages
 
-WORDS = ("the a of to in is for list file files directory command print show copy move remove create "
-         "process memory network socket time user system kernel disk search text pattern line sort "
-         "compress archive paris france capital city river banana fruit potassium small animal").split()
-QUERY = "how do i list the files in a directory"
-
-
-def passages(n: int, seed: int = 0) -> list[str]:
-    """Mixed lengths (2..60 words) so every batch is padded."""
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.choice([2, 5, 9, 20, 40, 60]))) for _ in range(n)]
-
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    root = tmp_path_factory.mktemp("xdg-cache")
-    return root, root / "rankserve" / "onnx"
+def cache(export_cache):
+    return export_cache
 
 
 @pytest.fixture(scope="module")
 def models(bert_ce_dir, xlmr_ce_dir, bert_bi_dir):
     return {"bert-ce": load_model(bert_ce_dir), "xlmr-ce": load_model(xlmr_ce_dir), "bert-bi": load_model(bert_bi_dir)}
-
-
-def encode(spec, texts):
-    policy = TokenizerPolicy(str(spec.tokenizer_file), max_length=spec.max_length, rerank_template=None,
-                             with_type_ids=True)
-    return policy.pairs(QUERY, texts, "END") if spec.kind == "cross-encoder" else policy.texts(texts, "END")
-
-
-def kendall_tau(a: torch.Tensor, b: torch.Tensor) -> float:
-    da = torch.sign(a[:, None] - a[None, :])
-    db = torch.sign(b[:, None] - b[None, :])
-    n = len(a)
-    return float((da * db).sum() / (n * (n - 1)))
-
 
 @pytest.mark.parametrize("gemm", ["torch", "onednn"])
 @pytest.mark.parametrize("name", ["bert-ce", "xlmr-ce", "bert-bi"])

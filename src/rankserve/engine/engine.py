@@ -47,14 +47,18 @@ def served_name(config: ServerConfig) -> str:
 
 
 def make_runner(spec: ModelSpec, device: torch.device, config: ServerConfig):
-    """The runner ``config.backend`` names (both have ``forward(items) -> Tensor``)."""
+    """The runner ``config.backend`` names (each has ``forward(items) -> Tensor``)."""
+    if config.backend in ("onnxruntime", "openvino") and spec.vision is not None:
+        raise ConfigError(f"backend {config.backend} exports text models only; {spec.architecture} (image passages) "
+                          "runs on backend torch")
     if config.backend == "onnxruntime":
-        if spec.vision is not None:
-            raise ConfigError(f"backend onnxruntime exports text models only; {spec.architecture} (image passages) "
-                              "runs on backend torch")
         from rankserve.engine.onnx_runner import OnnxRunner  # onnxruntime is an optional dependency
 
         return OnnxRunner(spec, threads=config.threads, quantize=config.quantize)
+    if config.backend == "openvino":
+        from rankserve.engine.openvino_runner import OpenVinoRunner  # openvino is an optional dependency
+
+        return OpenVinoRunner(spec, threads=config.threads, dtype=config.dtype)
     return TorchRunner(spec, device, config.threads, config.cpu_gemm, config.dtype)
 
 

@@ -74,15 +74,26 @@ def default_cache_dir() -> Path:
     return rankserve_cache_dir("onnx")
 
 
+def tool_versions() -> str:
+    """The exporter's and quantizer's versions (onnxruntime only quantizes: the openvino backend
+    exports without it)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "-"
+
+    return "|".join(f"{n}={of(n)}" for n in ("onnx", "onnxscript", "onnxruntime"))
+
+
 def cache_key(spec: ModelSpec, quantize: str) -> str:
     """What the exported file depends on: weights on disk, quantization, model code, tool versions."""
-    import onnx
-    import onnxruntime
-
     h = hashlib.sha256()
     directory = spec.tokenizer_file.parent.resolve()
     h.update(f"{FORMAT}|{quantize}|{directory}|{type(spec.module).__qualname__}|".encode())
-    h.update(f"{torch.__version__}|{onnx.__version__}|{onnxruntime.__version__}|".encode())
+    h.update(f"{torch.__version__}|{tool_versions()}|".encode())
     for path in sorted(directory.glob("*")):
         if path.suffix in (".safetensors", ".json") and path.is_file():
             st = path.stat()
@@ -133,7 +144,7 @@ def export_fp32(spec: ModelSpec, path: Path) -> None:
     module = spec.module
     param = next(module.parameters())
     if param.device.type != "cpu" or param.dtype != torch.float32:
-        log.warning("onnxruntime backend: exporting a float32 CPU copy of a %s model on %s", param.dtype, param.device)
+        log.warning("ONNX export: a float32 CPU copy of a %s model on %s", param.dtype, param.device)
         module = copy.deepcopy(module).to(device="cpu", dtype=torch.float32)
     wrapper = PackedInputs(module, with_types=spec.family in ("bert", "xlm-roberta")).eval()
     args = tuple(packed_inputs(sample_packed(spec)).values())

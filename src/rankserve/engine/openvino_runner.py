@@ -1,0 +1,85 @@
+"""OpenVINO on the CPU: the model's ONNX export (``onnx_runner.exported_model``) compiled by
+OpenVINO's CPU plugin, in float32 or bfloat16.
+
+Why a second ONNX backend: OpenVINO's CPU plugin (built on oneDNN) fuses attention, LayerNorm and
+GELU into kernels that run natively in bf16 on AVX512-BF16 / AMX CPUs. On the man-page workload
+(docs/benchmarks-int8.md) its bf16 ran 2.0-2.3x our torch fp32 with top-5 agreement 0.983-1.000,
+where torch's mixed bf16 (``models/cpu_bf16.py``) ran 1.25-1.5x: the gap is attention at head_dim
+32, which torch's CPU SDPA kernel does not speed up in bf16. Its float32 runs the same graph
+exactly (within 1e-5 of torch) and ~1.1-1.2x faster.
+
+Precision (``--dtype``): ``float32``; ``bfloat16`` (OpenVINO's inference precision hint: its plugin
+decides which ops stay in f32); ``auto``: bfloat16 where the CPU multiplies bf16 natively, else
+float32 (emulated bf16 is slower than fp32). As with torch's bf16, a score then depends slightly on
+what it was batched with; ``--dtype float32`` keeps scores batch-independent.
+
+The compiled model is cached by OpenVINO in ``$XDG_CACHE_HOME/rankserve/openvino`` (keyed by the
+ONNX file, the precision and the CPU), so a restart skips the compile.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from rankserve.config import cache_dir as rankserve_cache_dir
+from rankserve.engine.onnx_runner import exported_model, packed_inputs
+from rankserve.engine.runner import available_cores, finish, packed_batch
+from rankserve.engine.tokenize import Encoded
+from rankserve.errors import ConfigError
+from rankserve.models.cpu_bf16 import bf16_native
+from rankserve.models.loader import ModelSpec
+
+log = logging.getLogger("rankserve")
+
+HINTS = {"float32": "f32", "bfloat16": "bf16"}  # --dtype -> OpenVINO's INFERENCE_PRECISION_HINT
+
+
+def choose_precision(dtype: str, capabilities: Sequence[str]) -> str:
+    """``--dtype`` (auto | float32 | bfloat16) -> the precision to compile for, logged with why."""
+    if dtype != "auto":
+        return dtype
+    native = bf16_native() and "BF16" in capabilities
+    choice = "bfloat16" if native else "float32"
+    log.info("cpu precision: %s (openvino; %s)", choice,
+             "the CPU multiplies bf16 natively" if native else "the CPU has no native bf16")
+    return choice
+
+
+class OpenVinoRunner:
+    """Same contract as TorchRunner: ``forward(items)`` -> [B] logits or [B, H] vectors, float32 on CPU."""
+
+    def __init__(self, spec: ModelSpec, threads: int = 0, dtype: str = "auto", cache_dir: str | Path | None = None):
+        try:
+            import onnxscript  # noqa: F401  (the exporter's translator)
+            import openvino as ov
+        except ImportError as exc:
+            raise ConfigError(f"backend openvino needs openvino, onnx and onnxscript installed ({exc}): "
+                              "pip install 'rankserve[openvino]'") from exc
+        if dtype not in ("auto", *HINTS):
+            raise ConfigError(f"backend openvino runs in float32 or bfloat16, not {dtype}")
+        self.spec = spec
+        self.gemm: str | None = None
+        self.path = exported_model(spec, "none", cache_dir)
+        core = ov.Core()
+        core.set_property({"CACHE_DIR": str(rankserve_cache_dir("openvino"))})
+        self.precision = choose_precision(dtype, core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+        started = time.perf_counter()
+        # One stream, every core on it: the batcher hands the runner one batch at a time. No thread
+        # pinning: the event loop and the tokenizer share these cores.
+        self.model = core.compile_model(str(self.path), "CPU", {
+            "INFERENCE_PRECISION_HINT": HINTS[self.precision], "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": threads or available_cores(), "ENABLE_CPU_PINNING": False})
+        log.info("openvino %s: compiled %s in %.2fs", ov.__version__, self.precision, time.perf_counter() - started)
+        self.request = self.model.create_infer_request()
+        self.inputs = [i.get_any_name() for i in self.model.inputs]
+
+    def forward(self, items: Sequence[Encoded]) -> torch.Tensor:
+        """-> [B] logits (cross-encoder) or [B, H] vectors (embedder), float32 on CPU."""
+        tensors = packed_inputs(packed_batch(self.spec, items))
+        result = self.request.infer({name: tensors[name].numpy() for name in self.inputs})
+        return finish(self.spec, torch.from_numpy(result[self.model.output(0)].copy()))

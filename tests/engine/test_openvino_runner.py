@@ -1,0 +1,170 @@
+"""The openvino backend: fp32 equals TorchRunner, bf16 (where the CPU has it) stays close and ranks
+alike, auto picks by the CPU, the compiled model is cached, and it serves.
+
+Tiny random checkpoints; the ONNX exports are shared with the onnxruntime tests (conftest's
+``export_cache``), and XDG_CACHE_HOME points there so OpenVINO's compile cache lands in it too.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("openvino")
+pytest.importorskip("onnx")
+pytest.importorskip("onnxscript")
+
+from conftest import app_client, wait_ready  # noqa: E402
+from export_cases import QUERY, encode, kendall_tau, passages  # noqa: E402
+from rankserve.config import load_config  # noqa: E402
+from rankserve.engine import openvino_runner  # noqa: E402
+from rankserve.engine.engine import make_runner  # noqa: E402
+from rankserve.engine.openvino_runner import OpenVinoRunner, choose_precision  # noqa: E402
+from rankserve.engine.runner import TorchRunner  # noqa: E402
+from rankserve.engine.tokenize import TokenizerPolicy  # noqa: E402
+from rankserve.errors import ConfigError  # noqa: E402
+from rankserve.models.cpu_bf16 import bf16_native  # noqa: E402
+from rankserve.models.loader import load_model  # noqa: E402
+
+FP32_TOL = 1e-4  # |openvino fp32 - torch fp32|, logits and normalized vectors
+BF16_REL = 0.08  # |bf16 - fp32| <= BF16_REL x the fp32 score range of the batch (measured 0.011-0.037)
+BF16_TAU = 0.9  # Kendall tau of bf16 vs fp32 scores over one query's passages (measured 0.95-0.99)
+
+
+@pytest.fixture(scope="module")
+def cache(export_cache, monkeypatch_module):
+    monkeypatch_module.setenv("XDG_CACHE_HOME", str(export_cache[0]))
+    return export_cache
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+@pytest.fixture(scope="module")
+def models(bert_ce_dir, xlmr_ce_dir, bert_bi_dir):
+    return {"bert-ce": load_model(bert_ce_dir), "xlmr-ce": load_model(xlmr_ce_dir), "bert-bi": load_model(bert_bi_dir)}
+
+
+def fp32_reference(spec, encoded) -> torch.Tensor:
+    return TorchRunner(spec, torch.device("cpu"), threads=1, dtype="float32").forward(encoded)
+
+
+@pytest.mark.parametrize("name", ["bert-ce", "xlmr-ce", "bert-bi"])
+def test_fp32_equals_torch(models, cache, name):
+    spec = models[name]
+    encoded = encode(spec, passages(12))
+    assert len({len(e) for e in encoded}) > 3  # a padded, mixed-length batch
+    runner = OpenVinoRunner(spec, threads=1, dtype="float32", cache_dir=cache[1])
+    assert runner.precision == "float32"
+    assert runner.model.get_property("INFERENCE_PRECISION_HINT").to_string() == "f32"
+    expected, got = fp32_reference(spec, encoded), runner.forward(encoded)
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    assert (got - expected).abs().max().item() <= FP32_TOL
+    # Batch shapes other than the export sample's: one item, and a batch with no padding at all.
+    assert (runner.forward(encoded[:1]) - expected[:1]).abs().max().item() <= FP32_TOL
+    same = [e for e in encoded if len(e) == len(encoded[0])] * 3
+    assert (runner.forward(same) - fp32_reference(spec, same)).abs().max().item() <= FP32_TOL
+
+
+@pytest.mark.skipif(not bf16_native(), reason="bf16 is emulated on this CPU (auto never picks it here)")
+@pytest.mark.parametrize("name", ["bert-ce", "xlmr-ce", "bert-bi"])
+def test_bf16_close_and_ranks_alike(models, cache, name):
+    spec = models[name]
+    encoded = encode(spec, passages(24, seed=1))
+    fp32 = fp32_reference(spec, encoded)
+    runner = OpenVinoRunner(spec, threads=1, dtype="bfloat16", cache_dir=cache[1])
+    assert runner.model.get_property("INFERENCE_PRECISION_HINT").to_string() == "bf16"
+    bf16 = runner.forward(encoded)
+    assert bf16.dtype == torch.float32 and bf16.shape == fp32.shape
+    # It really computed in bf16: OpenVINO's f32 is within 1e-5 of torch, bf16 moves scores ~1e-2.
+    assert (bf16 - fp32).abs().max().item() > 10 * FP32_TOL
+    if spec.kind == "embedder":  # rank passages by cosine to the first text, as bi-encoder ranking does
+        fp32, bf16 = fp32[1:] @ fp32[0], bf16[1:] @ bf16[0]
+    spread = (fp32.max() - fp32.min()).item()
+    assert spread > 0
+    assert (bf16 - fp32).abs().max().item() <= BF16_REL * spread
+    assert kendall_tau(fp32, bf16) >= BF16_TAU
+
+
+@pytest.mark.parametrize("native,capabilities,expected", [
+    (True, ["BF16", "FP32", "INT8"], "bfloat16"),
+    (False, ["FP32", "INT8"], "float32"),
+    (True, ["FP32", "INT8"], "float32"),  # torch sees bf16 but OpenVINO's plugin does not: stay in f32
+])
+def test_auto_precision_follows_the_cpu(monkeypatch, native, capabilities, expected):
+    monkeypatch.setattr(openvino_runner, "bf16_native", lambda: native)
+    assert choose_precision("auto", capabilities) == expected
+    assert choose_precision("float32", capabilities) == "float32"  # explicit choices are kept
+    assert choose_precision("bfloat16", capabilities) == "bfloat16"
+
+
+def test_compiled_model_is_cached(models, cache):
+    folder = cache[0] / "rankserve" / "openvino"
+    OpenVinoRunner(models["bert-ce"], threads=1, dtype="float32", cache_dir=cache[1])
+    blobs = {p: p.stat().st_mtime_ns for p in folder.glob("*.blob")}
+    assert blobs  # OpenVINO wrote the compiled model
+    OpenVinoRunner(models["bert-ce"], threads=1, dtype="float32", cache_dir=cache[1])
+    assert {p: p.stat().st_mtime_ns for p in folder.glob("*.blob")} == blobs  # read back, not compiled anew
+
+
+def test_make_runner_picks_openvino(models, cache):
+    runner = make_runner(models["bert-ce"], torch.device("cpu"),
+                         load_config({"backend": "openvino", "dtype": "float32", "threads": 1}, environ={}))
+    assert isinstance(runner, OpenVinoRunner) and runner.precision == "float32"
+    assert runner.path.is_relative_to(cache[1])
+
+
+@pytest.mark.parametrize("overrides", [
+    {"backend": "openvino", "device": "cuda"},
+    {"backend": "openvino", "dtype": "float16"},
+    {"backend": "openvino", "quantize": "int8"},  # int8 is onnxruntime's
+])
+def test_invalid_openvino_settings(overrides):
+    with pytest.raises(ConfigError):
+        load_config(overrides, environ={})
+
+
+def test_serves_rankings_with_openvino(bert_ce_dir, ce_client, cache):
+    texts = passages(6, seed=2)
+    body = {"query": {"text": QUERY}, "passages": [{"text": p} for p in texts]}
+    expected = ce_client.post("/v1/ranking", json={**body, "model": "tiny-ce"}).json()["rankings"]
+    with app_client(model=str(bert_ce_dir), backend="openvino") as client:  # conftest: dtype float32
+        wait_ready(client)
+        r = client.post("/v1/ranking", json=body)
+        metrics = client.get("/metrics").text
+    assert r.status_code == 200, r.text
+    got = r.json()["rankings"]
+    assert [x["index"] for x in got] == [x["index"] for x in expected]
+    assert [x["logit"] for x in got] == pytest.approx([x["logit"] for x in expected], abs=FP32_TOL)
+    assert 'backend="openvino"' in metrics and 'precision="float32"' in metrics
+
+
+def test_serves_embeddings_with_openvino(bert_bi_dir, cache):
+    texts = passages(5, seed=3)
+    with app_client(model=str(bert_bi_dir), threads=1) as client:
+        wait_ready(client)
+        torch_fp32 = client.post("/v1/embeddings", json={"input": texts})
+    with app_client(model=str(bert_bi_dir), backend="openvino", dtype="auto") as client:
+        wait_ready(client)
+        got = client.post("/v1/embeddings", json={"input": texts})
+    assert torch_fp32.status_code == got.status_code == 200, got.text
+    a = torch.tensor([d["embedding"] for d in torch_fp32.json()["data"]])
+    b = torch.tensor([d["embedding"] for d in got.json()["data"]])
+    assert a.shape == b.shape == (5, 32)
+    assert torch.nn.functional.cosine_similarity(a, b).min().item() >= 0.99  # bf16 where native, else fp32
+
+
+def test_llama_reranker_fp32_equals_torch(tmp_path, cache):
+    """The bidirectional Llama family (GQA, RoPE, templated single-sequence input) compiles as well."""
+    from llama_checkpoints import make_nvidia_reranker
+
+    spec = load_model(make_nvidia_reranker(tmp_path / "llama-rr"))
+    policy = TokenizerPolicy(str(spec.tokenizer_file), max_length=spec.max_length, rerank_template=spec.rerank_template,
+                             with_type_ids=False)
+    encoded = policy.pairs(QUERY, passages(8, seed=4), "END")
+    expected = fp32_reference(spec, encoded)
+    got = OpenVinoRunner(spec, threads=1, dtype="float32", cache_dir=cache[1]).forward(encoded)
+    assert (got - expected).abs().max().item() <= FP32_TOL
