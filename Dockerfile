@@ -14,7 +14,10 @@ RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url https://dow
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install --no-cache-dir .
+# Optional extras, e.g. --build-arg EXTRAS="[openvino]" for --backend openvino (the fastest CPU mode
+# where the CPU has native bf16) or "[onnx]" for --backend onnxruntime.
+ARG EXTRAS=""
+RUN pip install --no-cache-dir "./${EXTRAS}"
 
 FROM python:3.11-slim
 ENV PATH=/opt/venv/bin:$PATH \

@@ -8,7 +8,7 @@ shows (left-padded batches of the formatted prompts, last-position logits, z[yes
 Prints items/s (pairs or texts), ours/peer, max |delta| (logits, or vector components), and
 real-token GFLOP/s as a fraction of the fp32 matmul peak measured in the same run.
 
-    python bench/engine_offline.py [--rounds 3] [--queries 8] [--per-query 64] [--dtype float32]
+    python bench/engine_offline.py [--rounds 3] [--queries 8] [--per-query 64] [--dtype float32] [--backend torch]
         [--models cross-encoder,bi-encoder] [--infinity-python /tmp/infvenv/bin/python]  # Infinity: own venv
     python bench/engine_offline.py --models decoder-reranker --queries 2 --per-query 8 --rounds 2 --workloads mixed
 """
@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=8)
     ap.add_argument("--per-query", type=int, default=64)
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--backend", default="torch", help="ours: torch | onnxruntime | openvino")
     ap.add_argument("--max-batch-tokens", type=int, default=0, help="0 = the server default for the device")
     ap.add_argument("--workloads", default="uniform,mixed")
     ap.add_argument("--infinity-python", default=None, help="python of a venv with infinity-emb[torch]")
@@ -57,7 +58,7 @@ def main() -> None:
     if "decoder-reranker" in args.models:
         rows += decoder_reranker(args, peak)
     print(f"fp32 matmul peak (best of the run): {peak[0]:.1f} GFLOP/s, torch threads {torch.get_num_threads()}, "
-          f"dtype {args.dtype}")
+          f"ours: backend {args.backend}, dtype {args.dtype}")
     print(f"{'model':16} {'workload':9} {'items':>6} {'ours /s':>8} {'peer /s':>8} {'ours/peer':>9} {'max|d|':>9} "
           f"{'ours %peak':>10} {'peer %peak':>10}")
     for model, kind, n, t_ours, t_peer, delta, flops in rows:
@@ -78,7 +79,7 @@ def interleaved(run_ours, run_peer, rounds: int, peak: list[float]):
 
 
 def start_engine(loop, model_dir: Path, args) -> Engine:
-    config = load_config({"model": str(model_dir), "dtype": args.dtype, "warmup": True,
+    config = load_config({"model": str(model_dir), "dtype": args.dtype, "backend": args.backend, "warmup": True,
                           "max_batch_tokens": args.max_batch_tokens}, environ={})
     engine = Engine.load(config, Metrics())
     loop.run_until_complete(engine.start())

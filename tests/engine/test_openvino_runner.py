@@ -117,6 +117,15 @@ def test_make_runner_picks_openvino(models, cache):
     assert runner.path.is_relative_to(cache[1])
 
 
+def test_missing_package_is_a_config_error(models, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"onnxscript.*rankserve\[openvino\]"):
+        OpenVinoRunner(models["bert-ce"], threads=1, dtype="float32")
+
+
 @pytest.mark.parametrize("overrides", [
     {"backend": "openvino", "device": "cuda"},
     {"backend": "openvino", "dtype": "float16"},

@@ -19,6 +19,7 @@ ONNX file, the precision and the CPU), so a restart skips the compile.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 from pathlib import Path
@@ -54,12 +55,11 @@ class OpenVinoRunner:
     """Same contract as TorchRunner: ``forward(items)`` -> [B] logits or [B, H] vectors, float32 on CPU."""
 
     def __init__(self, spec: ModelSpec, threads: int = 0, dtype: str = "auto", cache_dir: str | Path | None = None):
-        try:
-            import onnxscript  # noqa: F401  (the exporter's translator)
-            import openvino as ov
-        except ImportError as exc:
-            raise ConfigError(f"backend openvino needs openvino, onnx and onnxscript installed ({exc}): "
-                              "pip install 'rankserve[openvino]'") from exc
+        missing = [name for name in ("openvino", "onnx", "onnxscript") if importlib.util.find_spec(name) is None]
+        if missing:  # found, not imported: the exporter's modules load only when a model is exported
+            raise ConfigError(f"backend openvino needs {', '.join(missing)} installed: pip install 'rankserve[openvino]'")
+        import openvino as ov
+
         if dtype not in ("auto", *HINTS):
             raise ConfigError(f"backend openvino runs in float32 or bfloat16, not {dtype}")
         self.spec = spec
