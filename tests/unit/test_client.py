@@ -78,5 +78,5 @@ def test_serve_help_shows_each_default_once_and_the_choices(capsys):
         main(["serve", "--help"])
     text = capsys.readouterr().out
     assert "(default: None)" not in text  # argparse's own default note repeated ours
-    for choices in ("{auto,float32,bfloat16,float16}", "{torch,onnxruntime}", "{none,int8}", "{text,json}"):
+    for choices in ("{auto,float32,bfloat16,float16}", "{torch,onnxruntime,openvino}", "{none,int8}", "{text,json}"):
         assert choices in text

@@ -3,10 +3,11 @@ OpenVINO's CPU plugin, in float32 or bfloat16.
 
 Why a second ONNX backend: OpenVINO's CPU plugin (built on oneDNN) fuses attention, LayerNorm and
 GELU into kernels that run natively in bf16 on AVX512-BF16 / AMX CPUs. On the man-page workload
-(docs/benchmarks-int8.md) its bf16 ran 2.0-2.3x our torch fp32 with top-5 agreement 0.983-1.000,
-where torch's mixed bf16 (``models/cpu_bf16.py``) ran 1.25-1.5x: the gap is attention at head_dim
-32, which torch's CPU SDPA kernel does not speed up in bf16. Its float32 runs the same graph
-exactly (within 1e-5 of torch) and ~1.1-1.2x faster.
+(docs/benchmarks-int8.md, AVX512-BF16 host) its bf16 ran 2.17-2.49x our torch fp32 with top-5
+agreement 0.983-1.000 on four models, where torch's mixed bf16 (``models/cpu_bf16.py``) ran
+1.32-1.61x in the same runs: the gap is mostly attention at head_dim 32, which torch's CPU SDPA
+kernel does not speed up in bf16. Its float32 runs the same graph exactly (within 1e-5 of torch)
+and 1.14-1.37x faster.
 
 Precision (``--dtype``): ``float32``; ``bfloat16`` (OpenVINO's inference precision hint: its plugin
 decides which ops stay in f32); ``auto``: bfloat16 where the CPU multiplies bf16 natively, else
