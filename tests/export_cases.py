@@ -1,5 +1,6 @@
 """Inputs shared by the ONNX-export backends' tests (onnxruntime, openvino): mixed-length texts, a
-query, the tokenizer call each model kind uses, and Kendall tau for "ranks alike" checks."""
+query, the tokenizer call each model kind uses, Kendall tau for "ranks alike" checks, and the
+served-embeddings comparison against torch fp32."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import random
 
 import torch
 
+from conftest import app_client, wait_ready
 from rankserve.engine.tokenize import TokenizerPolicy
 
 WORDS = ("the a of to in is for list file files directory command print show copy move remove create "
@@ -32,3 +34,27 @@ def kendall_tau(a: torch.Tensor, b: torch.Tensor) -> float:
     db = torch.sign(b[:, None] - b[None, :])
     n = len(a)
     return float((da * db).sum() / (n * (n - 1)))
+
+
+def served_embeddings_vs_torch(model_dir, texts: list[str], **backend) -> tuple[torch.Tensor, torch.Tensor]:
+    """POST /v1/embeddings to an app on torch fp32 and to one with ``backend`` overrides -> both [n, d]."""
+    out = []
+    for overrides in ({"threads": 1}, backend):
+        with app_client(model=str(model_dir), **overrides) as client:
+            wait_ready(client)
+            r = client.post("/v1/embeddings", json={"input": texts})
+        assert r.status_code == 200, r.text
+        out.append(torch.tensor([d["embedding"] for d in r.json()["data"]]))
+    return out[0], out[1]
+
+
+def assert_ranks_alike(kind: str, fp32: torch.Tensor, lossy: torch.Tensor, rel: float, tau: float) -> None:
+    """A lossy mode's scores stay within ``rel`` x the fp32 score range and rank with Kendall tau >= ``tau``.
+    Embedders rank the other texts by cosine to the first, as bi-encoder ranking does."""
+    assert lossy.shape == fp32.shape
+    if kind == "embedder":
+        fp32, lossy = fp32[1:] @ fp32[0], lossy[1:] @ lossy[0]
+    spread = (fp32.max() - fp32.min()).item()
+    assert spread > 0
+    assert (lossy - fp32).abs().max().item() <= rel * spread
+    assert kendall_tau(fp32, lossy) >= tau

@@ -16,7 +16,7 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 
 from conftest import app_client, wait_ready  # noqa: E402
-from export_cases import QUERY, WORDS, encode, kendall_tau, passages  # noqa: E402
+from export_cases import QUERY, WORDS, assert_ranks_alike, encode, passages, served_embeddings_vs_torch  # noqa: E402
 from rankserve.config import load_config  # noqa: E402
 from rankserve.engine.onnx_runner import OnnxRunner, exported_model  # noqa: E402
 from rankserve.engine.engine import make_runner  # noqa: E402
@@ -85,13 +85,7 @@ def test_int8_close_and_ranks_alike(models, cache, name):
     encoded = encode(spec, texts)
     fp32 = TorchRunner(spec, torch.device("cpu"), threads=1, dtype="float32").forward(encoded)
     int8 = OnnxRunner(spec, threads=1, quantize="int8", cache_dir=cache[1]).forward(encoded)
-    assert int8.shape == fp32.shape
-    if spec.kind == "embedder":  # rank passages by cosine to the first text, as bi-encoder ranking does
-        fp32, int8 = fp32[1:] @ fp32[0], int8[1:] @ int8[0]
-    spread = (fp32.max() - fp32.min()).item()
-    assert spread > 0
-    assert (int8 - fp32).abs().max().item() <= INT8_REL * spread
-    assert kendall_tau(fp32, int8) >= INT8_TAU
+    assert_ranks_alike(spec.kind, fp32, int8, INT8_REL, INT8_TAU)
 
 
 def test_int8_is_quantized_and_cached(models, cache):
@@ -142,18 +136,9 @@ def test_serves_rankings_with_onnxruntime(bert_ce_dir, ce_client, cache, monkeyp
 
 def test_serves_embeddings_with_onnxruntime_int8(bert_bi_dir, cache, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache[0]))
-    texts = passages(5, seed=3)
-    with app_client(model=str(bert_bi_dir), threads=1) as client:
-        wait_ready(client)
-        fp32 = client.post("/v1/embeddings", json={"input": texts})
-    with app_client(model=str(bert_bi_dir), backend="onnxruntime", quantize="int8") as client:
-        wait_ready(client)
-        int8 = client.post("/v1/embeddings", json={"input": texts})
-    assert fp32.status_code == int8.status_code == 200, int8.text
-    a = torch.tensor([d["embedding"] for d in fp32.json()["data"]])
-    b = torch.tensor([d["embedding"] for d in int8.json()["data"]])
-    assert a.shape == b.shape == (5, 32)
-    assert torch.nn.functional.cosine_similarity(a, b).min().item() >= 0.99
+    fp32, int8 = served_embeddings_vs_torch(bert_bi_dir, passages(5, seed=3), backend="onnxruntime", quantize="int8")
+    assert fp32.shape == int8.shape == (5, 32)
+    assert torch.nn.functional.cosine_similarity(fp32, int8).min().item() >= 0.99
 
 
 def test_llama_reranker_fp32_equals_torch(tmp_path, cache):

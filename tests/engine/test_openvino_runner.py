@@ -15,7 +15,7 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 
 from conftest import app_client, wait_ready  # noqa: E402
-from export_cases import QUERY, encode, kendall_tau, passages  # noqa: E402
+from export_cases import QUERY, assert_ranks_alike, encode, passages, served_embeddings_vs_torch  # noqa: E402
 from rankserve.config import load_config  # noqa: E402
 from rankserve.engine import openvino_runner  # noqa: E402
 from rankserve.engine.engine import make_runner  # noqa: E402
@@ -81,12 +81,7 @@ def test_bf16_close_and_ranks_alike(models, cache, name):
     assert bf16.dtype == torch.float32 and bf16.shape == fp32.shape
     # It really computed in bf16: OpenVINO's f32 is within 1e-5 of torch, bf16 moves scores ~1e-2.
     assert (bf16 - fp32).abs().max().item() > 10 * FP32_TOL
-    if spec.kind == "embedder":  # rank passages by cosine to the first text, as bi-encoder ranking does
-        fp32, bf16 = fp32[1:] @ fp32[0], bf16[1:] @ bf16[0]
-    spread = (fp32.max() - fp32.min()).item()
-    assert spread > 0
-    assert (bf16 - fp32).abs().max().item() <= BF16_REL * spread
-    assert kendall_tau(fp32, bf16) >= BF16_TAU
+    assert_ranks_alike(spec.kind, fp32, bf16, BF16_REL, BF16_TAU)
 
 
 @pytest.mark.parametrize("native,capabilities,expected", [
@@ -152,18 +147,9 @@ def test_serves_rankings_with_openvino(bert_ce_dir, ce_client, cache):
 
 
 def test_serves_embeddings_with_openvino(bert_bi_dir, cache):
-    texts = passages(5, seed=3)
-    with app_client(model=str(bert_bi_dir), threads=1) as client:
-        wait_ready(client)
-        torch_fp32 = client.post("/v1/embeddings", json={"input": texts})
-    with app_client(model=str(bert_bi_dir), backend="openvino", dtype="auto") as client:
-        wait_ready(client)
-        got = client.post("/v1/embeddings", json={"input": texts})
-    assert torch_fp32.status_code == got.status_code == 200, got.text
-    a = torch.tensor([d["embedding"] for d in torch_fp32.json()["data"]])
-    b = torch.tensor([d["embedding"] for d in got.json()["data"]])
-    assert a.shape == b.shape == (5, 32)
-    assert torch.nn.functional.cosine_similarity(a, b).min().item() >= 0.99  # bf16 where native, else fp32
+    fp32, got = served_embeddings_vs_torch(bert_bi_dir, passages(5, seed=3), backend="openvino", dtype="auto")
+    assert fp32.shape == got.shape == (5, 32)
+    assert torch.nn.functional.cosine_similarity(fp32, got).min().item() >= 0.99  # bf16 where native, else fp32
 
 
 def test_llama_reranker_fp32_equals_torch(tmp_path, cache):
