@@ -9,7 +9,7 @@ import random
 import torch
 
 from conftest import app_client, wait_ready
-from rankserve.engine.tokenize import TokenizerPolicy
+from rankserve.engine.engine import tokenizer_policy
 
 WORDS = ("the a of to in is for list file files directory command print show copy move remove create "
          "process memory network socket time user system kernel disk search text pattern line sort "
@@ -24,8 +24,8 @@ def passages(n: int, seed: int = 0) -> list[str]:
 
 
 def encode(spec, texts):
-    policy = TokenizerPolicy(str(spec.tokenizer_file), max_length=spec.max_length, rerank_template=None,
-                             with_type_ids=True)
+    """(QUERY, text) pairs for a cross-encoder, the texts alone for an embedder, tokenized as the engine does."""
+    policy = tokenizer_policy(spec)
     return policy.pairs(QUERY, texts, "END") if spec.kind == "cross-encoder" else policy.texts(texts, "END")
 
 

@@ -21,7 +21,6 @@ from rankserve.config import load_config  # noqa: E402
 from rankserve.engine.onnx_runner import OnnxRunner, exported_model  # noqa: E402
 from rankserve.engine.engine import make_runner  # noqa: E402
 from rankserve.engine.runner import TorchRunner  # noqa: E402
-from rankserve.engine.tokenize import TokenizerPolicy  # noqa: E402
 from rankserve.errors import ConfigError  # noqa: E402
 from rankserve.models.cpu_gemm import onednn_available  # noqa: E402
 from rankserve.models.loader import load_model  # noqa: E402
@@ -146,9 +145,7 @@ def test_llama_reranker_fp32_equals_torch(tmp_path, cache):
     from llama_checkpoints import make_nvidia_reranker
 
     spec = load_model(make_nvidia_reranker(tmp_path / "llama-rr"))
-    policy = TokenizerPolicy(str(spec.tokenizer_file), max_length=spec.max_length, rerank_template=spec.rerank_template,
-                             with_type_ids=False)
-    encoded = policy.pairs(QUERY, passages(8, seed=4), "END")
+    encoded = encode(spec, passages(8, seed=4))
     expected = TorchRunner(spec, torch.device("cpu"), threads=1, dtype="float32").forward(encoded)
     got = OnnxRunner(spec, threads=1, cache_dir=cache[1]).forward(encoded)
     assert (got - expected).abs().max().item() <= FP32_TOL

@@ -46,6 +46,13 @@ def served_name(config: ServerConfig) -> str:
     return DEFAULT_MODEL_NAME if config.model is None else Path(config.model).resolve().name
 
 
+def tokenizer_policy(spec: ModelSpec) -> TokenizerPolicy:
+    """How the engine tokenizes for ``spec``: its length limit and rerank template, and token type
+    ids only for the families whose embeddings use them."""
+    return TokenizerPolicy(str(spec.tokenizer_file), max_length=spec.max_length, rerank_template=spec.rerank_template,
+                           with_type_ids=spec.family in ("bert", "xlm-roberta", "deberta"))
+
+
 def make_runner(spec: ModelSpec, device: torch.device, config: ServerConfig):
     """The runner ``config.backend`` names (each has ``forward(items) -> Tensor``)."""
     if config.backend in ("onnxruntime", "openvino") and spec.vision is not None:
@@ -83,12 +90,7 @@ class Engine:
         self.config = config
         self.metrics = metrics
         self.device = device
-        self.policy = TokenizerPolicy(
-            str(spec.tokenizer_file),
-            max_length=spec.max_length,
-            rerank_template=spec.rerank_template,
-            with_type_ids=spec.family in ("bert", "xlm-roberta", "deberta"),
-        )
+        self.policy = tokenizer_policy(spec)
         self.runner = make_runner(spec, device, config)
         metrics.runtime.labels(device.type, config.backend, self.runner.precision, self.runner.gemm or "").set(1)
         self.batcher = Batcher(
