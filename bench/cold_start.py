@@ -2,9 +2,11 @@
 
 Each round starts ``python -m rankserve.cli serve`` as a fresh process (page cache warm: the model
 files were read once before), polls ``/v1/health/ready`` every 10 ms, reads the process's RSS when
-ready, sends one ranking request, and stops it. Phases come from the server's own log lines (JSON,
-stamped when this process reads them): interpreter + imports until the first line, weights
-loaded, CPU GEMM / precision chosen, ready (warm-up pass done).
+ready, sends one ranking request, and stops it. One untimed start first fills the caches a second
+start reads (the CPU GEMM choice; with ``--backend onnxruntime|openvino`` the ONNX export and
+OpenVINO's compiled model). Phases come from the server's own log lines (JSON, stamped when this
+process reads them): interpreter + imports until the first line, weights loaded (or a cached
+export's spec read back), CPU GEMM / precision chosen, ready (warm-up pass done).
 
 The peer, in the same run: sentence-transformers loading the same folder in a fresh process and
 encoding one text (what a script or a peer server does before its first answer).
@@ -17,8 +19,9 @@ NVIDIA's checkpoints), written once to a temp folder.
 
 Before the models, where the time before the first log line goes: fresh interpreters import what
 ``rankserve serve`` imports, one layer at a time (the CLI and asyncio, torch, then FastAPI /
-starlette / pydantic / uvicorn and rankserve's API and engine), each timed in-process; median of
-the rounds. ``--models ""`` prints only that.
+starlette / pydantic / uvicorn and rankserve's API and engine; for an ONNX backend the runtime in
+place of torch, which a cached export never imports), each timed in-process; median of the rounds.
+``--models ""`` prints only that.
 """
 
 from __future__ import annotations
@@ -42,9 +45,11 @@ import httpx
 sys.path.insert(0, str(Path(__file__).parent))
 from common import free_port  # noqa: E402
 
-from rankserve.models.loader import default_model_dir  # noqa: E402
+from rankserve.models.model_dir import default_model_dir  # noqa: E402
 
-PHASES = (("imports", "first log line"), ("weights", "loaded "), ("gemm", "cpu precision"), ("ready", "ready: serving"))
+# (phase, log text that ends it): weights are "loaded" by torch, or read back with a cached ONNX export.
+PHASES = (("imports", ("first log line",)), ("weights", ("loaded ", "cached ONNX export")),
+          ("gemm", ("cpu precision",)), ("ready", ("ready: serving",)))
 
 
 def rss_mib(pid: int) -> float:
@@ -88,8 +93,8 @@ def one_serve(model: Path, serve_args: list[str]) -> dict[str, float]:
         for line in proc.stderr:
             now = time.perf_counter() - start
             marks.setdefault("imports", now)
-            for phase, needle in PHASES[1:]:
-                if needle in line:
+            for phase, needles in PHASES[1:]:
+                if any(needle in line for needle in needles):
                     marks.setdefault(phase, now)
 
     reader = threading.Thread(target=read_log, daemon=True)
@@ -130,15 +135,21 @@ def one_peer(model: Path) -> float:
     return time.perf_counter() - start
 
 
-IMPORT_STEPS = (("rankserve.cli (argparse, config, asyncio, ssl)", "import rankserve.cli"),
-                ("torch", "import torch"),
-                ("fastapi, uvicorn, rankserve.api (routes, engine, models)", "import rankserve.api.server"))
+def import_steps(backend: str) -> tuple[tuple[str, str], ...]:
+    """What ``rankserve serve`` imports, in order: torch for the torch backend; the runtime instead
+    for an ONNX backend with its export cached (torch is never imported then)."""
+    cli = ("rankserve.cli (argparse, config, asyncio, ssl)", "import rankserve.cli")
+    api = ("fastapi, uvicorn, rankserve.api (routes, engine)", "import rankserve.api.server")
+    if backend in ("onnxruntime", "openvino"):
+        return cli, api, (backend, f"import {backend}")
+    return cli, ("torch", "import torch"), api
 
 
-def import_breakdown(rounds: int) -> None:
+def import_breakdown(rounds: int, backend: str) -> None:
     """Seconds per import step of ``rankserve serve``, each in a fresh interpreter, median of ``rounds``."""
+    steps = import_steps(backend)
     code = ("import time, sys; marks = [time.perf_counter()]\n"
-            + "".join(f"{stmt}; marks.append(time.perf_counter())\n" for _, stmt in IMPORT_STEPS)
+            + "".join(f"{stmt}; marks.append(time.perf_counter())\n" for _, stmt in steps)
             + "print(' '.join(f'{b - a:.4f}' for a, b in zip(marks, marks[1:])))")
     runs = []
     for _ in range(rounds):
@@ -147,10 +158,10 @@ def import_breakdown(rounds: int) -> None:
         runs.append([float(x) for x in out.split()] + [time.perf_counter() - start])
     print("\n## imports before the first log line (fresh interpreter each round)")
     print("| step | median s |\n|---|---:|")
-    for i, (label, _) in enumerate(IMPORT_STEPS):
+    for i, (label, _) in enumerate(steps):
         print(f"| {label} | {statistics.median(r[i] for r in runs):.3f} |")
     print(f"| sum of the steps | {statistics.median(sum(r[:-1]) for r in runs):.3f} |")
-    print(f"| process spawn to exit (adds interpreter start and torch's teardown) | {statistics.median(r[-1] for r in runs):.3f} |")
+    print(f"| process spawn to exit (adds interpreter start and teardown) | {statistics.median(r[-1] for r in runs):.3f} |")
 
 
 def main() -> None:
@@ -163,12 +174,14 @@ def main() -> None:
     models = {"minilm": default_model_dir, "llama-1b": lambda: llama_1b(Path(tempfile.gettempdir()) / "rankserve-bench-llama-1b")}
     print(f"python {sys.version.split()[0]}, cores {len(os.sched_getaffinity(0))}, serve args {serve_args or 'none'}; "
           f"median of {args.rounds} rounds (peer and ours interleaved)")
-    import_breakdown(args.rounds)
+    backend = next((serve_args[i + 1] for i, a in enumerate(serve_args[:-1]) if a == "--backend"), "torch")
+    import_breakdown(args.rounds, backend)
     for name in filter(None, args.models.split(",")):
         model = models[name]()
         for f in model.iterdir():  # page cache warm, as on a second start
             if f.is_file():
                 f.read_bytes()
+        one_serve(model, serve_args)  # untimed: fills the caches a second start reads (GEMM choice, ONNX export)
         ours, peer = [], []
         for _ in range(args.rounds):
             ours.append(one_serve(model, serve_args))
@@ -178,7 +191,8 @@ def main() -> None:
         print(f"\n## {name} ({model})\n{ours[-1]['runtime']}")
         print("| phase (s since spawn) | median |\n|---|---:|")
         for phase, _ in PHASES:
-            print(f"| {phase} | {med(phase):.2f} |")
+            if any(phase in r for r in ours):  # onnxruntime logs no precision choice
+                print(f"| {phase} | {med(phase):.2f} |")
         print(f"| **ready** (HTTP) | **{med('ready_s'):.2f}** |\n| first answer | {med('first_answer_s'):.2f} |")
         print(f"| RSS at ready (MiB) | {med('rss_mib'):.0f} |")
         if peer:

@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from rankserve.models.loader import default_model_dir
+from rankserve.models.model_dir import default_model_dir
 
 WORDS = (
     "the of and to in is for that with as on by this be are from or an it at which can not file "

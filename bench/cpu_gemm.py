@@ -17,7 +17,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from common import best_of  # noqa: E402
 
-from rankserve.engine.runner import available_cores  # noqa: E402
+from rankserve.engine.cpu import available_cores  # noqa: E402
 from rankserve.models.cpu_gemm import onednn_available, onednn_linear  # noqa: E402
 
 SHAPES = {  # name: (rows, in, out)

@@ -31,7 +31,7 @@ from common import best_of, bert_flops, matmul_peak_gflops, minilm_cross_encoder
 from rankserve.config import load_config  # noqa: E402
 from rankserve.engine.engine import Engine  # noqa: E402
 from rankserve.metrics import Metrics  # noqa: E402
-from rankserve.models.loader import default_model_dir  # noqa: E402
+from rankserve.models.model_dir import default_model_dir  # noqa: E402
 
 
 def main() -> None:

@@ -22,13 +22,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from llama_long_context import build  # noqa: E402
 
 from rankserve.engine.batcher import WorkItem, cut_batches  # noqa: E402
-from rankserve.engine.runner import finish  # noqa: E402
+from rankserve.engine.outputs import finish  # noqa: E402
 from rankserve.engine.tokenize import Encoded  # noqa: E402
 from rankserve.engine.types import Batch  # noqa: E402
 
@@ -64,11 +65,11 @@ def main() -> None:
              for _ in range(args.passages)]
     batches = [[w.encoded for w in b] for b in cut_batches([WorkItem(e, None) for e in items], args.max_batch_tokens)]
 
-    def request() -> torch.Tensor:
+    def request() -> np.ndarray:
         with torch.inference_mode():
-            out = [finish(_Spec, model(Batch.from_sequences([e.ids for e in b]).packed().to(device)))
+            out = [finish(_Spec, model(Batch.from_sequences([e.ids for e in b]).packed().to(device)).float().cpu().numpy())
                    for b in batches]
-        return torch.cat(out)  # finish() copies to CPU, which waits for the device
+        return np.concatenate(out)  # the copy to CPU waits for the device
 
     request()  # warm-up: kernels chosen, allocator grown
     times = []
@@ -85,7 +86,7 @@ def main() -> None:
           f"{len(batches)} micro-batches of <= {args.max_batch_tokens} tokens")
     print(f"request latency: median {ms:.0f} ms, min {min(times) * 1000:.0f} ms over {args.rounds} rounds; "
           f"{flops / 1e12:.1f} TFLOP -> {flops / (ms / 1000) / 1e12:.1f} TFLOP/s = {mfu:.1%} of {args.peak_tflops:g}")
-    print(f"logits finite: {bool(torch.isfinite(logits).all())}, shape {tuple(logits.shape)}")
+    print(f"logits finite: {bool(np.isfinite(logits).all())}, shape {tuple(logits.shape)}")
 
 
 class _Spec:  # what finish() reads from a ModelSpec for a cross-encoder

@@ -35,9 +35,9 @@ from common import manpage_workload, minilm_cross_encoder, workload  # noqa: E40
 
 from rankserve.config import load_config  # noqa: E402
 from rankserve.engine.engine import Engine  # noqa: E402
-from rankserve.engine.runner import available_cores  # noqa: E402
+from rankserve.engine.cpu import available_cores  # noqa: E402
 from rankserve.metrics import Metrics  # noqa: E402
-from rankserve.models.loader import default_model_dir  # noqa: E402
+from rankserve.models.model_dir import default_model_dir  # noqa: E402
 
 MODES = {
     "torch-fp32": {"backend": "torch", "dtype": "float32"},

@@ -20,8 +20,9 @@ from common import best_of, matmul_peak_gflops, minilm_cross_encoder, workload  
 
 from rankserve.engine.batcher import WorkItem, cut_batches  # noqa: E402
 from rankserve.engine.malloc import retain_freed_memory  # noqa: E402
-from rankserve.engine.runner import (  # noqa: E402
-    BATCH_TOKENS, CPU_ATTENTION_GROUP_RATIO, available_cores, packed_batch)
+from rankserve.engine.cpu import available_cores  # noqa: E402
+from rankserve.engine.engine import BATCH_TOKENS  # noqa: E402
+from rankserve.engine.runner import CPU_ATTENTION_GROUP_RATIO, packed_batch  # noqa: E402
 from rankserve.engine.tokenize import TokenizerPolicy  # noqa: E402
 from rankserve.models.attention import packed_attention  # noqa: E402
 from rankserve.models.cpu_gemm import use_cpu_gemm  # noqa: E402

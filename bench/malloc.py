@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -26,7 +27,10 @@ from common import minilm_cross_encoder, workload  # noqa: E402
 
 from rankserve.engine.batcher import WorkItem, cut_batches  # noqa: E402
 from rankserve.engine.malloc import retain_freed_memory  # noqa: E402
-from rankserve.engine.runner import BATCH_TOKENS, available_cores, finish, packed_batch  # noqa: E402
+from rankserve.engine.cpu import available_cores  # noqa: E402
+from rankserve.engine.engine import BATCH_TOKENS  # noqa: E402
+from rankserve.engine.outputs import finish  # noqa: E402
+from rankserve.engine.runner import packed_batch  # noqa: E402
 from rankserve.engine.tokenize import TokenizerPolicy  # noqa: E402
 from rankserve.models.cpu_gemm import use_cpu_gemm  # noqa: E402
 from rankserve.models.loader import load_model  # noqa: E402
@@ -47,7 +51,7 @@ def child(mode: str, gemm: str, queries: int, per_query: int, passes: int) -> No
     with torch.inference_mode():
         for _ in range(passes):
             f0, t = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
-            logits = torch.cat([finish(spec, spec.module(p)) for p in packs])
+            logits = np.concatenate([finish(spec, spec.module(p).numpy()) for p in packs])
             best = min(best, time.perf_counter() - t)
             faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
     print(json.dumps({"pairs_s": len(items) / best, "faults": faults, "logits": logits.tolist()}))

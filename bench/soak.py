@@ -353,7 +353,7 @@ class Reference:
         async def one(c: Call) -> None:
             if c.kind == "embeddings":
                 r = await self.engine.embed(c.texts, c.input_type, c.truncate, c.dims)
-                c.expected, c.tokens = r.vectors.numpy().astype(np.float64), r.tokens
+                c.expected, c.tokens = r.vectors.astype(np.float64), r.tokens
             else:
                 r = await self.engine.rank(c.query, c.texts, c.truncate)
                 c.expected, c.tokens = list(r.scores), r.tokens

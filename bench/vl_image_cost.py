@@ -28,10 +28,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import best_of  # noqa: E402
 
 from rankserve.engine.images import TilePolicy  # noqa: E402
-from rankserve.engine.runner import TorchRunner, available_cores  # noqa: E402
+from rankserve.engine.cpu import available_cores  # noqa: E402
+from rankserve.engine.runner import TorchRunner  # noqa: E402
 from rankserve.engine.tokenize import Encoded  # noqa: E402
 from rankserve.models.llama import LlamaConfig, rope_inv_freq  # noqa: E402
-from rankserve.models.loader import ModelSpec  # noqa: E402
+from rankserve.models.spec import ModelSpec  # noqa: E402
 from rankserve.models.nemotron_vl import NemotronVLForSequenceClassification, NemotronVLModel, VisionInput  # noqa: E402
 from rankserve.models.siglip import SiglipConfig  # noqa: E402
 

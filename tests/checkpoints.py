@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
-from rankserve.models.loader import default_model_dir
+from rankserve.models.model_dir import default_model_dir
 
 WORDS = (
     "the a an of to in is are was for on with as by at from that this it be or and not which what how why "

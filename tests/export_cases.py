@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 
-import torch
+import numpy as np
 
 from conftest import app_client, wait_ready
 from rankserve.engine.engine import tokenizer_policy
@@ -29,14 +29,14 @@ def encode(spec, texts):
     return policy.pairs(QUERY, texts, "END") if spec.kind == "cross-encoder" else policy.texts(texts, "END")
 
 
-def kendall_tau(a: torch.Tensor, b: torch.Tensor) -> float:
-    da = torch.sign(a[:, None] - a[None, :])
-    db = torch.sign(b[:, None] - b[None, :])
+def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
+    da = np.sign(a[:, None] - a[None, :])
+    db = np.sign(b[:, None] - b[None, :])
     n = len(a)
     return float((da * db).sum() / (n * (n - 1)))
 
 
-def served_embeddings_vs_torch(model_dir, texts: list[str], **backend) -> tuple[torch.Tensor, torch.Tensor]:
+def served_embeddings_vs_torch(model_dir, texts: list[str], **backend) -> tuple[np.ndarray, np.ndarray]:
     """POST /v1/embeddings to an app on torch fp32 and to one with ``backend`` overrides -> both [n, d]."""
     out = []
     for overrides in ({"threads": 1}, backend):
@@ -44,17 +44,27 @@ def served_embeddings_vs_torch(model_dir, texts: list[str], **backend) -> tuple[
             wait_ready(client)
             r = client.post("/v1/embeddings", json={"input": texts})
         assert r.status_code == 200, r.text
-        out.append(torch.tensor([d["embedding"] for d in r.json()["data"]]))
+        out.append(np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float32))
     return out[0], out[1]
 
 
-def assert_ranks_alike(kind: str, fp32: torch.Tensor, lossy: torch.Tensor, rel: float, tau: float) -> None:
+def max_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(np.asarray(a) - np.asarray(b)).max())
+
+
+def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """The smallest cosine between matching rows of a and b."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))).min())
+
+
+def assert_ranks_alike(kind: str, fp32: np.ndarray, lossy: np.ndarray, rel: float, tau: float) -> None:
     """A lossy mode's scores stay within ``rel`` x the fp32 score range and rank with Kendall tau >= ``tau``.
     Embedders rank the other texts by cosine to the first, as bi-encoder ranking does."""
     assert lossy.shape == fp32.shape
     if kind == "embedder":
         fp32, lossy = fp32[1:] @ fp32[0], lossy[1:] @ lossy[0]
-    spread = (fp32.max() - fp32.min()).item()
+    spread = float(fp32.max() - fp32.min())
     assert spread > 0
-    assert (lossy - fp32).abs().max().item() <= rel * spread
+    assert np.abs(lossy - fp32).max() <= rel * spread
     assert kendall_tau(fp32, lossy) >= tau

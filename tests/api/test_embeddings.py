@@ -31,7 +31,7 @@ def test_shape_order_usage(default_client):
 def test_vectors_equal_sentence_transformers(default_client):
     from sentence_transformers import SentenceTransformer
 
-    from rankserve.models.loader import default_model_dir
+    from rankserve.models.model_dir import default_model_dir
 
     texts = ["How do I list files?", "The ls command lists directory contents.", "Bananas are yellow."]
     got = np.array([d["embedding"] for d in embed(default_client, input=texts).json()["data"]])

@@ -110,7 +110,7 @@ def test_cross_encoder_scores_match_engine_order(ce_client, ce_reference):
 def st_default():
     from sentence_transformers import SentenceTransformer
 
-    from rankserve.models.loader import default_model_dir
+    from rankserve.models.model_dir import default_model_dir
 
     return SentenceTransformer(str(default_model_dir()), device="cpu")
 

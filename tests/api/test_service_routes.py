@@ -80,7 +80,7 @@ def test_metrics_count_requests_errors_batches_tokens():
     """Counters move by exactly what known requests did (a dedicated app: nothing else touches it)."""
     from tokenizers import Tokenizer
 
-    from rankserve.models.loader import default_model_dir
+    from rankserve.models.model_dir import default_model_dir
 
     tok = Tokenizer.from_file(str(default_model_dir() / "tokenizer.json"))
     tok.no_padding()

@@ -25,7 +25,7 @@ def base(live_default) -> str:
 def reference(texts):
     from sentence_transformers import SentenceTransformer
 
-    from rankserve.models.loader import default_model_dir
+    from rankserve.models.model_dir import default_model_dir
 
     return SentenceTransformer(str(default_model_dir()), device="cpu").encode(texts)
 

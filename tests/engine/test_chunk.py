@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-import torch
+import numpy as np
 
 from conftest import app_client, metric_sum, wait_ready
 from rankserve.config import load_config
@@ -14,7 +14,6 @@ from rankserve.engine.engine import Engine
 from rankserve.engine.tokenize import CHUNK_OVERLAP, TokenizerPolicy
 from rankserve.errors import ConfigError
 from rankserve.metrics import Metrics
-from rankserve.models.loader import default_model_dir
 
 QUERY = "how do I list the files in a directory"
 FILLER = "The weather report says rain and wind tomorrow across the region with cooler temperatures. " * 40
@@ -67,9 +66,9 @@ def test_chunk_score_is_the_aggregate_of_its_windows(bert_ce_dir, aggregate):
     windows, owners = e.policy.pair_windows(QUERY, passages)
     each = e.runner.forward(windows)
     for i in range(len(passages)):
-        mine = torch.stack([each[j] for j, o in enumerate(owners) if o == i])
+        mine = np.array([each[j] for j, o in enumerate(owners) if o == i])
         expected = mine.max() if aggregate == "max" else mine.mean()
-        assert abs(result.scores[i] - expected.item()) <= 1e-5
+        assert abs(result.scores[i] - float(expected)) <= 1e-5
     assert result.tokens == sum(len(w) for w in windows)
 
 

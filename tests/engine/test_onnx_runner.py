@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,7 +17,8 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 
 from conftest import app_client, wait_ready  # noqa: E402
-from export_cases import QUERY, WORDS, assert_ranks_alike, encode, passages, served_embeddings_vs_torch  # noqa: E402
+from export_cases import (QUERY, WORDS, assert_ranks_alike, encode, max_diff, min_cosine, passages,  # noqa: E402
+                          served_embeddings_vs_torch)
 from rankserve.config import load_config  # noqa: E402
 from rankserve.engine.onnx_runner import OnnxRunner, exported_model  # noqa: E402
 from rankserve.engine.engine import make_runner  # noqa: E402
@@ -54,19 +56,19 @@ def test_fp32_equals_torch(models, cache, name, gemm, tmp_path):
     # The oneDNN case exports afresh (a cached file would hide a failed export of the swapped module).
     onnx_runner = OnnxRunner(spec, threads=1, cache_dir=cache[1] if gemm == "torch" else tmp_path)
     expected, got = torch_runner.forward(encoded), onnx_runner.forward(encoded)
-    assert got.dtype == torch.float32 and got.shape == expected.shape
-    assert (got - expected).abs().max().item() <= FP32_TOL
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    assert max_diff(got, expected) <= FP32_TOL
     # Batch shapes other than the export sample's: one item, and a batch with no padding at all.
-    assert (onnx_runner.forward(encoded[:1]) - expected[:1]).abs().max().item() <= FP32_TOL
+    assert max_diff(onnx_runner.forward(encoded[:1]), expected[:1]) <= FP32_TOL
     same = [e for e in encoded if len(e) == len(encoded[0])] * 3
-    assert (onnx_runner.forward(same) - torch_runner.forward(same)).abs().max().item() <= FP32_TOL
+    assert max_diff(onnx_runner.forward(same), torch_runner.forward(same)) <= FP32_TOL
 
 
 def test_fp32_mean_pooling_repeats_exactly_multithreaded(cache):
     """The real default embedder as served (2 intra-op threads): the same padded batch of long
     passages, run again, equals torch every time. Regression: mean pooling exported as a
     scatter-add ran non-deterministically in onnxruntime (1e-2 off on the 2nd-4th run)."""
-    from rankserve.models.loader import default_model_dir
+    from rankserve.models.model_dir import default_model_dir
 
     spec = load_model(default_model_dir())
     texts = [" ".join(random.Random(i).choice(WORDS) for _ in range(n)) for i, n in enumerate((120, 240, 250, 210))]
@@ -74,7 +76,7 @@ def test_fp32_mean_pooling_repeats_exactly_multithreaded(cache):
     expected = TorchRunner(spec, torch.device("cpu"), threads=2, dtype="float32").forward(encoded)
     onnx_runner = OnnxRunner(spec, threads=2, cache_dir=cache[1])
     for _ in range(4):
-        assert (onnx_runner.forward(encoded) - expected).abs().max().item() <= FP32_TOL
+        assert max_diff(onnx_runner.forward(encoded), expected) <= FP32_TOL
 
 
 @pytest.mark.parametrize("name", ["bert-ce", "xlmr-ce", "bert-bi"])
@@ -102,7 +104,7 @@ def test_int8_is_quantized_and_cached(models, cache):
 def test_make_runner_picks_backend(models, cache, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache[0]))
     spec = models["bert-ce"]
-    cpu = torch.device("cpu")
+    cpu = "cpu"
     assert isinstance(make_runner(spec, cpu, load_config({"threads": 1, "dtype": "float32"}, environ={})), TorchRunner)
     runner = make_runner(spec, cpu, load_config({"backend": "onnxruntime", "quantize": "int8", "threads": 1}, environ={}))
     assert isinstance(runner, OnnxRunner) and runner.quantize == "int8" and runner.path.is_relative_to(cache[1])
@@ -137,7 +139,7 @@ def test_serves_embeddings_with_onnxruntime_int8(bert_bi_dir, cache, monkeypatch
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache[0]))
     fp32, int8 = served_embeddings_vs_torch(bert_bi_dir, passages(5, seed=3), backend="onnxruntime", quantize="int8")
     assert fp32.shape == int8.shape == (5, 32)
-    assert torch.nn.functional.cosine_similarity(fp32, int8).min().item() >= 0.99
+    assert min_cosine(fp32, int8) >= 0.99
 
 
 def test_llama_reranker_fp32_equals_torch(tmp_path, cache):
@@ -148,4 +150,4 @@ def test_llama_reranker_fp32_equals_torch(tmp_path, cache):
     encoded = encode(spec, passages(8, seed=4))
     expected = TorchRunner(spec, torch.device("cpu"), threads=1, dtype="float32").forward(encoded)
     got = OnnxRunner(spec, threads=1, cache_dir=cache[1]).forward(encoded)
-    assert (got - expected).abs().max().item() <= FP32_TOL
+    assert max_diff(got, expected) <= FP32_TOL

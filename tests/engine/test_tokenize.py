@@ -6,7 +6,7 @@ import pytest
 
 from rankserve.engine.tokenize import TokenizerPolicy, template_spans
 from rankserve.errors import InputTooLong
-from rankserve.models.loader import default_model_dir
+from rankserve.models.model_dir import default_model_dir
 
 TOKENIZER = str(default_model_dir() / "tokenizer.json")
 

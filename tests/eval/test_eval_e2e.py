@@ -190,7 +190,7 @@ def test_real_retrieval_quality(in_process, man_slice):
     """
     from sentence_transformers import SentenceTransformer
 
-    from rankserve.models.loader import default_model_dir
+    from rankserve.models.model_dir import default_model_dir
 
     details = json.loads((in_process / "details.json").read_text())
     model = SentenceTransformer(str(default_model_dir()), device="cpu")

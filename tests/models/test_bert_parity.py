@@ -106,7 +106,7 @@ def test_default_model_matches_sentence_transformers():
     """The packaged all-MiniLM-L6-v2, real weights: our vectors == sentence-transformers'."""
     from sentence_transformers import SentenceTransformer
 
-    from rankserve.models.loader import default_model_dir
+    from rankserve.models.model_dir import default_model_dir
 
     spec = load_model(default_model_dir())
     texts = ["A man is eating food.", "The ls command lists directory contents, sorted by name by default."]

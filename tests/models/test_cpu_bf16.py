@@ -15,7 +15,8 @@ from rankserve.engine.runner import TorchRunner
 from rankserve.engine.tokenize import TokenizerPolicy
 from rankserve.models import cpu_bf16, cpu_gemm
 from rankserve.models.cpu_bf16 import Bf16Linear, choose, use_bf16
-from rankserve.models.loader import default_model_dir, load_model
+from rankserve.models.loader import load_model
+from rankserve.models.model_dir import default_model_dir
 
 CPU = torch.device("cpu")
 QUERY = "how do I list the files in a directory"
@@ -50,7 +51,7 @@ def test_bert_only_block_linears_swap_and_the_rest_stays_float32(bert_ce_dir):
     assert norms and all(m.weight.dtype == torch.float32 for m in norms)
     seen = []
     hook = norms[-1].register_forward_hook(lambda m, i, out: seen.append(out.dtype))
-    logits = TorchRunner(spec, CPU, threads=1, dtype="bfloat16").forward(encoded(spec, True))
+    logits = torch.from_numpy(TorchRunner(spec, CPU, threads=1, dtype="bfloat16").forward(encoded(spec, True)))
     hook.remove()
     assert seen == [torch.float32]  # residual + LayerNorm ran in float32
     assert logits.dtype == torch.float32 and logits.shape == (len(PASSAGES),)
@@ -72,10 +73,10 @@ def test_tiny_checkpoints_in_mixed_bf16_stay_near_float32(which, bert_ce_dir, tm
     directory = bert_ce_dir if which == "bert-ce" else make_nvidia_reranker(tmp_path)
     fp32 = load_model(directory)
     items = encoded(fp32, which == "bert-ce")
-    ref = TorchRunner(fp32, CPU, threads=1, dtype="float32").forward(items)
+    ref = torch.from_numpy(TorchRunner(fp32, CPU, threads=1, dtype="float32").forward(items))
     mixed = TorchRunner(load_model(directory), CPU, threads=1, dtype="bfloat16")
     assert mixed.precision == "bfloat16"
-    got = mixed.forward(items)
+    got = torch.from_numpy(mixed.forward(items))
     assert ref.std().item() > 1e-2  # the bound below can fail: the logits differ between passages
     assert 0 < (got - ref).abs().max().item() <= 0.25 * ref.std().item()
 
@@ -86,9 +87,9 @@ def test_real_embedder_in_mixed_bf16_keeps_vectors_and_order():
     measured max |diff| 8.0e-4 against 1.5e-3)."""
     directory = default_model_dir()
     items = encoded(load_model(directory), True)
-    ref = TorchRunner(load_model(directory), CPU, threads=1, dtype="float32").forward(items)
-    got = TorchRunner(load_model(directory), CPU, threads=1, dtype="bfloat16").forward(items)
-    whole = TorchRunner(load_model(directory, dtype=torch.bfloat16), CPU, threads=1).forward(items)
+    ref = torch.from_numpy(TorchRunner(load_model(directory), CPU, threads=1, dtype="float32").forward(items))
+    got = torch.from_numpy(TorchRunner(load_model(directory), CPU, threads=1, dtype="bfloat16").forward(items))
+    whole = torch.from_numpy(TorchRunner(load_model(directory, dtype=torch.bfloat16), CPU, threads=1).forward(items))
     cos = (ref * got).sum(-1)  # both L2-normalized
     assert cos.min().item() >= 0.9999, cos
     assert 0 < (ref - got).abs().max().item() < (ref - whole).abs().max().item()

@@ -135,7 +135,7 @@ def test_temperature_divides_the_logit(llama_rr, mistral_rr):
     spec = load_model(llama_rr)
     assert spec.temperature == 2.0 and load_model(mistral_rr).temperature == 1.0  # absent -> 1
     encoded = policy(spec).pairs(QUERY, PASSAGES, "END")
-    served = TorchRunner(spec, torch.device("cpu"), threads=1, dtype="float32").forward(encoded)
+    served = torch.from_numpy(TorchRunner(spec, torch.device("cpu"), threads=1, dtype="float32").forward(encoded))
     raw = ours(spec, [e.ids for e in encoded])[:, 0]
     assert served.shape == (len(PASSAGES),)
     assert (served - raw / 2.0).abs().max().item() <= 1e-6

@@ -26,7 +26,6 @@ import time
 import uuid
 from typing import Literal
 
-import torch
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 
@@ -34,6 +33,7 @@ from rankserve.api import schemas as s
 from rankserve import __version__
 from rankserve.api.routes import ERRORS, check_auth, embed_request, engine_for, engines_of, rank_request, ranking
 from rankserve.engine.engine import TOKENIZE_WORKERS, Engine, RankResult
+from rankserve.engine.outputs import l2_normalize
 from rankserve.errors import InvalidRequest
 
 router = APIRouter()
@@ -233,8 +233,8 @@ async def tei_embed(body: TeiEmbedRequest, request: Request) -> list[list[float]
     result = await embed_request(request, engine, texts, input_type, truncate, body.dimensions, "inputs")
     vectors = result.vectors  # already unit vectors when the model normalizes (the runner does it)
     if body.normalize and not engine.spec.normalize:
-        vectors = torch.nn.functional.normalize(vectors, dim=-1)
-    return vectors.numpy().astype("float64").tolist()
+        vectors = l2_normalize(vectors)
+    return vectors.astype("float64").tolist()
 
 
 @router.get("/info", dependencies=[Depends(check_auth)])

@@ -243,7 +243,7 @@ class InferenceService:
             raise InvalidRequest("parameter 'dimensions' must be an integer", param="dimensions")
         check_embed_input(self.state.config, texts, "text")
         result = await self.bounded(engine.embed(texts, input_type, truncate, dimensions, priority))  # type: ignore[arg-type]
-        return [("embeddings", "FP32", result.vectors.numpy().astype("<f4")),
+        return [("embeddings", "FP32", result.vectors.astype("<f4")),
                 ("token_count", "INT32", np.array(result.token_counts, dtype="<i4"))]
 
 

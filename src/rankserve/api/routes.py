@@ -230,7 +230,7 @@ async def embeddings(body: s.EmbeddingsRequest, request: Request) -> s.Embedding
     texts = [body.input] if isinstance(body.input, str) else body.input
     result = await embed_request(request, engine, texts, body.input_type or suffix_type, body.truncate,
                                  body.dimensions)
-    vectors = result.vectors.numpy()
+    vectors = result.vectors
     if body.encoding_format == "base64":
         data = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
     else:

@@ -17,20 +17,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Sequence
 
-import torch
+import numpy as np
 
 from rankserve.engine.tokenize import Encoded
 from rankserve.errors import ModelFailure, NotReady, Overloaded
 from rankserve.metrics import Metrics
 
 log = logging.getLogger("rankserve")
-Forward = Callable[[Sequence[Encoded]], torch.Tensor]
+Forward = Callable[[Sequence[Encoded]], np.ndarray]
 Priority = Literal["interactive", "batch"]
 PRIORITIES: dict[str, int] = {"interactive": 0, "batch": 1}
 # A job not served for this long goes before every other (bounded starvation for big/batch jobs).
@@ -162,7 +163,7 @@ class Batcher:
         if self.max_queue_requests and self.requests >= self.max_queue_requests:
             raise self._refuse("requests", self.requests, self.max_queue_requests)
 
-    async def submit(self, encoded: Sequence[Encoded], priority: Priority = "interactive") -> list[torch.Tensor]:
+    async def submit(self, encoded: Sequence[Encoded], priority: Priority = "interactive") -> list[np.ndarray]:
         """Queue the items as one job; resolve to one output row per item, in order."""
         tokens = sum(len(e) for e in encoded)
         self.check_admission(len(encoded), tokens)
@@ -235,7 +236,7 @@ class Batcher:
                 self._current = []
                 self._gauges()
 
-    def _model_pass(self, encoded: Sequence[Encoded]) -> torch.Tensor:
+    def _model_pass(self, encoded: Sequence[Encoded]) -> np.ndarray:
         """Runs in the model thread."""
         if self.fault is not None:
             self.fault(encoded)
@@ -249,10 +250,11 @@ class Batcher:
         try:
             out = await loop.run_in_executor(self._thread, self._model_pass, encoded)
         except Exception as exc:  # the model failed: every waiter in this batch hears about it
-            oom = isinstance(exc, (torch.OutOfMemoryError, MemoryError))
+            torch = sys.modules.get("torch")  # loaded only by the torch backend (or an export)
+            oom = isinstance(exc, MemoryError) or (torch is not None and isinstance(exc, torch.OutOfMemoryError))
             log.error("forward pass failed for a batch of %d (%d padded tokens): %s: %s", len(batch),
                       len(encoded[0]) * len(encoded), type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
-            if oom and torch.cuda.is_available():
+            if oom and torch is not None and torch.cuda.is_available():
                 torch.cuda.empty_cache()
             why = "out of memory" if oom else "model forward failed"
             for it in batch:

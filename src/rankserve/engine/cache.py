@@ -6,7 +6,7 @@ import hashlib
 from collections import OrderedDict
 from typing import Hashable
 
-import torch
+import numpy as np
 
 
 def text_key(text: str, *extra: Hashable) -> tuple:
@@ -17,18 +17,18 @@ def text_key(text: str, *extra: Hashable) -> tuple:
 class EmbeddingCache:
     def __init__(self, capacity: int):
         self.capacity = capacity
-        self._data: OrderedDict[tuple, tuple[torch.Tensor, int]] = OrderedDict()
+        self._data: OrderedDict[tuple, tuple[np.ndarray, int]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._data)
 
-    def get(self, key: tuple) -> tuple[torch.Tensor, int] | None:
+    def get(self, key: tuple) -> tuple[np.ndarray, int] | None:
         hit = self._data.get(key)
         if hit is not None:
             self._data.move_to_end(key)
         return hit
 
-    def put(self, key: tuple, vector: torch.Tensor, tokens: int) -> None:
+    def put(self, key: tuple, vector: np.ndarray, tokens: int) -> None:
         if self.capacity <= 0:
             return
         self._data[key] = (vector, tokens)

@@ -15,18 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
 
-import torch
+import numpy as np
 
 from rankserve.config import ServerConfig
 from rankserve.engine.batcher import Batcher, Priority
 from rankserve.engine.cache import EmbeddingCache, text_key
-from rankserve.engine.images import image_tiles
-from rankserve.engine.runner import TorchRunner, batch_tokens, resolve_device
+from rankserve.engine.outputs import l2_normalize
 from rankserve.engine.tokenize import Encoded, TokenizerPolicy, Truncate
 from rankserve.errors import ConfigError, InvalidRequest, PayloadTooLarge
 from rankserve.metrics import Metrics
-from rankserve.models.loader import ModelSpec, default_model_dir, load_model, resolve_dtype
+from rankserve.models.model_dir import default_model_dir
 from rankserve.models.recipes import RecipeChoice
+from rankserve.models.spec import ModelSpec, with_flags
 
 log = logging.getLogger("rankserve")
 InputType = Literal["query", "passage"]
@@ -37,6 +37,21 @@ TOKENIZE_WORKERS = 2  # threads tokenizing requests off the event loop
 # 6 s of a 21 s CPU start (bench/cold_start.py) for costs a short pass already pays (kernels
 # created, memory pools grown). MiniLM still gets its full 256 tokens; a 1B model 16 on CPU.
 WARMUP_FLOPS = {"cpu": 2e10, "cuda": 2e12}
+# Padded tokens per forward pass when --max-batch-tokens is 0. On CPU, 2,048-4,096-token batches ran
+# 1.1-1.4x faster than 16,384-token ones on the mixed-length workload (bench/engine_offline.py
+# --max-batch-tokens sweep, docs/benchmarks.md): each layer's activations stay in cache and
+# length-sorted small batches pad attention less. A GPU needs large batches to fill its cores.
+BATCH_TOKENS = {"cpu": 4096, "cuda": 65536}
+ONNX_BACKENDS = ("onnxruntime", "openvino")  # run a cached ONNX export; start without torch
+
+
+def batch_tokens(configured: int, device_type: str) -> int:
+    """The token budget per forward pass: the configured one, else the device's default."""
+    return configured or BATCH_TOKENS.get(device_type, BATCH_TOKENS["cpu"])
+
+
+def recipe_choice(config: ServerConfig) -> RecipeChoice:
+    return RecipeChoice(config.recipe, config.instruction, config.score_tokens, config.rerank_template)
 
 
 def served_name(config: ServerConfig) -> str:
@@ -53,20 +68,29 @@ def tokenizer_policy(spec: ModelSpec) -> TokenizerPolicy:
                            with_type_ids=spec.family in ("bert", "xlm-roberta", "deberta"))
 
 
-def make_runner(spec: ModelSpec, device: torch.device, config: ServerConfig):
-    """The runner ``config.backend`` names (each has ``forward(items) -> Tensor``)."""
-    if config.backend in ("onnxruntime", "openvino") and spec.vision is not None:
-        raise ConfigError(f"backend {config.backend} exports text models only; {spec.architecture} (image passages) "
+def refuse_images_on_onnx(spec: ModelSpec, backend: str) -> None:
+    """The ONNX backends export text models only: a VL model is refused before any export starts."""
+    if backend in ONNX_BACKENDS and spec.vision is not None:
+        raise ConfigError(f"backend {backend} exports text models only; {spec.architecture} (image passages) "
                           "runs on backend torch")
+
+
+def make_runner(spec: ModelSpec, device: str, config: ServerConfig):
+    """The runner ``config.backend`` names (each has ``forward(items) -> numpy rows``)."""
+    refuse_images_on_onnx(spec, config.backend)
     if config.backend == "onnxruntime":
         from rankserve.engine.onnx_runner import OnnxRunner  # onnxruntime is an optional dependency
 
-        return OnnxRunner(spec, threads=config.threads, quantize=config.quantize)
+        return OnnxRunner(spec, threads=config.threads, quantize=config.quantize, choice=recipe_choice(config))
     if config.backend == "openvino":
         from rankserve.engine.openvino_runner import OpenVinoRunner  # openvino is an optional dependency
 
-        return OpenVinoRunner(spec, threads=config.threads, dtype=config.dtype)
-    return TorchRunner(spec, device, config.threads, config.cpu_gemm, config.dtype)
+        return OpenVinoRunner(spec, threads=config.threads, dtype=config.dtype, choice=recipe_choice(config))
+    import torch
+
+    from rankserve.engine.runner import TorchRunner
+
+    return TorchRunner(spec, torch.device(device), config.threads, config.cpu_gemm, config.dtype)
 
 
 @dataclass(frozen=True)
@@ -78,24 +102,26 @@ class RankResult:
 
 @dataclass(frozen=True)
 class EmbedResult:
-    vectors: torch.Tensor  # [n, d] float32, request order
+    vectors: np.ndarray  # [n, d] float32, request order
     tokens: int
     token_counts: list[int]  # per input, request order
 
 
 class Engine:
-    def __init__(self, spec: ModelSpec, *, name: str, config: ServerConfig, metrics: Metrics, device: torch.device):
+    def __init__(self, spec: ModelSpec, *, name: str, config: ServerConfig, metrics: Metrics, device: str = "cpu"):
+        """``device``: where the model runs, as torch spells it (cpu, cuda, cuda:1)."""
         self.spec = spec
         self.name = name
         self.config = config
         self.metrics = metrics
         self.device = device
+        self.device_type = device.partition(":")[0]
         self.policy = tokenizer_policy(spec)
         self.runner = make_runner(spec, device, config)
-        metrics.runtime.labels(device.type, config.backend, self.runner.precision, self.runner.gemm or "").set(1)
+        metrics.runtime.labels(self.device_type, config.backend, self.runner.precision, self.runner.gemm or "").set(1)
         self.batcher = Batcher(
             self.runner.forward,
-            max_batch_tokens=batch_tokens(config.max_batch_tokens, device),
+            max_batch_tokens=batch_tokens(config.max_batch_tokens, self.device_type),
             max_queue_items=config.max_queue_items,
             max_queue_tokens=config.max_queue_tokens,
             max_queue_requests=config.max_queue_requests,
@@ -107,14 +133,33 @@ class Engine:
 
     @classmethod
     def load(cls, config: ServerConfig, metrics: Metrics) -> "Engine":
-        """Blocking: read weights and build the engine (call from a thread at start-up)."""
+        """Blocking: read weights and build the engine (call from a thread at start-up).
+
+        The ONNX backends first look for a cached export: with one, the spec comes from its
+        spec.json and torch is never imported (a start ~1.5 s shorter, bench/cold_start.py)."""
         directory = Path(config.model) if config.model else default_model_dir()
+        choice = recipe_choice(config)
+        if config.backend in ONNX_BACKENDS:
+            from rankserve.engine.onnx_runner import cached_spec, exported_model
+
+            spec = cached_spec(directory, config.quantize, choice)
+            if spec is None:  # first start: load in torch and export before the operator's flags apply
+                from rankserve.models.loader import load_model
+
+                spec = load_model(directory, choice=choice)
+                refuse_images_on_onnx(spec, config.backend)
+                exported_model(spec, config.quantize, choice=choice)
+            else:
+                log.info("cached ONNX export of %s (%s, %s) from %s", spec.architecture, spec.family, spec.kind, directory)
+            spec = with_flags(spec, config.max_length, config.model_overrides())
+            return cls(spec, name=served_name(config), config=config, metrics=metrics, device="cpu")
+        from rankserve.engine.runner import resolve_device
+        from rankserve.models.loader import load_model, resolve_dtype
+
         device = resolve_device(config.device)
         spec = load_model(directory, dtype=resolve_dtype(config.dtype, device), device=device, max_length=config.max_length,
-                          overrides=config.model_overrides(),
-                          choice=RecipeChoice(config.recipe, config.instruction, config.score_tokens,
-                                              config.rerank_template))
-        return cls(spec, name=served_name(config), config=config, metrics=metrics, device=device)
+                          overrides=config.model_overrides(), choice=choice)
+        return cls(spec, name=served_name(config), config=config, metrics=metrics, device=str(device))
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -125,8 +170,7 @@ class Engine:
     def warmup_tokens(self) -> int:
         """The long warm-up passage's length: up to 512 tokens and the model's limit, and at most
         ``WARMUP_FLOPS`` of compute for the device (never under 16 tokens)."""
-        params = sum(p.numel() for p in self.spec.module.parameters())
-        budget = int(WARMUP_FLOPS.get(self.device.type, WARMUP_FLOPS["cpu"]) / (2 * max(params, 1)))
+        budget = int(WARMUP_FLOPS.get(self.device_type, WARMUP_FLOPS["cpu"]) / (2 * max(self.spec.parameters, 1)))
         return max(16, min(self.spec.max_length, WARMUP_TOKENS, budget))
 
     async def warmup(self) -> None:
@@ -199,6 +243,8 @@ class Engine:
         template = self.spec.rerank_template or ""
         limits = (self.config.max_image_bytes, self.config.max_image_pixels)
 
+        from rankserve.engine.images import image_tiles  # torch: VL models run on the torch backend only
+
         def encode() -> list[Encoded]:
             pixels = [None if image is None else image_tiles(image, f"passages[{i}].image", vision.tiles, *limits)
                       for i, image in enumerate(images)]
@@ -219,7 +265,7 @@ class Engine:
             lengths = [len(w) for w in windows]
             tokens = sum(lengths)
             self.check_request_tokens(tokens)
-            scores = torch.stack(await self.batcher.submit(windows, priority)).reshape(-1)
+            scores = np.stack(await self.batcher.submit(windows, priority)).reshape(-1)
         else:
             def encode() -> tuple[list[Encoded], list[int]]:
                 q = self.policy.texts([query], "END", self.spec.query_prefix, "query")
@@ -231,16 +277,19 @@ class Engine:
             lengths = [len(e) for e in encoded[1:]]  # the windows' (the query is encoded[0])
             tokens = len(encoded[0]) + sum(lengths)
             self.check_request_tokens(tokens)
-            rows = torch.nn.functional.normalize(torch.stack(await self.batcher.submit(encoded, priority)), dim=-1)
+            rows = l2_normalize(np.stack(await self.batcher.submit(encoded, priority)))
             scores = rows[1:] @ rows[0]
-        owner = torch.tensor(owners)
+        owner = np.asarray(owners, dtype=np.int64)
+        scores = scores.astype(np.float32)
         if self.config.chunk_aggregate == "mean":
-            windows_each = torch.bincount(owner, minlength=len(passages)).float()
-            per_passage = torch.zeros(len(passages)).index_add_(0, owner, scores.float()) / windows_each
+            per_passage = np.zeros(len(passages), dtype=np.float32)
+            np.add.at(per_passage, owner, scores)
+            per_passage /= np.bincount(owner, minlength=len(passages)).astype(np.float32)
         else:
-            per_passage = torch.full((len(passages),), -torch.inf).scatter_reduce(0, owner, scores.float(), "amax")
+            per_passage = np.full(len(passages), -np.inf, dtype=np.float32)
+            np.maximum.at(per_passage, owner, scores)
         self.metrics.chunk_windows.inc(len(owners))
-        token_counts = torch.zeros(len(passages), dtype=torch.long).index_add_(0, owner, torch.tensor(lengths))
+        token_counts = np.bincount(owner, weights=lengths, minlength=len(passages)).astype(np.int64)
         return RankResult(per_passage.tolist(), tokens, token_counts.tolist())
 
     async def _rank_by_cosine(self, query: str, passages: Sequence[str], truncate: Truncate,
@@ -262,10 +311,10 @@ class Engine:
         self.check_request_tokens(sum(len(e) for e in encoded) + cached_tokens)
         rows = await self.batcher.submit(encoded, priority)
         for i, enc, row in zip(missing, encoded[1:], rows[1:]):
-            found[i] = (torch.nn.functional.normalize(row, dim=-1), len(enc))
+            found[i] = (l2_normalize(row), len(enc))
             self.cache.put(keys[i], *found[i])
         self.metrics.cache_size.set(len(self.cache))
-        scores = torch.stack([f[0] for f in found]) @ torch.nn.functional.normalize(rows[0], dim=-1)
+        scores = np.stack([f[0] for f in found]) @ l2_normalize(rows[0])
         counts = [f[1] for f in found]
         return RankResult(scores.tolist(), len(encoded[0]) + sum(counts), counts)
 
@@ -282,9 +331,9 @@ class Engine:
         self.batcher.check_admission(len(texts))  # refuse before tokenizing when full
         encoded = await self._in_pool(self.policy.texts, texts, truncate, self.prefix(input_type), "input")
         self.check_request_tokens(sum(len(e) for e in encoded))
-        vectors = torch.stack(await self.batcher.submit(encoded, priority))  # the runner already L2-normalized
+        vectors = np.stack(await self.batcher.submit(encoded, priority))  # the runner already L2-normalized
         if dimensions is not None:  # Matryoshka: keep the first d components, renormalize
-            vectors = torch.nn.functional.normalize(vectors[:, :dimensions], dim=-1)
+            vectors = l2_normalize(vectors[:, :dimensions])
         counts = [len(e) for e in encoded]
         return EmbedResult(vectors, sum(counts), counts)
 

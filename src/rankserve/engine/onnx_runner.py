@@ -1,73 +1,64 @@
 """ONNX Runtime on the CPU: the loaded model exported once to ONNX, fp32 or dynamic int8, cached on disk.
 
-The graph is our own module from ``models/`` traced by ``torch.onnx.export`` (dynamo) through
-``PackedInputs``: the tensors of ``Packed`` are the graph's inputs, so ONNX Runtime runs the same
-packed math as torch (linear layers and MLPs on real tokens only, attention on the re-padded grid)
-and the model code is not duplicated here. ``Batch.packed()`` (data-dependent ops) stays in Python.
-
-int8 (lossy, opt-in): ``quantize_dynamic`` on the weight MatMuls: int8 weights per output channel,
-uint8 activations quantized per tensor at run time, ``reduce_range`` (7-bit weights) so that u8s8
-products cannot saturate on CPUs without VNNI. Embeddings, LayerNorm, softmax and the attention
-products stay fp32. Linear layers are exported as Gemm; ``gemm_to_matmul`` rewrites them first.
+This module does not import torch: with the export cached, ``--backend onnxruntime`` (and
+``openvino``, which compiles the same file) starts without it, the spec read back from the
+``spec.json`` saved with the graph (``cached_spec``). Only a first start exports, through
+``onnx_export.py`` (torch, imported then). The graph's inputs are the packed batch (``graph_inputs``,
+numpy), the same tensors the torch models read from ``Packed``.
 
 The exported file lives in ``$XDG_CACHE_HOME/rankserve/onnx/<key>/`` (``~/.cache`` by default),
-keyed by the model folder's weight files (name, size, mtime), the quantization, the model source
-code and the torch / onnx / onnxruntime versions; a changed checkpoint or upgrade exports anew.
+keyed by the model folder's files (name, size, mtime of its weights and JSON files, subfolders
+included), the quantization, the recipe choice (a yes/no reranker's head is built from its score
+tokens), the model source code and the torch / onnx / onnxruntime versions; a changed checkpoint,
+recipe or upgrade exports anew.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import hashlib
-import io
+import importlib.util
+import itertools
 import logging
-import shutil
-import tempfile
-import time
-import warnings
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Sequence
 
-import torch
-from torch import nn
+import numpy as np
 
-from rankserve.engine.runner import available_cores, finish, packed_batch
-from rankserve.engine.tokenize import Encoded
-from rankserve.engine.types import Batch, Packed
 from rankserve.config import cache_dir as rankserve_cache_dir
-from rankserve.errors import ConfigError
-from rankserve.models.loader import ModelSpec
+from rankserve.engine.cpu import available_cores
+from rankserve.engine.outputs import finish
+from rankserve.engine.tokenize import Encoded
+from rankserve.errors import ConfigError, ModelLoadError
+from rankserve.models.recipes import RecipeChoice
+from rankserve.models.spec import ModelSpec, from_json
 
 log = logging.getLogger("rankserve")
 
 INPUTS = ("input_ids", "token_type_ids", "position_ids", "indices", "cu_seqlens", "lengths", "key_mask")
 QUANTIZE = ("none", "int8")
 OPSET = 23  # the first with a fused Attention op
-LARGE = 1 << 30  # bytes of a graph past which weights go to an external .data file
-FORMAT = 1  # bump when the exported graph's layout changes
+FORMAT = 2  # bump when the exported folder's layout changes (2: spec.json beside model.onnx)
 
 
-class PackedInputs(nn.Module):
-    """The traceable face of a packed model: Packed's tensors in, the module's output out."""
-
-    def __init__(self, module: nn.Module, with_types: bool):
-        super().__init__()
-        self.module = module
-        self.with_types = with_types
-
-    def forward(self, input_ids, token_type_ids, position_ids, indices, cu_seqlens, lengths, key_mask):
-        p = Packed(input_ids=input_ids, token_type_ids=token_type_ids if self.with_types else None,
-                   position_ids=position_ids, indices=indices, cu_seqlens=cu_seqlens,
-                   lengths=lengths, key_mask=key_mask, batch_size=key_mask.shape[0], seq_len=key_mask.shape[1],
-                   full=False)  # one graph for every batch: always the masked attention path
-        return self.module(p)
-
-
-def packed_inputs(p: Packed) -> dict[str, torch.Tensor]:
-    types = p.token_type_ids if p.token_type_ids is not None else torch.zeros_like(p.input_ids)
-    return dict(input_ids=p.input_ids, token_type_ids=types, position_ids=p.position_ids, indices=p.indices,
-                cu_seqlens=p.cu_seqlens, lengths=p.lengths, key_mask=p.key_mask)
+def graph_inputs(items: Sequence[Encoded]) -> dict[str, np.ndarray]:
+    """Encoded items -> the exported graph's inputs: ``Batch.packed()``'s tensors for right-padded
+    sequences (tests/engine/test_onnx_runner.py checks they are equal), in numpy: tokens laid end
+    to end, each one's position and place in the [B, T] grid, sequence offsets and the key mask."""
+    if not items or any(len(it) == 0 for it in items):
+        raise ValueError("a batch needs at least one sequence, each of at least one token")
+    lengths = np.fromiter((len(it) for it in items), dtype=np.int64, count=len(items))
+    cu = np.zeros(len(items) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=cu[1:])
+    total = int(cu[-1])
+    ids = np.fromiter(itertools.chain.from_iterable(it.ids for it in items), dtype=np.int64, count=total)
+    if items[0].type_ids is not None:
+        types = np.fromiter(itertools.chain.from_iterable(it.type_ids for it in items), dtype=np.int64, count=total)
+    else:
+        types = np.zeros(total, dtype=np.int64)
+    key_mask = np.arange(int(lengths.max()), dtype=np.int64) < lengths[:, None]
+    return dict(input_ids=ids, token_type_ids=types, position_ids=np.arange(total, dtype=np.int64) - np.repeat(cu[:-1], lengths),
+                indices=np.flatnonzero(key_mask), cu_seqlens=cu, lengths=lengths, key_mask=key_mask)
 
 
 def default_cache_dir() -> Path:
@@ -75,9 +66,8 @@ def default_cache_dir() -> Path:
 
 
 def tool_versions() -> str:
-    """The exporter's and quantizer's versions (onnxruntime only quantizes: the openvino backend
-    exports without it)."""
-    from importlib.metadata import PackageNotFoundError, version
+    """The exporter's, quantizer's and runtime's versions, read from package metadata (importing
+    them would cost the start-up this module exists to save)."""
 
     def of(name: str) -> str:
         try:
@@ -85,174 +75,78 @@ def tool_versions() -> str:
         except PackageNotFoundError:
             return "-"
 
-    return "|".join(f"{n}={of(n)}" for n in ("onnx", "onnxscript", "onnxruntime"))
+    return "|".join(f"{n}={of(n)}" for n in ("torch", "onnx", "onnxscript", "onnxruntime"))
 
 
-def cache_key(spec: ModelSpec, quantize: str) -> str:
-    """What the exported file depends on: weights on disk, quantization, model code, tool versions."""
+def cache_key(directory: Path, quantize: str, choice: RecipeChoice = RecipeChoice()) -> str:
+    """What an exported folder depends on: the model folder's files, quantization, the recipe
+    choice, the model code and the tool versions."""
     h = hashlib.sha256()
-    directory = spec.tokenizer_file.parent.resolve()
-    h.update(f"{FORMAT}|{quantize}|{directory}|{type(spec.module).__qualname__}|".encode())
-    h.update(f"{torch.__version__}|{tool_versions()}|".encode())
-    for path in sorted(directory.glob("*")):
+    directory = directory.resolve()
+    h.update(f"{FORMAT}|{quantize}|{directory}|{choice!r}|{tool_versions()}|".encode())
+    for path in sorted(directory.rglob("*")):
         if path.suffix in (".safetensors", ".json") and path.is_file():
             st = path.stat()
-            h.update(f"{path.name}:{st.st_size}:{st.st_mtime_ns}|".encode())
+            h.update(f"{path.relative_to(directory)}:{st.st_size}:{st.st_mtime_ns}|".encode())
     package = Path(__file__).resolve().parents[1]
-    for source in sorted((package / "models").glob("*.py")) + [package / "engine" / "types.py", Path(__file__)]:
+    sources = sorted((package / "models").glob("*.py")) + [package / "engine" / name for name in
+                                                           ("types.py", "onnx_export.py", "onnx_runner.py")]
+    for source in sources:
         h.update(source.read_bytes())
     return h.hexdigest()[:20]
 
 
-def sample_packed(spec: ModelSpec) -> Packed:
-    """A small padded batch with distinct B, T, N (so the exporter keeps every axis dynamic)."""
-    lengths = (5, 3, 7)
-    ids = [[(spec.pad_id + 1 + i) % 50 + 2 for i in range(n)] for n in lengths]
-    return Batch.from_sequences(ids, [[0] * n for n in lengths], pad_id=spec.pad_id).packed()
-
-
-def attention_op(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal: bool = False,
-                 scale: float | None = None, enable_gqa: bool = False):
-    """SDPA -> one ONNX ``Attention`` (opset 23) node, a fused kernel in onnxruntime; the default
-    translation is a chain of ~10 elementwise ops over the [B, nh, T, T] scores. onnxruntime wants
-    the mask's query axis spelled out, so the [B, 1, 1, T] key mask is expanded to [B, 1, T, T]."""
-    from onnxscript import opset23 as op
-
-    if attn_mask is not None:
-        shape = op.Concat(op.Shape(query, start=0, end=1), op.Constant(value_ints=[1]),
-                          op.Shape(query, start=2, end=3), op.Shape(key, start=2, end=3), axis=0)
-        attn_mask = op.Expand(attn_mask, shape)
-    out, _, _, _ = op.Attention(query, key, value, attn_mask, scale=scale, is_causal=is_causal)
-    return out
-
-
-@contextlib.contextmanager
-def quiet():
-    """Silence the exporter's and quantizer's chatter (stdout, warnings, log records below ERROR)."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(previous)
-
-
-def export_fp32(spec: ModelSpec, path: Path) -> None:
-    """Trace ``spec.module`` (a float32 CPU copy) to ONNX with dynamic batch, length and token axes."""
-    module = spec.module
-    param = next(module.parameters())
-    if param.device.type != "cpu" or param.dtype != torch.float32:
-        log.warning("ONNX export: a float32 CPU copy of a %s model on %s", param.dtype, param.device)
-        module = copy.deepcopy(module).to(device="cpu", dtype=torch.float32)
-    wrapper = PackedInputs(module, with_types=spec.family in ("bert", "xlm-roberta")).eval()
-    args = tuple(packed_inputs(sample_packed(spec)).values())
-    n, b, t, b1 = (torch.export.Dim(x) for x in ("N", "B", "T", "B1"))
-    dims = dict(input_ids={0: n}, token_type_ids={0: n}, position_ids={0: n}, indices={0: n},
-                cu_seqlens={0: b1}, lengths={0: b}, key_mask={0: b, 1: t})
-    with quiet(), torch.inference_mode(False), torch.no_grad():
-        program = torch.onnx.export(wrapper, args, input_names=list(INPUTS), output_names=["out"],
-                                    dynamic_shapes=dims, dynamo=True, verbose=False, opset_version=OPSET,
-                                    custom_translation_table={
-                                        torch.ops.aten.scaled_dot_product_attention.default: attention_op})
-        program.save(str(path), external_data=sum(t.numel() * 4 for t in module.state_dict().values()) > LARGE)
-
-
-def gemm_to_matmul(model) -> int:
-    """Rewrite Gemm(x, W, b) as MatMul + Add: dynamic quantization handles MatMul, not Gemm."""
-    import onnx
-    from onnx import helper, numpy_helper
-
-    inits = {i.name: i for i in model.graph.initializer}
-    nodes, rewritten = [], 0
-    for node in model.graph.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if (node.op_type != "Gemm" or node.input[1] not in inits or attrs.get("transA", 0)
-                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
-            nodes.append(node)
-            continue
-        weight = numpy_helper.to_array(inits[node.input[1]])
-        if attrs.get("transB", 0):
-            weight = weight.T.copy()
-        w_name = f"{node.input[1]}__matmul_{rewritten}"
-        model.graph.initializer.append(numpy_helper.from_array(weight, w_name))
-        out = node.output[0]
-        mm_out = out if len(node.input) < 3 or not node.input[2] else f"{out}__matmul"
-        nodes.append(helper.make_node("MatMul", [node.input[0], w_name], [mm_out], name=f"{node.name}_MatMul"))
-        if mm_out != out:
-            nodes.append(helper.make_node("Add", [mm_out, node.input[2]], [out], name=f"{node.name}_Add"))
-        rewritten += 1
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    used = {i for node in model.graph.node for i in node.input}
-    keep = [i for i in model.graph.initializer if i.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
-    onnx.checker.check_model(model)
-    return rewritten
-
-
-def quantize_int8(fp32: Path, out: Path) -> None:
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    model = onnx.load(str(fp32))
-    n = gemm_to_matmul(model)
-    big = model.ByteSize() > LARGE
-    staged = fp32.with_name("matmul.onnx")
-    onnx.save(model, str(staged), save_as_external_data=big)
-    del model
-    with quiet():  # the quantizer logs every tensor at INFO on the root logger
-        quantize_dynamic(staged, out, weight_type=QuantType.QInt8, reduce_range=True, per_channel=True,
-                         op_types_to_quantize=["MatMul"], use_external_data_format=big)
-    log.info("int8: %d linear layers quantized (dynamic, per-channel, reduce_range)", n)
-
-
-def exported_model(spec: ModelSpec, quantize: str = "none", cache_dir: str | Path | None = None) -> Path:
-    """The cached ONNX file for ``spec`` (exported, and quantized, on first use)."""
+def export_folder(directory: Path, quantize: str, choice: RecipeChoice = RecipeChoice(),
+                  cache_dir: str | Path | None = None) -> Path:
     if quantize not in QUANTIZE:
         raise ValueError(f"quantize={quantize!r}: choose one of {QUANTIZE}")
-    folder = Path(cache_dir or default_cache_dir()) / cache_key(spec, quantize)
+    return Path(cache_dir or default_cache_dir()) / cache_key(directory, quantize, choice)
+
+
+def cached_spec(directory: Path, quantize: str = "none", choice: RecipeChoice = RecipeChoice(),
+                cache_dir: str | Path | None = None) -> ModelSpec | None:
+    """The spec saved with ``directory``'s cached export (no module, no operator flags applied),
+    None when there is no complete export yet."""
+    folder = export_folder(directory, quantize, choice, cache_dir)
+    if not ((folder / "model.onnx").is_file() and (folder / "spec.json").is_file()):
+        return None
+    return from_json((folder / "spec.json").read_text(encoding="utf-8"))
+
+
+def exported_model(spec: ModelSpec, quantize: str = "none", cache_dir: str | Path | None = None,
+                   choice: RecipeChoice = RecipeChoice()) -> Path:
+    """The cached ONNX file for ``spec`` as loaded with ``choice`` (exported, and quantized, on
+    first use, with ``spec`` saved beside it: pass it before operator flags are applied)."""
+    folder = export_folder(spec.tokenizer_file.parent, quantize, choice, cache_dir)
     final = folder / "model.onnx"
     if final.is_file():
         return final
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=folder.name + ".") as tmp:
-        stage = Path(tmp) / "out"
-        (stage / "fp32").mkdir(parents=True)
-        export_fp32(spec, stage / "fp32" / "model.onnx")
-        if quantize == "int8":
-            quantize_int8(stage / "fp32" / "model.onnx", stage / "model.onnx")
-            shutil.rmtree(stage / "fp32")
-        else:
-            for f in (stage / "fp32").iterdir():  # model.onnx (and model.onnx.data past 2 GB)
-                f.rename(stage / f.name)
-            (stage / "fp32").rmdir()
-        try:
-            stage.rename(folder)  # atomic: a concurrent start sees the whole folder or none
-        except OSError:
-            if not final.is_file():
-                raise
-    log.info("exported %s (%s) to %s in %.1fs", spec.architecture, quantize, final, time.perf_counter() - started)
+    if spec.module is None:
+        raise ModelLoadError(f"the cached export {folder} is gone and this spec has no module to export again: restart")
+    missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(f"exporting the model to ONNX needs {', '.join(missing)} installed: "
+                          "pip install 'rankserve[onnx]' (or '[openvino]')")
+    from rankserve.engine.onnx_export import export  # torch: only a first start exports
+
+    export(spec, folder, quantize)
     return final
 
 
 class OnnxRunner:
-    """Same contract as TorchRunner: ``forward(items)`` -> [B] logits or [B, H] vectors, float32 on CPU."""
+    """Same contract as TorchRunner: ``forward(items)`` -> [B] logits or [B, H] vectors, numpy float32."""
 
-    def __init__(self, spec: ModelSpec, threads: int = 0, quantize: str = "none", cache_dir: str | Path | None = None):
+    def __init__(self, spec: ModelSpec, threads: int = 0, quantize: str = "none", cache_dir: str | Path | None = None,
+                 choice: RecipeChoice = RecipeChoice()):
         try:
             import onnxruntime as ort
-            import onnxscript  # noqa: F401  (the exporter's translator)
         except ImportError as exc:
-            raise ConfigError(f"backend onnxruntime needs onnxruntime, onnx and onnxscript installed ({exc})") from exc
+            raise ConfigError(f"backend onnxruntime needs onnxruntime installed: pip install 'rankserve[onnx]' ({exc})") from exc
         self.spec = spec
         self.quantize = quantize
         self.precision = "int8" if quantize == "int8" else "float32"  # as TorchRunner reports its own
         self.gemm: str | None = None
-        self.path = exported_model(spec, quantize, cache_dir)
+        self.path = exported_model(spec, quantize, cache_dir, choice)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or available_cores()
@@ -262,8 +156,8 @@ class OnnxRunner:
         self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
 
-    def forward(self, items: Sequence[Encoded]) -> torch.Tensor:
-        """-> [B] logits (cross-encoder) or [B, H] vectors (embedder), float32 on CPU."""
-        tensors = packed_inputs(packed_batch(self.spec, items))
-        (out,) = self.session.run(["out"], {name: tensors[name].numpy() for name in self.inputs})
-        return finish(self.spec, torch.from_numpy(out))
+    def forward(self, items: Sequence[Encoded]) -> np.ndarray:
+        """-> [B] logits (cross-encoder) or [B, H] vectors (embedder), numpy float32."""
+        arrays = graph_inputs(items)
+        (out,) = self.session.run(["out"], {name: arrays[name] for name in self.inputs})
+        return finish(self.spec, out)

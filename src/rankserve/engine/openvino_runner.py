@@ -26,15 +26,16 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import torch
+import numpy as np
 
 from rankserve.config import cache_dir as rankserve_cache_dir
-from rankserve.engine.onnx_runner import exported_model, packed_inputs
-from rankserve.engine.runner import available_cores, finish, packed_batch
+from rankserve.engine.cpu import available_cores, bf16_native
+from rankserve.engine.onnx_runner import exported_model, graph_inputs
+from rankserve.engine.outputs import finish
 from rankserve.engine.tokenize import Encoded
 from rankserve.errors import ConfigError
-from rankserve.models.cpu_bf16 import bf16_native
-from rankserve.models.loader import ModelSpec
+from rankserve.models.recipes import RecipeChoice
+from rankserve.models.spec import ModelSpec
 
 log = logging.getLogger("rankserve")
 
@@ -55,17 +56,17 @@ def choose_precision(dtype: str, capabilities: Sequence[str]) -> str:
 class OpenVinoRunner:
     """Same contract as TorchRunner: ``forward(items)`` -> [B] logits or [B, H] vectors, float32 on CPU."""
 
-    def __init__(self, spec: ModelSpec, threads: int = 0, dtype: str = "auto", cache_dir: str | Path | None = None):
-        missing = [name for name in ("openvino", "onnx", "onnxscript") if importlib.util.find_spec(name) is None]
-        if missing:  # found, not imported: the exporter's modules load only when a model is exported
-            raise ConfigError(f"backend openvino needs {', '.join(missing)} installed: pip install 'rankserve[openvino]'")
+    def __init__(self, spec: ModelSpec, threads: int = 0, dtype: str = "auto", cache_dir: str | Path | None = None,
+                 choice: RecipeChoice = RecipeChoice()):
+        if importlib.util.find_spec("openvino") is None:
+            raise ConfigError("backend openvino needs openvino installed: pip install 'rankserve[openvino]'")
         import openvino as ov
 
         if dtype not in ("auto", *HINTS):
             raise ConfigError(f"backend openvino runs in float32 or bfloat16, not {dtype}")
         self.spec = spec
         self.gemm: str | None = None
-        self.path = exported_model(spec, "none", cache_dir)
+        self.path = exported_model(spec, "none", cache_dir, choice)
         core = ov.Core()
         core.set_property({"CACHE_DIR": str(rankserve_cache_dir("openvino"))})
         self.precision = choose_precision(dtype, core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
@@ -79,8 +80,8 @@ class OpenVinoRunner:
         self.request = self.model.create_infer_request()
         self.inputs = [i.get_any_name() for i in self.model.inputs]
 
-    def forward(self, items: Sequence[Encoded]) -> torch.Tensor:
-        """-> [B] logits (cross-encoder) or [B, H] vectors (embedder), float32 on CPU."""
-        tensors = packed_inputs(packed_batch(self.spec, items))
-        result = self.request.infer({name: tensors[name].numpy() for name in self.inputs})
-        return finish(self.spec, torch.from_numpy(result[self.model.output(0)].copy()))
+    def forward(self, items: Sequence[Encoded]) -> np.ndarray:
+        """-> [B] logits (cross-encoder) or [B, H] vectors (embedder), numpy float32."""
+        arrays = graph_inputs(items)
+        result = self.request.infer({name: arrays[name] for name in self.inputs})
+        return finish(self.spec, result[self.model.output(0)].copy())

