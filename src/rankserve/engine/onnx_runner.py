@@ -15,6 +15,7 @@ recipe or upgrade exports anew.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import itertools
@@ -110,7 +111,9 @@ def cached_spec(directory: Path, quantize: str = "none", choice: RecipeChoice = 
     folder = export_folder(directory, quantize, choice, cache_dir)
     if not ((folder / "model.onnx").is_file() and (folder / "spec.json").is_file()):
         return None
-    return from_json((folder / "spec.json").read_text(encoding="utf-8"))
+    spec = from_json((folder / "spec.json").read_text(encoding="utf-8"))
+    # The tokenizer is read from the folder as named now (the saved path may be relative to another cwd).
+    return dataclasses.replace(spec, tokenizer_file=Path(directory) / spec.tokenizer_file.name)
 
 
 def exported_model(spec: ModelSpec, quantize: str = "none", cache_dir: str | Path | None = None,

@@ -1,9 +1,9 @@
-"""The only place that knows device, dtype and backend: token ids in, float32 rows out.
+"""The torch backend: token ids in, float32 numpy rows out; the only place that knows device and dtype.
 
 Runs in the engine's single model thread. Builds the padded ``Batch`` and its packed view, moves
-them to the device, and post-processes per model kind (logit / temperature, or L2-normalized vector).
-``TorchRunner`` is the torch backend; ``OnnxRunner`` (onnx_runner.py) builds on the helpers here,
-and ``engine.make_runner`` picks between them.
+them to the device, runs the module and post-processes per model kind (``outputs.finish``: logit /
+temperature, or L2-normalized vector). The ONNX backends (onnx_runner.py, openvino_runner.py) build
+the same packed inputs in numpy, without torch; ``engine.make_runner`` picks the backend.
 """
 
 from __future__ import annotations
