@@ -1,9 +1,10 @@
-"""rankserve serve | rank | embed | bench | eval | data.  Every serve flag is also an env var (see config.py)."""
+"""rankserve serve | export | rank | embed | bench | eval | data | train.  Every serve flag is also an env var (see config.py)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 from typing import Any, Iterator, Sequence
@@ -98,6 +99,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from rankserve.api.server import serve
 
     return serve(config_from(args))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export every model for its ONNX backend where ``serve`` will look (and, for openvino, compile
+    it into OpenVINO's cache), then exit: run it where the cache persists (an image layer, a volume)
+    so that every start reads the export without importing torch."""
+    from rankserve.engine.engine import ONNX_BACKENDS, Engine
+    from rankserve.metrics import Metrics
+
+    config = config_from(args)
+    if config.backend not in ONNX_BACKENDS:
+        raise ConfigError(f"export is for --backend {' or '.join(ONNX_BACKENDS)} (the torch backend reads the "
+                          "safetensors folder itself)")
+    for entry in config.model_entries():
+        engine = Engine.load(dataclasses.replace(config.for_model(*entry), warmup=False), Metrics())
+        print(json.dumps({"model": engine.name, "backend": config.backend, "precision": engine.runner.precision,
+                          "export": str(engine.runner.path.parent)}))
+    return 0
 
 
 async def _with_engine(config: ServerConfig, work: Any) -> Any:
@@ -233,6 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="settings from a TOML or YAML file (field names as keys, a [models] table of "
                             "NAME = PATH); flags and env vars override it")
     serve.set_defaults(func=cmd_serve)
+
+    export = sub.add_parser("export", help="export the model(s) to ONNX for --backend onnxruntime|openvino into the "
+                                           "cache serve reads (run once where the cache persists), then exit")
+    add_config_flags(export)
+    export.add_argument("--config", default=None, metavar="FILE", help="settings from a TOML or YAML file, as for serve")
+    export.set_defaults(func=cmd_export)
 
     rank = sub.add_parser("rank", help="rank passages for a query (in-process, or --url) and print the rankings")
     rank.add_argument("query")

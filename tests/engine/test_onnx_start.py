@@ -153,3 +153,20 @@ def test_cached_export_serves_without_torch(request, backend, model, export_cach
 
     expected = asyncio.run(reference())
     assert np.abs(np.array(served["out"]) - np.array(expected)).max() <= 1e-4
+
+
+def test_export_command_fills_the_cache_serve_reads(bert_ce_dir, bert_bi_dir, tmp_path, monkeypatch, capsys):
+    """`rankserve export` writes each model's export (NAME=DIR entries too) where `serve` looks."""
+    from rankserve.cli import main
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cached_spec(bert_ce_dir) is None
+    models = f"ce={bert_ce_dir},bi={bert_bi_dir}"
+    assert main(["export", "--backend", "onnxruntime", "--model", models, "--threads", "1"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [x["model"] for x in lines] == ["ce", "bi"] and all(x["backend"] == "onnxruntime" for x in lines)
+    for directory, line in zip((bert_ce_dir, bert_bi_dir), lines):
+        assert cached_spec(directory) == dataclasses.replace(load_model(directory), module=None)
+        assert line["export"].startswith(str(tmp_path))
+    assert main(["export", "--model", str(bert_ce_dir)]) == 2  # the torch backend has nothing to export
+    assert "export is for --backend" in capsys.readouterr().err
