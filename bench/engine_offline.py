@@ -22,7 +22,9 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -31,7 +33,7 @@ from common import best_of, bert_flops, matmul_peak_gflops, minilm_cross_encoder
 from rankserve.config import load_config  # noqa: E402
 from rankserve.engine.engine import Engine  # noqa: E402
 from rankserve.metrics import Metrics  # noqa: E402
-from rankserve.models.model_dir import default_model_dir  # noqa: E402
+from rankserve.models.model_dir import default_model_dir, read_json  # noqa: E402
 
 
 def main() -> None:
@@ -78,6 +80,11 @@ def interleaved(run_ours, run_peer, rounds: int, peak: list[float]):
     return t_ours, ours, t_peer, theirs
 
 
+def model_config(model_dir: Path) -> SimpleNamespace:
+    """The model's config.json (layer sizes for the FLOP count; an ONNX backend's engine has no module)."""
+    return SimpleNamespace(**read_json(model_dir / "config.json"))
+
+
 def start_engine(loop, model_dir: Path, args) -> Engine:
     config = load_config({"model": str(model_dir), "dtype": args.dtype, "backend": args.backend, "warmup": True,
                           "max_batch_tokens": args.max_batch_tokens}, environ={})
@@ -94,7 +101,7 @@ def bi_encoder(args, peak: list[float]) -> list[tuple]:
     loop = asyncio.new_event_loop()
     engine = start_engine(loop, default_model_dir(), args)
     peer = SentenceTransformer(str(default_model_dir()), device="cpu")
-    c = engine.spec.module.model.config
+    c = model_config(default_model_dir())
     rows = []
     for kind in args.workloads.split(","):
         work = workload(kind, args.queries, args.per_query)
@@ -104,7 +111,7 @@ def bi_encoder(args, peak: list[float]) -> list[tuple]:
             return await asyncio.gather(*(engine.embed(ps, None, "END") for _, ps in work))
 
         def run_ours():
-            return torch.cat([r.vectors for r in loop.run_until_complete(ours_all())])
+            return torch.from_numpy(np.concatenate([r.vectors for r in loop.run_until_complete(ours_all())]))
 
         def run_peer():
             return peer.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_tensor=True,
@@ -128,7 +135,7 @@ def cross_encoder(args, peak: list[float]) -> list[tuple]:
     loop = asyncio.new_event_loop()
     engine = start_engine(loop, model_dir, args)
     peer = CrossEncoder(str(model_dir), device="cpu", max_length=engine.spec.max_length)
-    c = engine.spec.module.bert.config
+    c = model_config(model_dir)
     rows = []
     for kind in args.workloads.split(","):
         work = workload(kind, args.queries, args.per_query)
