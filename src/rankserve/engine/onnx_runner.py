@@ -44,7 +44,7 @@ FORMAT = 2  # bump when the exported folder's layout changes (2: spec.json besid
 
 def graph_inputs(items: Sequence[Encoded]) -> dict[str, np.ndarray]:
     """Encoded items -> the exported graph's inputs: ``Batch.packed()``'s tensors for right-padded
-    sequences (tests/engine/test_onnx_runner.py checks they are equal), in numpy: tokens laid end
+    sequences (tests/engine/test_onnx_start.py checks they are equal), in numpy: tokens laid end
     to end, each one's position and place in the [B, T] grid, sequence offsets and the key mask."""
     if not items or any(len(it) == 0 for it in items):
         raise ValueError("a batch needs at least one sequence, each of at least one token")

@@ -54,7 +54,7 @@ def choose_precision(dtype: str, capabilities: Sequence[str]) -> str:
 
 
 class OpenVinoRunner:
-    """Same contract as TorchRunner: ``forward(items)`` -> [B] logits or [B, H] vectors, float32 on CPU."""
+    """Same contract as TorchRunner: ``forward(items)`` -> [B] logits or [B, H] vectors, numpy float32."""
 
     def __init__(self, spec: ModelSpec, threads: int = 0, dtype: str = "auto", cache_dir: str | Path | None = None,
                  choice: RecipeChoice = RecipeChoice()):
