@@ -4,10 +4,12 @@ server process with the export cached loads, ranks and embeds without ever impor
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -20,9 +22,13 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 from export_cases import QUERY, passages  # noqa: E402
+from rankserve.cli import main  # noqa: E402
+from rankserve.config import load_config  # noqa: E402
+from rankserve.engine.engine import Engine  # noqa: E402
 from rankserve.engine.onnx_runner import INPUTS, cache_key, cached_spec, exported_model, graph_inputs  # noqa: E402
 from rankserve.engine.tokenize import Encoded  # noqa: E402
 from rankserve.engine.types import Batch  # noqa: E402
+from rankserve.metrics import Metrics  # noqa: E402
 from rankserve.models.loader import load_model  # noqa: E402
 from rankserve.models.recipes import RecipeChoice  # noqa: E402
 from rankserve.models.spec import from_json, to_json, with_flags  # noqa: E402
@@ -64,8 +70,6 @@ def test_spec_json_round_trip(request, name):
 
 
 def test_cache_key_follows_the_export_inputs(bert_ce_dir, tmp_path):
-    import shutil
-
     folder = shutil.copytree(bert_ce_dir, tmp_path / "model")
     key = cache_key(folder, "none")
     assert cache_key(folder, "none") == key  # stable
@@ -134,12 +138,6 @@ def test_cached_export_serves_without_torch(request, backend, model, export_cach
     assert json.loads((exported_model(spec, cache_dir=export_cache[1]).parent / "spec.json").read_text())[
         "max_length"] == spec.max_length  # the saved spec stays the model's
     # The same answers as the torch engine with the same flags.
-    from rankserve.config import load_config
-    from rankserve.engine.engine import Engine
-    from rankserve.metrics import Metrics
-
-    import asyncio
-
     engine = Engine.load(load_config({**settings, "backend": "torch"}, environ={}), Metrics())
 
     async def reference():
@@ -157,8 +155,6 @@ def test_cached_export_serves_without_torch(request, backend, model, export_cach
 
 def test_export_command_fills_the_cache_serve_reads(bert_ce_dir, bert_bi_dir, tmp_path, monkeypatch, capsys):
     """`rankserve export` writes each model's export (NAME=DIR entries too) where `serve` looks."""
-    from rankserve.cli import main
-
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert cached_spec(bert_ce_dir) is None
     models = f"ce={bert_ce_dir},bi={bert_bi_dir}"
