@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import sys
 from typing import Any, Iterator, Sequence
@@ -113,7 +112,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ConfigError(f"export is for --backend {' or '.join(ONNX_BACKENDS)} (the torch backend reads the "
                           "safetensors folder itself)")
     for entry in config.model_entries():
-        engine = Engine.load(dataclasses.replace(config.for_model(*entry), warmup=False), Metrics())
+        engine = Engine.load(config.for_model(*entry), Metrics())  # loads and exports; no warm-up pass (start() runs it)
         print(json.dumps({"model": engine.name, "backend": config.backend, "precision": engine.runner.precision,
                           "export": str(engine.runner.path.parent)}))
     return 0

@@ -25,7 +25,8 @@ from export_cases import QUERY, passages  # noqa: E402
 from rankserve.cli import main  # noqa: E402
 from rankserve.config import load_config  # noqa: E402
 from rankserve.engine.engine import Engine  # noqa: E402
-from rankserve.engine.onnx_runner import INPUTS, cache_key, cached_spec, exported_model, graph_inputs  # noqa: E402
+from rankserve.engine.onnx_graph import INPUTS, graph_inputs  # noqa: E402
+from rankserve.engine.onnx_runner import cache_key, cached_spec, exported_model  # noqa: E402
 from rankserve.engine.tokenize import Encoded  # noqa: E402
 from rankserve.engine.types import Batch  # noqa: E402
 from rankserve.metrics import Metrics  # noqa: E402

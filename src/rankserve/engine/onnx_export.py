@@ -2,7 +2,7 @@
 needs torch, imported when no cached export exists (engine/onnx_runner.py).
 
 The graph is our own module from ``models/`` traced by ``torch.onnx.export`` (dynamo) through
-``PackedInputs``: the packed tensors (``onnx_runner.graph_inputs``) are the graph's inputs, so ONNX
+``PackedInputs``: the packed tensors (``onnx_graph.graph_inputs``) are the graph's inputs, so ONNX
 Runtime and OpenVINO run the same packed math as torch (linear layers and MLPs on real tokens only,
 attention on the re-padded grid) and the model code is not duplicated here.
 
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rankserve.engine.onnx_runner import INPUTS, OPSET, graph_inputs
+from rankserve.engine.onnx_graph import INPUTS, OPSET, graph_inputs
 from rankserve.engine.tokenize import Encoded
 from rankserve.engine.types import Packed
 from rankserve.models.spec import ModelSpec, to_json

@@ -3,8 +3,8 @@
 This module does not import torch: with the export cached, ``--backend onnxruntime`` (and
 ``openvino``, which compiles the same file) starts without it, the spec read back from the
 ``spec.json`` saved with the graph (``cached_spec``). Only a first start exports, through
-``onnx_export.py`` (torch, imported then). The graph's inputs are the packed batch (``graph_inputs``,
-numpy), the same tensors the torch models read from ``Packed``.
+``onnx_export.py`` (torch, imported then). The graph's inputs are the packed batch, built in numpy
+(``onnx_graph.graph_inputs``), the same tensors the torch models read from ``Packed``.
 
 The exported file lives in ``$XDG_CACHE_HOME/rankserve/onnx/<key>/`` (``~/.cache`` by default),
 keyed by the model folder's files (name, size, mtime of its weights and JSON files, subfolders
@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.util
-import itertools
 import logging
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 
 from rankserve.config import cache_dir as rankserve_cache_dir
 from rankserve.engine.cpu import available_cores
+from rankserve.engine.onnx_graph import graph_inputs
 from rankserve.engine.outputs import finish
 from rankserve.engine.tokenize import Encoded
 from rankserve.errors import ConfigError, ModelLoadError
@@ -36,30 +36,8 @@ from rankserve.models.spec import ModelSpec, from_json
 
 log = logging.getLogger("rankserve")
 
-INPUTS = ("input_ids", "token_type_ids", "position_ids", "indices", "cu_seqlens", "lengths", "key_mask")
 QUANTIZE = ("none", "int8")
-OPSET = 23  # the first with a fused Attention op
 FORMAT = 2  # bump when the exported folder's layout changes (2: spec.json beside model.onnx)
-
-
-def graph_inputs(items: Sequence[Encoded]) -> dict[str, np.ndarray]:
-    """Encoded items -> the exported graph's inputs: ``Batch.packed()``'s tensors for right-padded
-    sequences (tests/engine/test_onnx_start.py checks they are equal), in numpy: tokens laid end
-    to end, each one's position and place in the [B, T] grid, sequence offsets and the key mask."""
-    if not items or any(len(it) == 0 for it in items):
-        raise ValueError("a batch needs at least one sequence, each of at least one token")
-    lengths = np.fromiter((len(it) for it in items), dtype=np.int64, count=len(items))
-    cu = np.zeros(len(items) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=cu[1:])
-    total = int(cu[-1])
-    ids = np.fromiter(itertools.chain.from_iterable(it.ids for it in items), dtype=np.int64, count=total)
-    if items[0].type_ids is not None:
-        types = np.fromiter(itertools.chain.from_iterable(it.type_ids for it in items), dtype=np.int64, count=total)
-    else:
-        types = np.zeros(total, dtype=np.int64)
-    key_mask = np.arange(int(lengths.max()), dtype=np.int64) < lengths[:, None]
-    return dict(input_ids=ids, token_type_ids=types, position_ids=np.arange(total, dtype=np.int64) - np.repeat(cu[:-1], lengths),
-                indices=np.flatnonzero(key_mask), cu_seqlens=cu, lengths=lengths, key_mask=key_mask)
 
 
 def default_cache_dir() -> Path:
@@ -91,7 +69,7 @@ def cache_key(directory: Path, quantize: str, choice: RecipeChoice = RecipeChoic
             h.update(f"{path.relative_to(directory)}:{st.st_size}:{st.st_mtime_ns}|".encode())
     package = Path(__file__).resolve().parents[1]
     sources = sorted((package / "models").glob("*.py")) + [package / "engine" / name for name in
-                                                           ("types.py", "onnx_export.py", "onnx_runner.py")]
+                                                           ("types.py", "onnx_graph.py", "onnx_export.py")]
     for source in sources:
         h.update(source.read_bytes())
     return h.hexdigest()[:20]

@@ -30,7 +30,8 @@ import numpy as np
 
 from rankserve.config import cache_dir as rankserve_cache_dir
 from rankserve.engine.cpu import available_cores, bf16_native
-from rankserve.engine.onnx_runner import exported_model, graph_inputs
+from rankserve.engine.onnx_graph import graph_inputs
+from rankserve.engine.onnx_runner import exported_model
 from rankserve.engine.outputs import finish
 from rankserve.engine.tokenize import Encoded
 from rankserve.errors import ConfigError
