@@ -10,12 +10,15 @@ from typing import Any, Iterator, Sequence
 
 from rankserve.config import (BACKENDS, CHUNK_AGGREGATES, CPU_GEMMS, DTYPES, FIELDS, LOG_FORMATS, LOG_LEVELS, NIM_ENV,
                               QUANTIZE, RECIPE_NAMES, TRUNCATE_DEFAULTS, ServerConfig, env_name, load_config,
-                              read_config_file)
+                              read_config_file, split_entry)
 from rankserve.errors import ConfigError, RankserveError
 
 HELP = {
-    "model": "model directory (Hugging Face layout, safetensors), or NAME=DIR, repeatable for several models in "
-             "one process (requests route by their model field); default: packaged all-MiniLM-L6-v2",
+    "model": "model directory (Hugging Face layout, safetensors) or Hugging Face Hub repo id (org/name, optionally "
+             "@revision; fetched into the HF cache: HF_HOME, HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE), or NAME=MODEL, "
+             "repeatable for several models in one process (requests route by their model field); default: packaged "
+             "all-MiniLM-L6-v2",
+    "revision": "Hub revision (branch, tag or commit) for a repo id given without @revision; default: main",
     "served_model_name": "model id in /v1/models and requests; default: derived from the model",
     "device": "auto | cpu | cuda | cuda:N",
     "dtype": "auto (CPU: bf16 where the CPU has native bf16 and it is faster, else fp32; CUDA: bf16/fp16) "
@@ -118,6 +121,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_download(args: argparse.Namespace) -> int:
+    """Fill the Hugging Face cache with each model (what ``serve`` will load, nothing else) and
+    exit: for image builds and init containers, so that serving can start with HF_HUB_OFFLINE=1."""
+    from rankserve.model_source import resolve
+
+    for ref in args.models:
+        source = resolve(split_entry(ref)[1], args.revision)
+        print(json.dumps({"model": ref, **source.describe()}), flush=True)
+    return 0
+
+
 async def _with_engine(config: ServerConfig, work: Any) -> Any:
     from rankserve.engine.engine import Engine
     from rankserve.metrics import Metrics
@@ -190,7 +204,8 @@ def cmd_rank(args: argparse.Namespace) -> int:
             for part in in_steps(passages, args, "passages"):
                 scores.extend((await engine.rank(args.query, part, args.truncate)).scores)
 
-        asyncio.run(_with_engine(load_config({"model": args.model, "dtype": args.dtype, "warmup": False}), work))
+        asyncio.run(_with_engine(load_config({"model": args.model, "revision": args.revision, "dtype": args.dtype,
+                                                  "warmup": False}), work))
     rankings = sorted(enumerate(scores), key=lambda r: -r[1])
     if args.format == "table":
         for rank, (i, logit) in enumerate(rankings, 1):
@@ -216,14 +231,17 @@ def cmd_embed(args: argparse.Namespace) -> int:
                 result = await engine.embed(part, args.input_type, args.truncate, args.dimensions)
                 vectors.extend(result.vectors.tolist())
 
-        asyncio.run(_with_engine(load_config({"model": args.model, "dtype": args.dtype, "warmup": False}), work))
+        asyncio.run(_with_engine(load_config({"model": args.model, "revision": args.revision, "dtype": args.dtype,
+                                                  "warmup": False}), work))
     print(json.dumps({"embeddings": vectors}))
     return 0
 
 
 def add_offline_flags(parser: argparse.ArgumentParser) -> None:
     """What ``rank`` and ``embed`` share: the model, the input file, and a server to ask instead."""
-    parser.add_argument("--model", default=None, help="model folder (in-process) or model id (with --url)")
+    parser.add_argument("--model", default=None, help="model folder or Hub repo id (in-process), or the served "
+                                                       "model id (with --url)")
+    parser.add_argument("--revision", default=None, help=HELP["revision"])
     parser.add_argument("--file", default=None, help="more texts, one per line or JSON Lines; - reads stdin")
     parser.add_argument("--url", default=None, help="ask this rankserve / NIM-compatible server instead of "
                                                      "loading the model here")
@@ -257,6 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(export)
     export.add_argument("--config", default=None, metavar="FILE", help="settings from a TOML or YAML file, as for serve")
     export.set_defaults(func=cmd_export)
+
+    download = sub.add_parser("download", help="fetch Hub models into the Hugging Face cache (only what serve loads: "
+                                               "configs, tokenizer, safetensors), print where, and exit")
+    download.add_argument("models", nargs="+", metavar="MODEL",
+                          help="repo id (org/name, optionally @revision), or NAME=MODEL as --model takes it")
+    download.add_argument("--revision", default=None, help=HELP["revision"])
+    download.set_defaults(func=cmd_download)
 
     rank = sub.add_parser("rank", help="rank passages for a query (in-process, or --url) and print the rankings")
     rank.add_argument("query")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from rankserve.errors import ConfigError
+from rankserve.model_source import ref_problem
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 BACKENDS = ("torch", "onnxruntime", "openvino")
@@ -45,9 +46,11 @@ NIM_BIND_ADDR = {"grpc_port": "NIM_SERVER_GRPC_BIND_ADDR"}
 class ServerConfig:
     """What one rankserve process serves and how."""
 
-    # Model directory; None = the packaged all-MiniLM-L6-v2. Several models: comma-separated
+    # Model directory, or a Hugging Face Hub repo id (org/name, optionally @revision) fetched into the
+    # HF cache (model_source.py); None = the packaged all-MiniLM-L6-v2. Several models: comma-separated
     # NAME=PATH entries (the CLI's repeatable --model joins them): see ``model_entries``.
     model: str | None = None
+    revision: str | None = None  # Hub revision (branch, tag, commit) for repo ids without their own @rev
     served_model_name: str | None = None  # id in /v1/models and request `model`; None = derived
     host: str = "0.0.0.0"
     port: int = 8000
@@ -114,14 +117,7 @@ class ServerConfig:
         names the model. None (no model given) is the packaged default."""
         if self.model is None:
             return [(None, None)]
-        entries = []
-        for raw in self.model.split(","):
-            name, sep, path = raw.strip().partition("=")
-            if sep and name and "/" not in name:
-                entries.append((name.strip(), path.strip()))
-            else:
-                entries.append((None, raw.strip()))
-        return entries
+        return [split_entry(raw) for raw in self.model.split(",")]
 
     def for_model(self, name: str | None, path: str | None) -> "ServerConfig":
         """This config narrowed to one of ``model_entries``: what that model's engine loads."""
@@ -208,11 +204,23 @@ class ServerConfig:
         if self.rerank_template is not None and not ("{query}" in self.rerank_template and "{passage}" in self.rerank_template):
             bad("rerank_template", "must contain {query} and {passage}")
         for _, path in entries:
-            if not os.path.isdir(path):
-                bad("model", f"{path!r} is not a directory (expected a Hugging Face-style model folder)")
+            problem = ref_problem(path)
+            if problem:
+                raise ConfigError(f"invalid model: {problem}")
+        if self.revision is not None and not self.revision.strip():
+            bad("revision", "empty: give a branch, tag or commit, or leave it out for the default branch")
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(ServerConfig)}
+
+
+def split_entry(raw: str) -> tuple[str | None, str]:
+    """One ``--model`` value: ``NAME=MODEL`` -> (NAME, MODEL); a folder or repo id alone -> (None, it).
+    A name has no slash, so ``=`` inside a path or repo id is never taken for one."""
+    name, sep, model = raw.strip().partition("=")
+    if sep and name and "/" not in name:
+        return name.strip(), model.strip()
+    return None, raw.strip()
 
 
 def cache_dir(*parts: str) -> Path:

@@ -112,6 +112,29 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
+class ModelSourceInfo(BaseModel):
+    path: str  # the folder loaded (a Hub repo's snapshot in the HF cache)
+    repo_id: str | None = None  # the Hub repo, when the model came from one
+    revision: str | None = None  # the revision asked for (None: the default branch)
+    commit: str | None = None  # the commit served
+
+
+class ModelInfo(BaseModel):
+    modelName: str
+    shortName: str
+    architecture: str
+    kind: str
+    maxLength: int
+    backend: str
+    precision: str
+    source: ModelSourceInfo
+
+
+class Metadata(BaseModel):
+    version: str
+    modelInfo: list[ModelInfo]
+
+
 class ErrorInfo(BaseModel):
     message: str
     type: str

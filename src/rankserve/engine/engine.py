@@ -12,7 +12,6 @@ import dataclasses
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal, Sequence
 
 import numpy as np
@@ -24,7 +23,7 @@ from rankserve.engine.outputs import l2_normalize
 from rankserve.engine.tokenize import Encoded, TokenizerPolicy, Truncate
 from rankserve.errors import ConfigError, InvalidRequest, PayloadTooLarge
 from rankserve.metrics import Metrics
-from rankserve.models.model_dir import default_model_dir
+from rankserve.model_source import ModelSource, resolve, served_id
 from rankserve.models.recipes import RecipeChoice
 from rankserve.models.spec import ModelSpec, with_flags
 
@@ -58,7 +57,7 @@ def served_name(config: ServerConfig) -> str:
     """The model id clients see: the configured name, else the default's hub id or the folder name."""
     if config.served_model_name:
         return config.served_model_name
-    return DEFAULT_MODEL_NAME if config.model is None else Path(config.model).resolve().name
+    return DEFAULT_MODEL_NAME if config.model is None else served_id(config.model)
 
 
 def tokenizer_policy(spec: ModelSpec) -> TokenizerPolicy:
@@ -108,9 +107,12 @@ class EmbedResult:
 
 
 class Engine:
-    def __init__(self, spec: ModelSpec, *, name: str, config: ServerConfig, metrics: Metrics, device: str = "cpu"):
-        """``device``: where the model runs, as torch spells it (cpu, cuda, cuda:1)."""
+    def __init__(self, spec: ModelSpec, *, name: str, config: ServerConfig, metrics: Metrics, device: str = "cpu",
+                 source: ModelSource | None = None):
+        """``device``: where the model runs, as torch spells it (cpu, cuda, cuda:1); ``source``: the
+        folder the model came from and, for a Hub repo, its id and commit (/v1/metadata)."""
         self.spec = spec
+        self.source = source or ModelSource(spec.tokenizer_file.parent)
         self.name = name
         self.config = config
         self.metrics = metrics
@@ -137,7 +139,8 @@ class Engine:
 
         The ONNX backends first look for a cached export: with one, the spec comes from its
         spec.json and torch is never imported (a start ~1.5 s shorter, bench/cold_start.py)."""
-        directory = Path(config.model) if config.model else default_model_dir()
+        source = resolve(config.model, config.revision)  # a Hub repo id is fetched (or found cached) here
+        directory = source.path
         choice = recipe_choice(config)
         if config.backend in ONNX_BACKENDS:
             from rankserve.engine.onnx_runner import cached_spec, exported_model
@@ -152,14 +155,14 @@ class Engine:
             else:
                 log.info("cached ONNX export of %s (%s, %s) from %s", spec.architecture, spec.family, spec.kind, directory)
             spec = with_flags(spec, config.max_length, config.model_overrides())
-            return cls(spec, name=served_name(config), config=config, metrics=metrics, device="cpu")
+            return cls(spec, name=served_name(config), config=config, metrics=metrics, device="cpu", source=source)
         from rankserve.engine.runner import resolve_device
         from rankserve.models.loader import load_model, resolve_dtype
 
         device = resolve_device(config.device)
         spec = load_model(directory, dtype=resolve_dtype(config.dtype, device), device=device, max_length=config.max_length,
                           overrides=config.model_overrides(), choice=choice)
-        return cls(spec, name=served_name(config), config=config, metrics=metrics, device=str(device))
+        return cls(spec, name=served_name(config), config=config, metrics=metrics, device=str(device), source=source)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:

@@ -61,13 +61,11 @@ class LocalEngine:
         from rankserve.config import load_config
         from rankserve.engine.engine import Engine
         from rankserve.metrics import Metrics
-        from rankserve.models.model_dir import default_model_dir
-
         # float32: the evaluation measures the model, the same on every CPU (auto may pick mixed bf16)
         config = load_config({"model": model, "warmup": False, "dtype": "float32"})
         engine = await asyncio.to_thread(Engine.load, config, Metrics())
         await engine.start()
-        return cls(engine, Path(model) if model else default_model_dir())
+        return cls(engine, engine.source.path)  # a Hub repo id was fetched by Engine.load
 
     @property
     def kind(self) -> str:

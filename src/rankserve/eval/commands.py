@@ -38,9 +38,9 @@ def add_commands(subparsers) -> None:
                     help="BEIR directory (corpus.jsonl, queries.jsonl, qrels/test.tsv) or a folder of them")
     ev.add_argument("--output", required=True, type=Path, help="output folder")
     ev.add_argument("--top-k", type=int, default=100, help="depth of each first stage and of the rerank")
-    ev.add_argument("--model", default=None, help="embedding model folder (in-process); default: packaged all-MiniLM-L6-v2")
+    ev.add_argument("--model", default=None, help="embedding model folder or Hub repo id (in-process); default: packaged all-MiniLM-L6-v2")
     ev.add_argument("--reranker", default=None,
-                    help="reranker folder (cross-encoder, in-process); default: --model (a bi-encoder re-scores by cosine)")
+                    help="reranker folder or Hub repo id (cross-encoder, in-process); default: --model (a bi-encoder re-scores by cosine)")
     ev.add_argument("--embed-url", default=None, help="NIM-compatible server for /v1/embeddings instead of --model")
     ev.add_argument("--rerank-truncate", choices=("END", "CHUNK"), default="END",
                     help="how the rerank stage fits long documents: END cuts at the model's limit, CHUNK scores "
@@ -165,7 +165,9 @@ def rerank_weight(value: str | None, reranker: str | None) -> float | None:
     if value is None:
         return None
     if value == "trained":
-        record = Path(reranker) / "training.json" if reranker else None
+        from rankserve.model_source import resolve  # a Hub repo trained by rankserve carries its training.json
+
+        record = resolve(reranker).path / "training.json" if reranker else None
         if record is None or not record.is_file():
             raise ValueError("--rerank-weight trained needs --reranker, a folder written by `rankserve train`")
         weight = json.loads(record.read_text()).get("validation", {}).get("rerank_weight")

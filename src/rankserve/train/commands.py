@@ -33,8 +33,9 @@ def add_command(subparsers) -> None:
         description=__doc__, formatter_class=_Help)
     tr.add_argument("--dataset", required=True, type=Path, help="BEIR training set (e.g. a manpages -train split)")
     tr.add_argument("--output", required=True, type=Path, help="model folder to write (safetensors cross-encoder)")
-    tr.add_argument("--base", type=Path, default=None,
-                    help="BERT-family checkpoint to start from; default: the packaged all-MiniLM-L6-v2 with a new head")
+    tr.add_argument("--base", default=None,
+                    help="BERT-family checkpoint to start from (a folder or a Hub repo id); default: the packaged "
+                         "all-MiniLM-L6-v2 with a new head")
     tr.add_argument("--epochs", type=float, default=1.0)
     tr.add_argument("--batch-size", type=int, default=16)
     tr.add_argument("--learning-rate", type=float, default=5e-5)
@@ -71,7 +72,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 async def run_train(args: argparse.Namespace) -> int:
     from rankserve.eval import beir
     from rankserve.eval.clients import LocalEngine
-    from rankserve.models.model_dir import default_model_dir
+    from rankserve.model_source import resolve
     from rankserve.train.fit import FitOptions, fit
     from rankserve.train.mining import examples, mine
 
@@ -101,7 +102,7 @@ async def run_train(args: argparse.Namespace) -> int:
     train_set = examples(ds, negatives)
     print(f"{ds.name}: {len(train_set)} training queries, {args.negatives} {args.mine} negatives each "
           f"(mined in {mining_s:.1f} s)", file=sys.stderr)
-    opts = FitOptions(output=args.output, base=args.base or default_model_dir(), epochs=args.epochs,
+    opts = FitOptions(output=args.output, base=resolve(args.base).path, epochs=args.epochs,
                       batch_size=args.batch_size, learning_rate=args.learning_rate, max_length=args.max_length,
                       loss=args.loss, negatives=args.negatives, seed=args.seed, save_steps=args.save_steps,
                       max_steps=args.max_steps, resume=args.resume, progress=progress)
