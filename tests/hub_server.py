@@ -50,7 +50,8 @@ class FakeHub:
     def __init__(self) -> None:
         self.repos: dict[str, Repo] = {}
         self.log: list[Request] = []
-        self.cut_once: set[str] = set()  # file paths whose next GET stops half-way (a dropped connection)
+        self.down = False
+        self.cuts: dict[str, int] = {}  # file path -> how many next GETs stop half-way (a dropped connection)
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -74,6 +75,8 @@ class FakeHub:
         return self
 
     def __exit__(self, *exc) -> None:
+        """Stop: the listener closes, and connections the client keeps alive are dropped unanswered."""
+        self.down = True
         self.server.shutdown()
         self.server.server_close()
 
@@ -93,6 +96,10 @@ class FakeHub:
 
     # -- serving -----------------------------------------------------------------------------
     def handle(self, h: BaseHTTPRequestHandler, body: bool) -> None:
+        if self.down:
+            h.close_connection = True
+            h.connection.shutdown(2)
+            return
         url = urlsplit(h.path)
         path = unquote(url.path)
         self.log.append(Request(h.command, path, h.headers.get("Authorization"), h.headers.get("Range")))
@@ -187,11 +194,12 @@ class FakeHub:
             h.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         h.send_header("Content-Length", str(len(part)))
         h.send_header("Content-Type", "application/octet-stream")
+        h.send_header("Accept-Ranges", "bytes")
         h.end_headers()
         if not body:
             return
-        if name in self.cut_once:  # announce it all, send half, drop the connection
-            self.cut_once.discard(name)
+        if self.cuts.get(name, 0) > 0:  # announce it all, send half, drop the connection
+            self.cuts[name] -= 1
             h.wfile.write(part[: len(part) // 2])
             h.wfile.flush()
             h.close_connection = True

@@ -177,7 +177,7 @@ def fetch(repo_id: str, revision: str | None) -> ModelSource:
     """``repo_id`` at ``revision`` into the HF cache (or found there when offline); ModelLoadError
     naming the repo for every way this can fail."""
     from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.errors import HfHubHTTPError, RevisionResolutionError
     from huggingface_hub.hf_api import RepoFile
 
     for name in ("httpx", "httpx2"):  # one INFO line per HTTP request otherwise
@@ -189,11 +189,15 @@ def fetch(repo_id: str, revision: str | None) -> ModelSource:
     try:
         resolved = api.resolve_revision(repo_id, revision=revision, cache_dir=cache)
         commit = resolved.resolved
-        tree = {f.path: f.size for f in api.list_repo_tree(repo_id, revision=commit, recursive=True)
-                if isinstance(f, RepoFile)}
+        tree = cached_tree(repo_id, commit, cache)  # a commit's files never change: list them once
+        if tree is None:
+            tree = {f.path: f.size for f in api.list_repo_tree(repo_id, revision=commit, recursive=True)
+                    if isinstance(f, RepoFile)}
     except HfHubHTTPError as exc:
         raise hub_error(repo_id, revision, exc) from None
     except Exception as exc:
+        if isinstance(exc, RevisionResolutionError) and exc.__cause__ is not None:
+            exc = exc.__cause__  # the Hub was unreachable and no ref was cached: said by from_cache
         if not unreachable(exc):
             raise
         return from_cache(repo_id, revision, cache, f"{endpoint()} cannot be reached ({type(exc).__name__}: {exc})")
@@ -221,6 +225,17 @@ def fetch(repo_id: str, revision: str | None) -> ModelSource:
     return ModelSource(Path(path), repo_id, revision, commit)
 
 
+def cached_tree(repo_id: str, commit: str, cache: Path) -> dict[str, int] | None:
+    """The file listing (path -> size) the hub client cached for ``commit``, None when it has none."""
+    from huggingface_hub import get_cached_repo_tree
+    from huggingface_hub.errors import CachedRepoTreeNotFoundError, LocalEntryNotFoundError
+
+    try:
+        return {f.path: f.size for f in get_cached_repo_tree(repo_id, revision=commit, cache_dir=cache)}
+    except (CachedRepoTreeNotFoundError, LocalEntryNotFoundError, OSError):
+        return None
+
+
 def unreachable(exc: BaseException) -> bool:
     """The Hub could not be reached (no route, refused, timed out, offline mode): the hub client's
     HTTP library raises its own transport errors, which are not ``ConnectionError``s."""
@@ -231,14 +246,12 @@ def unreachable(exc: BaseException) -> bool:
 def from_cache(repo_id: str, revision: str | None, cache: Path, why: str) -> ModelSource:
     """The cached snapshot of ``repo_id`` at ``revision`` with no network: the files the online
     path would have taken, checked complete against the tree listing the hub client cached."""
-    from huggingface_hub import get_cached_repo_tree, snapshot_download
-    from huggingface_hub.errors import CachedRepoTreeNotFoundError, LocalEntryNotFoundError
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
-    try:
-        listed = [f.path for f in get_cached_repo_tree(repo_id, revision=revision, cache_dir=cache)]
-        patterns: list[str] | None = wanted(listed)
-    except (CachedRepoTreeNotFoundError, LocalEntryNotFoundError, OSError):
-        patterns = None  # filled by another tool (or an older client): the loader checks what it needs
+    listed = cached_tree(repo_id, revision or "main", cache)
+    # None: filled by another tool (or an older client); the loader then checks what it needs
+    patterns = wanted(listed) if listed is not None else None
     try:
         path = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache, local_files_only=True,
                                       allow_patterns=patterns))
