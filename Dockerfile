@@ -1,6 +1,8 @@
 # rankserve, CPU image. Build: docker build -t rankserve:cpu .
 # Run:   docker run -p 8000:8000 rankserve:cpu                      (the packaged all-MiniLM-L6-v2)
 #        docker run -p 8000:8000 -v /path/to/model:/model:ro -e NIM_MODEL_PATH=/model rankserve:cpu
+#        docker run -p 8000:8000 -v hf-cache:/home/rankserve/.cache/huggingface -e HF_TOKEN \
+#            rankserve:cpu --model BAAI/bge-reranker-v2-m3            (a Hub repo, cached in the volume)
 # Two stages: the build stage compiles nothing but keeps pip's work out of the serving image; the
 # serving image holds the virtual environment (torch CPU wheel + rankserve, no evaluation extras).
 
@@ -26,7 +28,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     RANKSERVE_PORT=8000 \
     XDG_CACHE_HOME=/home/rankserve/.cache
 COPY --from=build /opt/venv /opt/venv
-RUN useradd --create-home --uid 10001 --user-group rankserve
+# The Hugging Face cache (--model org/name) exists in the image, owned by the user, so that a volume
+# mounted there (docker run -v hf-cache:/home/rankserve/.cache/huggingface) starts writable.
+RUN useradd --create-home --uid 10001 --user-group rankserve \
+    && mkdir -p /home/rankserve/.cache/huggingface && chown -R rankserve:rankserve /home/rankserve/.cache
 USER 10001
 WORKDIR /home/rankserve
 EXPOSE 8000

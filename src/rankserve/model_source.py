@@ -35,6 +35,8 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".h5", ".m
 TEXT_PATTERNS = ("*.json", "*.txt")  # configs, tokenizer files, vocabularies
 ST_MODULE_DIR = re.compile(r"^\d+_[A-Za-z]\w*$")  # sentence-transformers modules: 1_Pooling, 2_Normalize
 DEFAULT_ENDPOINT = "https://huggingface.co"
+# The environment the resolver reads (the hub client's own names, and NIM's cache root).
+HUB_ENV = ("HF_ENDPOINT", "HF_TOKEN", "HF_HUB_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "NIM_CACHE_PATH")
 OFFLINE_VALUES = ("1", "ON", "YES", "TRUE")
 
 

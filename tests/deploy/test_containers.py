@@ -85,6 +85,12 @@ def test_compose_wires_rankserve_prometheus_and_grafana():
     assert scrape["metrics_path"] == "/v1/metrics"
     assert scrape["static_configs"][0]["targets"] == ["rankserve:8000"]
     assert "8000:8000" in rs["ports"]
+    # the Hugging Face cache (Hub models) is a named volume at the path the images create for it
+    (cache,) = [v for v in rs["volumes"] if v.startswith("hf-cache:")]
+    assert "hf-cache" in compose()["volumes"]
+    for dockerfile in ("Dockerfile", "Dockerfile.cuda"):
+        text = (DEPLOY.parent / dockerfile).read_text()
+        assert f"mkdir -p {cache.split(':')[1]}" in text and "XDG_CACHE_HOME=/home/rankserve/.cache" in text
     provider = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/rankserve.yaml").read_text())
     mount = next(v for v in services["grafana"]["volumes"] if "dashboards" in v and "provisioning" not in v)
     assert provider["providers"][0]["options"]["path"] == mount.split(":")[1]

@@ -11,6 +11,7 @@ import yaml
 
 from conftest import require
 from rankserve.config import FIELDS, NIM_ENV, ServerConfig, env_name
+from rankserve.model_source import HUB_ENV
 
 CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "rankserve"
 KUBERNETES = "1.33.0"
@@ -72,12 +73,47 @@ def test_defaults_render_a_probed_autoscaled_cpu_deployment():
 
 
 def test_every_environment_variable_is_a_rankserve_setting():
-    c = container(render({"env": {"RANKSERVE_DTYPE": "float32"}, "model": {"path": "/model", "servedName": "rr"},
-                          "gpu": {"enabled": True}, "apiKey": {"existingSecret": "keys"}}))
-    known = {env_name(f) for f in FIELDS} | set(NIM_ENV.values())
-    names = [e["name"] for e in c["env"]]
-    assert set(names) <= known, sorted(set(names) - known)
-    assert len(names) == len(set(names))
+    known = {env_name(f) for f in FIELDS} | set(NIM_ENV.values()) | set(HUB_ENV)
+    for model in ({"path": "/model", "servedName": "rr"},
+                  {"repo": "BAAI/bge-reranker-v2-m3", "revision": "v1", "endpoint": "http://mirror:8080",
+                   "hfToken": {"existingSecret": "hf"}}):
+        objects = render({"env": {"RANKSERVE_DTYPE": "float32"}, "model": model, "gpu": {"enabled": True},
+                          "apiKey": {"existingSecret": "keys"}})
+        pod = objects["Deployment"]["spec"]["template"]["spec"]
+        for c in pod["containers"] + pod.get("initContainers", []):
+            names = [e["name"] for e in c["env"]]
+            assert set(names) <= known, sorted(set(names) - known)
+            assert len(names) == len(set(names))
+
+
+def test_a_hub_model_is_fetched_by_an_init_container_into_the_cache_then_served_offline():
+    objects = render({"model": {"repo": "nvidia/llama-3.2-nv-rerankqa-1b-v2", "revision": "abc123",
+                                "hfToken": {"existingSecret": "hf-token"}}})
+    pod = objects["Deployment"]["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert init["command"] == ["rankserve", "download", "nvidia/llama-3.2-nv-rerankqa-1b-v2", "--revision", "abc123"]
+    assert init["image"] == container(objects)["image"]
+    init_env = {e["name"]: e for e in init["env"]}
+    assert init_env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf-token", "key": "token"}
+    serve_env = {e["name"]: e.get("value") for e in container(objects)["env"]}
+    assert serve_env["NIM_MODEL_PATH"] == "nvidia/llama-3.2-nv-rerankqa-1b-v2"
+    assert serve_env["RANKSERVE_REVISION"] == "abc123" and serve_env["HF_HUB_OFFLINE"] == "1"
+    assert "HF_TOKEN" not in serve_env  # the serving container never downloads, so it holds no token
+    cache = init_env["HF_HUB_CACHE"]["value"]
+    assert serve_env["HF_HUB_CACHE"] == cache
+    assert init["volumeMounts"] == [{"name": "model-cache", "mountPath": cache}]
+    assert container(objects)["volumeMounts"] == [{"name": "model-cache", "mountPath": cache, "readOnly": True}]
+    assert pod["volumes"] == [{"name": "model-cache", "emptyDir": {"sizeLimit": "20Gi"}}]
+    assert pod["securityContext"]["fsGroup"] == 10001  # the non-root init container can write the volume
+    shared = render({"model": {"repo": "org/name", "cache": {"persistentVolumeClaim": "hf-cache"}}})
+    assert shared["Deployment"]["spec"]["template"]["spec"]["volumes"] == [
+        {"name": "model-cache", "persistentVolumeClaim": {"claimName": "hf-cache"}}]
+    assert "--revision" not in shared["Deployment"]["spec"]["template"]["spec"]["initContainers"][0]["command"]
+
+
+def test_repo_and_path_together_are_refused():
+    with pytest.raises(Exception, match="model.repo .* or model.path"):
+        render({"model": {"repo": "org/name", "path": "/model"}})
 
 
 def test_gpu_model_volume_and_existing_secret():

@@ -20,12 +20,11 @@ from conftest import app_client, free_port, wait_ready
 from hub_server import FakeHub
 from rankserve.config import load_config
 from rankserve.errors import ConfigError, ModelLoadError
-from rankserve.model_source import is_hub_ref, resolve, served_id, split_ref, wanted
+from rankserve.model_source import HUB_ENV, is_hub_ref, resolve, served_id, split_ref, wanted
 
 PAIRS = {"query": {"text": "how do I list files"},
          "passages": [{"text": "ls lists the files of a directory"}, {"text": "paris is the capital of france"},
                       {"text": "bananas are rich in potassium"}]}
-HUB_ENV = ("HF_ENDPOINT", "HF_HUB_CACHE", "HF_HOME", "HF_TOKEN", "HF_HUB_OFFLINE", "NIM_CACHE_PATH")
 
 
 @pytest.fixture(scope="module")

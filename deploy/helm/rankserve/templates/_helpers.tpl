@@ -25,3 +25,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- include "rankserve.fullname" . -}}-api-key
 {{- end -}}
 {{- end -}}
+
+{{- define "rankserve.hubEnv" -}}
+- name: HF_HUB_CACHE
+  value: {{ .Values.model.cache.mountPath | quote }}
+{{- end -}}
