@@ -121,6 +121,22 @@ def ce_client(bert_ce_dir) -> Iterator[TestClient]:
         yield client
 
 
+def wait_process_ready(proc, url: str, timeout: float = 120) -> None:
+    """Poll ``url``'s readiness until 200, failing with the output if the server process ``proc`` exits."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read()
+        try:
+            if httpx.get(url + "/v1/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError("server never became ready")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

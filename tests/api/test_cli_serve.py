@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import httpx
 
-from conftest import free_port
+from conftest import free_port, wait_process_ready
 
 
 def test_rankserve_serve_default_model_end_to_end():
@@ -19,17 +18,7 @@ def test_rankserve_serve_default_model_end_to_end():
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(url + "/v1/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise TimeoutError("server never became ready")
+        wait_process_ready(proc, url)
         body = {"model": "sentence-transformers/all-MiniLM-L6-v2",
                 "query": {"text": "How do I list files in a directory?"},
                 "passages": [{"text": "Bananas are rich in potassium."},

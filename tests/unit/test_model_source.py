@@ -9,14 +9,13 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from checkpoints import make_bert_cross_encoder
-from conftest import app_client, free_port, wait_ready
+from conftest import app_client, free_port, wait_process_ready, wait_ready
 from hub_server import FakeHub
 from rankserve.config import load_config
 from rankserve.errors import ConfigError, ModelLoadError
@@ -205,19 +204,9 @@ def test_cli_download_then_offline_serve(hub, folders, tmp_path):
                  "RANKSERVE_DTYPE": "float32"}
     proc = subprocess.Popen([sys.executable, "-m", "rankserve.cli", "serve", "--model", "org/two", "--revision", "v1"],
                             env={**os.environ, **serve_env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        url = f"http://127.0.0.1:{port}"
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(url + "/v1/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise TimeoutError("server never became ready")
+        wait_process_ready(proc, url)
         meta = httpx.get(url + "/v1/metadata").json()["modelInfo"][0]
         assert meta["modelName"] == "org/two" and meta["source"]["commit"] == hub.shas["two"]["a"]
         assert httpx.post(url + "/v1/ranking", json=PAIRS, timeout=30).status_code == 200
