@@ -118,7 +118,7 @@ def resolve(ref: str | None, revision: str | None = None) -> ModelSource:
         return ModelSource(Path(ref))
     problem = ref_problem(ref)
     if problem:
-        raise ConfigError(f"invalid model={problem}")
+        raise ConfigError(f"invalid model: {problem}")
     repo_id, own = split_ref(ref)
     return fetch(repo_id, own or revision)
 
