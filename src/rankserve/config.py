@@ -206,7 +206,7 @@ class ServerConfig:
         for _, path in entries:
             problem = ref_problem(path)
             if problem:
-                raise ConfigError(f"invalid model: {problem}")
+                raise ConfigError(f"invalid model={path!r}: {problem}")
         if self.revision is not None and not self.revision.strip():
             bad("revision", "empty: give a branch, tag or commit, or leave it out for the default branch")
 

@@ -73,8 +73,8 @@ def ref_problem(ref: str) -> str | None:
     if os.path.isdir(ref) or is_hub_ref(ref):
         return None
     if os.path.exists(ref):
-        return f"{ref!r} is a file, not a model folder"
-    return (f"{ref!r} is not a directory, nor a Hugging Face repo id (org/name, optionally @revision); give a "
+        return "a file, not a model folder"
+    return ("not a directory, nor a Hugging Face repo id (org/name, optionally @revision); give a "
             "Hugging Face-style model folder or a repo id such as BAAI/bge-reranker-v2-m3")
 
 
@@ -118,7 +118,7 @@ def resolve(ref: str | None, revision: str | None = None) -> ModelSource:
         return ModelSource(Path(ref))
     problem = ref_problem(ref)
     if problem:
-        raise ConfigError(f"invalid model: {problem}")
+        raise ConfigError(f"invalid model={ref!r}: {problem}")
     repo_id, own = split_ref(ref)
     return fetch(repo_id, own or revision)
 

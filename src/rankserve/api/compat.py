@@ -252,14 +252,24 @@ async def tei_info(request: Request) -> dict:
 
 # -- NIM: GET /v1/metadata, /v1/version --------------------------------------------------------
 
-@router.get("/v1/metadata", dependencies=[Depends(check_auth)])
-async def nim_metadata(request: Request) -> dict:
-    """NIM's metadata shape: the served models in ``modelInfo`` (``modelUrl`` is the folder)."""
+@router.get("/v1/metadata", response_model=s.Metadata, dependencies=[Depends(check_auth)])
+async def nim_metadata(request: Request) -> s.Metadata:
+    """NIM's metadata shape (``modelInfo[].shortName``/``modelUrl``, the folder loaded), plus where each
+    model's weights came from: a Hub repo's id, the revision asked for and the commit served. A model
+    still loading is listed by name only."""
     state = request.app.state
-    urls = {name: f"file://{engine.spec.tokenizer_file.parent}" for name, engine in state.engines.items()}
-    return {"version": __version__, "assetInfo": [], "repository_override": "", "selectedModelProfileId": "",
-            "licenseInfo": {"name": "Apache-2.0", "path": "", "sha": "", "type": "rankserve"},
-            "modelInfo": [{"shortName": name, "modelUrl": urls.get(name, "")} for name in state.served_names]}
+    infos = []
+    for name in state.served_names:
+        engine = state.engines.get(name)
+        if engine is None:
+            infos.append(s.ModelInfo(shortName=name, modelName=name))
+            continue
+        source = engine.source.describe()
+        infos.append(s.ModelInfo(
+            shortName=name, modelName=name, modelUrl=f"file://{source['path']}",
+            architecture=engine.spec.architecture, kind=engine.spec.kind, maxLength=engine.spec.max_length,
+            backend=engine.config.backend, precision=engine.runner.precision, source=s.ModelSourceInfo(**source)))
+    return s.Metadata(version=__version__, modelInfo=infos)
 
 
 @router.get("/v1/version")

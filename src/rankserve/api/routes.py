@@ -11,7 +11,6 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from rankserve import __version__
 from rankserve.api import schemas as s
 from rankserve.config import ServerConfig
 from rankserve.engine.batcher import PRIORITIES, Priority
@@ -267,17 +266,6 @@ async def models(request: Request) -> s.ModelList:
     state = request.app.state
     return s.ModelList(data=[s.ModelCard(id=name, created=state.created, owned_by="rankserve", root=name)
                              for name in state.served_names])
-
-
-@router.get("/v1/metadata", response_model=s.Metadata, dependencies=[Depends(check_auth)])
-async def metadata(request: Request) -> s.Metadata:
-    """NIM's deployment metadata: each loaded model's id and where its weights came from (a Hub repo's
-    id, the revision asked for and the commit served); empty until the models are loaded."""
-    return s.Metadata(version=__version__, modelInfo=[
-        s.ModelInfo(modelName=name, shortName=name.rpartition("/")[2], architecture=e.spec.architecture,
-                    kind=e.spec.kind, maxLength=e.spec.max_length, backend=e.config.backend,
-                    precision=e.runner.precision, source=s.ModelSourceInfo(**e.source.describe()))
-        for name, e in request.app.state.engines.items()])
 
 
 @router.get("/v1/metrics", include_in_schema=False)

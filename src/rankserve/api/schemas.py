@@ -120,19 +120,33 @@ class ModelSourceInfo(BaseModel):
 
 
 class ModelInfo(BaseModel):
+    shortName: str  # the served name
     modelName: str
-    shortName: str
-    architecture: str
-    kind: str
-    maxLength: int
-    backend: str
-    precision: str
-    source: ModelSourceInfo
+    modelUrl: str = ""  # file://<the folder loaded>; empty while loading
+    architecture: str | None = None
+    kind: str | None = None
+    maxLength: int | None = None
+    backend: str | None = None
+    precision: str | None = None
+    source: ModelSourceInfo | None = None
+
+
+class LicenseInfo(BaseModel):
+    name: str = "Apache-2.0"
+    path: str = ""
+    sha: str = ""
+    type: str = "rankserve"
 
 
 class Metadata(BaseModel):
+    """NIM's ``GET /v1/metadata``; the NGC-only keys are present and empty (no NGC profiles here)."""
+
     version: str
     modelInfo: list[ModelInfo]
+    assetInfo: list[str] = []
+    repository_override: str = ""
+    selectedModelProfileId: str = ""
+    licenseInfo: LicenseInfo = LicenseInfo()
 
 
 class ErrorInfo(BaseModel):
