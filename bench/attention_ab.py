@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from rankserve.engine.types import Batch
-from rankserve.engine.runner import CPU_ATTENTION_GROUP_RATIO
+CPU_ATTENTION_GROUP_RATIO = 0.9  # the length groups the CPU runner used before per-sequence attention
 from rankserve.models import attention
 
 torch.manual_seed(0); rng = random.Random(0)

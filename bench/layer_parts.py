@@ -22,12 +22,15 @@ from rankserve.engine.batcher import WorkItem, cut_batches  # noqa: E402
 from rankserve.engine.malloc import retain_freed_memory  # noqa: E402
 from rankserve.engine.cpu import available_cores  # noqa: E402
 from rankserve.engine.engine import BATCH_TOKENS  # noqa: E402
-from rankserve.engine.runner import CPU_ATTENTION_GROUP_RATIO, packed_batch  # noqa: E402
+from rankserve.engine.runner import packed_batch  # noqa: E402
+
 from rankserve.engine.tokenize import TokenizerPolicy  # noqa: E402
 from rankserve.models.attention import packed_attention  # noqa: E402
 from rankserve.models.cpu_gemm import use_cpu_gemm  # noqa: E402
 from rankserve.models.loader import load_model  # noqa: E402
 from rankserve.models.rows import by_rows  # noqa: E402
+
+CPU_ATTENTION_GROUP_RATIO = 0.9  # the length groups the CPU runner used before per-sequence attention
 
 
 def main() -> None:

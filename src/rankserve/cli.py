@@ -21,8 +21,9 @@ HELP = {
     "revision": "Hub revision (branch, tag or commit) for a repo id given without @revision; default: main",
     "served_model_name": "model id in /v1/models and requests; default: derived from the model",
     "device": "auto | cpu | cuda | cuda:N",
-    "dtype": "auto (CPU: bf16 where the CPU has native bf16 and it is faster, else fp32; CUDA: bf16/fp16) "
-             "| float32 | bfloat16 | float16",
+    "dtype": "auto (CPU: float32, the exact path whose scores never depend on the batch; CUDA: bf16/fp16) "
+             "| float32 | bfloat16 (CPU: mixed bf16, faster where the CPU has native bf16, scores move with load) "
+             "| float16",
     "backend": "torch | onnxruntime (CPU, float32; int8 with --quantize; needs rankserve[onnx]) | openvino (CPU, "
                "float32 or bfloat16, the fastest where the CPU has native bf16; needs rankserve[openvino])",
     "quantize": "none | int8 (lossy: dynamic int8 weights, --backend onnxruntime only)",

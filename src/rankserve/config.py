@@ -57,7 +57,7 @@ class ServerConfig:
     grpc_port: int = 0  # KServe V2 gRPC (NIM's port 8001) on this port, same host and engines; 0 = off
     log_level: str = "info"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"  # auto: CPU mixed bf16 where native and faster, else float32 (cpu_bf16.py); CUDA bf16/fp16
+    dtype: str = "auto"  # auto: CPU float32 (exact, batch-invariant; bfloat16 opt-in: cpu_bf16.py); CUDA bf16/fp16
     backend: str = "torch"
     quantize: str = "none"  # none | int8 (lossy, opt-in: dynamic int8 weights, backend onnxruntime only)
     threads: int = 0  # torch intra-op threads; 0 = the cores this process may use

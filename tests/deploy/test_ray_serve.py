@@ -74,13 +74,13 @@ def replicas_answering(url: str, n: int = 24) -> dict[str, list]:
 def test_two_replicas_answer_like_the_in_process_server(cluster, bert_ce_dir):
     seen = replicas_answering(cluster)
     assert len(seen) == 2, seen.keys()
-    with app_client(model=str(bert_ce_dir)) as alone:
+    with app_client(model=str(bert_ce_dir), threads=1) as alone:  # a replica's one torch thread
         wait_ready(alone)
         expected = alone.post("/v1/ranking", json=BODY).json()["rankings"]
     for rankings in seen.values():
         for got in rankings:
             assert [r["index"] for r in got] == [r["index"] for r in expected]
-            assert max(abs(a["logit"] - b["logit"]) for a, b in zip(got, expected)) <= 1e-6
+            assert [r["logit"] for r in got] == [r["logit"] for r in expected]  # batch-invariant: the same bits
     assert httpx.get(cluster + "/v1/models").json()["data"][0]["id"] == bert_ce_dir.name
 
 

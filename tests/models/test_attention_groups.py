@@ -1,5 +1,6 @@
-"""Attention groups (Batch.packed(group_ratio)): sequences of similar length share a tighter padded
-grid for attention; the scores must be those of one grid, for every family and padding side."""
+"""Attention groups (Batch.packed(group_ratio, alone)): sequences of similar length share a tighter
+padded grid for attention (or, alone=True, each its own); the scores must be those of one grid, for
+every family and padding side."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 from llama_checkpoints import make_nvidia_reranker
 
-from rankserve.engine.runner import CPU_ATTENTION_GROUP_RATIO, TorchRunner
+from rankserve.engine.runner import TorchRunner
 from rankserve.engine.tokenize import Encoded
 from rankserve.engine.types import Batch
 from rankserve.models.loader import load_model
@@ -59,10 +60,11 @@ def test_grouped_attention_gives_the_same_scores(family, left, bert_ce_dir, llam
     assert expected.std() > 1e-3  # the check can fail: scores differ between sequences
 
 
-def test_cpu_runner_groups_attention(bert_ce_dir):
+def test_cpu_runner_gives_each_sequence_its_own_attention(bert_ce_dir):
+    """One group per sequence: a sequence's attention never depends on its batch neighbours."""
     spec = load_model(bert_ce_dir)
     seen = []
     spec.module.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
     items = [Encoded(ids=ids, type_ids=[0] * len(ids)) for ids in sequences(LENGTHS)]
     TorchRunner(spec, torch.device("cpu"), threads=1, dtype="float32").forward(items)
-    assert CPU_ATTENTION_GROUP_RATIO == 0.9 and len(seen[0].groups) >= 4
+    assert [(end - start, g.seq_len) for start, end, g in seen[0].groups] == [(n, n) for n in LENGTHS]

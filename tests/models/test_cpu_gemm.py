@@ -26,7 +26,7 @@ def test_swap_keeps_parameters_and_names(bert_ce_dir):
     assert linear_classes(spec.module) == {OneDnnLinear}
     assert {k: v.data_ptr() for k, v in spec.module.state_dict().items()} == before  # same tensors, no copy
     assert use_cpu_gemm(spec.module, "torch") == "torch"
-    assert linear_classes(spec.module) == {nn.Linear}
+    assert linear_classes(spec.module) == {cpu_gemm.TorchLinear}
 
 
 @needs_onednn
@@ -52,7 +52,7 @@ def test_auto_keeps_the_faster_library(bert_ce_dir, monkeypatch, rates, chosen):
     monkeypatch.setattr(cpu_gemm, "measured_rates", lambda weight, kernels: measured.append(tuple(weight.shape)) or rates)
     spec = load_model(bert_ce_dir)
     assert use_cpu_gemm(spec.module, "auto") == chosen
-    assert linear_classes(spec.module) == {OneDnnLinear if chosen == "onednn" else nn.Linear}
+    assert linear_classes(spec.module) == {OneDnnLinear if chosen == "onednn" else cpu_gemm.TorchLinear}
     widest = max((m.weight for m in spec.module.modules() if isinstance(m, nn.Linear)), key=torch.numel)
     assert measured == [tuple(widest.shape)]  # timed once, on the model's widest layer
 
@@ -83,7 +83,7 @@ def test_without_onednn_auto_keeps_torch_and_onednn_is_a_config_error(bert_ce_di
     assert use_cpu_gemm(spec.module, "auto") == "torch"
     with pytest.raises(ConfigError, match="no oneDNN"):
         use_cpu_gemm(spec.module, "onednn")
-    assert linear_classes(spec.module) == {nn.Linear}
+    assert linear_classes(spec.module) == {cpu_gemm.TorchLinear}
 
 
 @pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN linear kernel")

@@ -14,7 +14,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from checkpoints import WORDS, bert_tokenizer
+from checkpoints import DEBERTA_SHAPES as SHAPES, WORDS, make_deberta
 from conftest import with_engine
 from rankserve.errors import ModelLoadError
 from rankserve.models.deberta import bucket
@@ -23,12 +23,7 @@ from rankserve.models.loader import load_model
 QUERY = "how do i list the files in a directory"
 PASSAGES = [" ".join(WORDS[i:i + n]) for i, n in ((0, 30), (20, 8), (40, 36), (5, 3), (60, 25))]
 TOL = 1e-4
-SHAPES = {
-    "v3": dict(relative_attention=True, position_buckets=8, max_relative_positions=64, pos_att_type=["p2c", "c2p"],
-               share_att_key=True, norm_rel_ebd="layer_norm", position_biased_input=False, type_vocab_size=0),
-    "v2": dict(relative_attention=True, position_buckets=-1, max_relative_positions=32, pos_att_type="c2p|p2c",
-               share_att_key=False, norm_rel_ebd="none", position_biased_input=True, type_vocab_size=2),
-}
+
 
 
 def tokenizer(directory) -> Tokenizer:
@@ -36,23 +31,6 @@ def tokenizer(directory) -> Tokenizer:
     tok.no_padding()  # MiniLM's tokenizer.json pads to 128; the engine never pads inside a text
     tok.no_truncation()
     return tok
-
-
-def make_deberta(directory, head: str, shape: str, seed: int = 0):
-    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification, DebertaV2Model
-
-    directory.mkdir(parents=True, exist_ok=True)
-    bert_tokenizer(directory)
-    config = DebertaV2Config(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                             intermediate_size=96, max_position_embeddings=512, pad_token_id=0, num_labels=1,
-                             layer_norm_eps=1e-7, **SHAPES[shape])
-    torch.manual_seed(seed)
-    model = (DebertaV2ForSequenceClassification if head == "ce" else DebertaV2Model)(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    model.save_pretrained(directory, safe_serialization=True)
-    return directory, model
 
 
 def padded(encodings) -> dict[str, torch.Tensor]:

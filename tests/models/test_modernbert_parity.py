@@ -14,32 +14,13 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from checkpoints import WORDS, roberta_tokenizer
+from checkpoints import WORDS, make_modernbert
 from conftest import with_engine
 from rankserve.models.loader import load_model
 
 QUERY = "how do i list the files in a directory"
 PASSAGES = [" ".join(WORDS[i:i + n]) for i, n in ((0, 30), (20, 8), (40, 38), (5, 3), (60, 25))]
 TOL = 1e-4
-
-
-def make_modernbert(directory, head: str, pooling: str = "cls", seed: int = 0):
-    from transformers import ModernBertConfig, ModernBertForSequenceClassification, ModernBertModel
-
-    directory.mkdir(parents=True, exist_ok=True)
-    vocab = roberta_tokenizer(directory)
-    config = ModernBertConfig(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
-                              num_attention_heads=4, local_attention=8, global_attn_every_n_layers=2,
-                              max_position_embeddings=512, pad_token_id=1, bos_token_id=0, eos_token_id=2,
-                              cls_token_id=0, sep_token_id=2, classifier_pooling=pooling, num_labels=1,
-                              norm_bias=True, attention_bias=True, classifier_bias=True)
-    torch.manual_seed(seed)
-    model = (ModernBertForSequenceClassification if head == "ce" else ModernBertModel)(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    model.save_pretrained(directory, safe_serialization=True)
-    return directory, model
 
 
 def padded(ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:

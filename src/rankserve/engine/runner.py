@@ -30,18 +30,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-# Attention groups on CPU (Batch.packed): sequences within 0.9x of their group's longest share one
-# padded grid. A GPU keeps one grid per batch (one kernel launch; padding is cheap there).
-CPU_ATTENTION_GROUP_RATIO = 0.9
-
-
-def packed_batch(spec: ModelSpec, items: Sequence[Encoded], group_ratio: float = 0.0) -> Packed:
-    """Encoded items -> the padded batch's packed view (on CPU), attention grouped at ``group_ratio``."""
+# Attention on CPU: every sequence on its own [1, length] grid (Batch.packed(alone=True)), so that
+# with cpu_gemm.at_least_rows a sequence's score never depends on its batch-mates (batch
+# invariance). A GPU keeps one grid per batch (one kernel launch; padding is cheap there).
+def packed_batch(spec: ModelSpec, items: Sequence[Encoded], group_ratio: float = 0.0, alone: bool = False) -> Packed:
+    """Encoded items -> the padded batch's packed view (on CPU), attention grouped at ``group_ratio``
+    or per sequence (``alone``)."""
     with_types = items[0].type_ids is not None
     batch = Batch.from_sequences(
         [it.ids for it in items], [it.type_ids for it in items] if with_types else None, pad_id=spec.pad_id
     )
-    packed = batch.packed(group_ratio)
+    packed = batch.packed(group_ratio, alone)
     images = [it.pixels for it in items if it.pixels is not None]
     return dataclasses.replace(packed, images=torch.cat(images)) if images else packed
 
@@ -52,10 +51,10 @@ class TorchRunner:
         self.spec = spec
         self.device = device
         self.gemm: str | None = None  # the CPU GEMM library for fp32 products (see models/cpu_gemm.py)
-        self.group_ratio = CPU_ATTENTION_GROUP_RATIO if device.type == "cpu" else 0.0
+        self.alone = device.type == "cpu"  # per-sequence attention: batch-invariant scores
         self.trim: PeriodicTrim | None = None
         # What the layers compute in: the module's dtype, or on CPU float32 / bfloat16 (mixed,
-        # models/cpu_bf16.py), --dtype auto choosing by the CPU's bf16 support and speed.
+        # models/cpu_bf16.py); --dtype auto is float32 (batch-invariant scores).
         self.precision = str(next(spec.module.parameters()).dtype).removeprefix("torch.")
         if device.type == "cpu":
             torch.set_num_threads(threads or available_cores())
@@ -63,14 +62,14 @@ class TorchRunner:
             self.trim = PeriodicTrim()
             self.gemm = use_cpu_gemm(spec.module, cpu_gemm)  # after set_num_threads: auto times both
             if self.precision == "float32":
-                self.precision = cpu_bf16.choose(spec.module, dtype, self.gemm)
+                self.precision = cpu_bf16.choose(spec.module, dtype)
                 if self.precision == "bfloat16":
                     cpu_bf16.use_bf16(spec.module)
 
     @torch.inference_mode()
     def forward(self, items: Sequence[Encoded]) -> np.ndarray:
         """-> [B] logits (cross-encoder) or [B, H] vectors (embedder), numpy float32."""
-        packed = packed_batch(self.spec, items, self.group_ratio)
+        packed = packed_batch(self.spec, items, alone=self.alone)
         out = finish(self.spec, self.spec.module(packed.to(self.device)).float().cpu().numpy())
         if self.trim is not None:
             self.trim()

@@ -88,12 +88,17 @@ class Batch:
                 types[row, span] = torch.tensor(type_ids[row], dtype=torch.long)
         return cls(input_ids, mask, types)
 
-    def packed(self, group_ratio: float = 0.0) -> Packed:
+    def packed(self, group_ratio: float = 0.0, alone: bool = False) -> Packed:
         """The packed view. With ``group_ratio`` (0 < r < 1), consecutive sequences are grouped for
         attention while each is at least r x the length of its group's first: attention costs
         length^2, so one [B, T_max] grid over a batch of mixed lengths spends much of it on padding
         (length-sorted 4,096-token CPU batches ran their attention 1.07-1.41x faster grouped at 0.9,
-        bench/layer_parts.py). Batches cut by the engine are sorted longest first, so groups are tight."""
+        bench/layer_parts.py). Batches cut by the engine are sorted longest first, so groups are tight.
+
+        ``alone``: every sequence is its own group, so its attention runs on a [1, length] grid whatever
+        else is in the batch. This is what makes CPU scores batch-invariant: on a padded, masked grid a
+        sequence's attention rounded differently (up to 3.6e-7), and even among sequences of one
+        length the CPU flash kernel gave batch-dependent bits at some head sizes."""
         mask = self.attention_mask.bool()
         bsz, width = mask.shape
         lengths = mask.sum(dim=1)
@@ -118,19 +123,20 @@ class Batch:
             batch_size=bsz,
             seq_len=width,
             full=int(cu[-1]) == bsz * width,
-            groups=self.attention_groups(mask, lengths.tolist(), cu.tolist(), group_ratio) if 0 < group_ratio < 1 else (),
+            groups=(self.attention_groups(mask, lengths.tolist(), cu.tolist(), group_ratio, alone)
+                    if alone or 0 < group_ratio < 1 else ()),
         )
 
     def attention_groups(self, mask: torch.Tensor, lengths: list[int], cu: list[int],
-                         ratio: float) -> tuple[tuple[int, int, Packed], ...]:
+                         ratio: float, alone: bool = False) -> tuple[tuple[int, int, Packed], ...]:
         # Greedy: a sequence opens a new group when it is shorter than ratio x the group's first, or
         # longer than it (an unsorted batch still groups correctly, only less tightly).
         starts, first = [0], lengths[0]
         for i in range(1, len(lengths)):
-            if lengths[i] < ratio * first or lengths[i] > first:
+            if alone or lengths[i] < ratio * first or lengths[i] > first:
                 starts.append(i)
                 first = lengths[i]
-        if len(starts) == 1:
+        if len(starts) == 1 and (not alone or len(lengths) == 1):
             return ()
         groups = []
         for s, e in zip(starts, starts[1:] + [len(lengths)]):

@@ -7,8 +7,8 @@ to the next bf16 step (attention, GELU/SiLU, the next linear); adding a bf16 blo
 float32 residual promotes it back, so LayerNorm/RMSNorm, pooling and the head stay float32. On a
 CPU with native bf16 (AVX512-BF16 or AMX) that ran the all-MiniLM-L6-v2 man-page workload 1.49x
 fp32 with top-5 agreement 0.992 and Kendall tau 0.997 (dynamic int8 reached 0.92-0.96 top-5:
-``docs/benchmarks-int8.md``). Without native bf16, oneDNN emulates it and it is slower than fp32,
-so ``--dtype auto`` takes it only where the CPU has it and it times faster (``choose``).
+``docs/benchmarks-int8.md``). Without native bf16, oneDNN emulates it and it is slower than fp32.
+It is opt-in (``--dtype bfloat16``): ``--dtype auto`` keeps the exact float32 path (``choose``).
 
 The swap is a class change plus a bf16 copy of each swapped weight in place of the fp32 one (half
 the memory); the head's linears (pooler, classifier, score) keep float32 so that logits are not
@@ -25,13 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from rankserve.engine.cpu import bf16_native
-from rankserve.models.cpu_gemm import OneDnnLinear, bucket_rows, measured_rates, tracing
+from rankserve.models.cpu_gemm import OneDnnLinear, TorchLinear, bucket_rows, tracing
 
 log = logging.getLogger("rankserve")
 
-# bf16 must beat the fp32 GEMM in use by this much on the model's widest layer to be chosen by
-# auto: a product 2.3x faster gave 1.49x end to end (attention, norms and copies gain less).
-AUTO_MARGIN = 1.5
 BLOCK = re.compile(r"(^|\.)layers?\.\d+\.")  # linears inside the repeated blocks (BERT and Llama names)
 
 
@@ -54,7 +51,7 @@ class Bf16Linear(nn.Linear):
 
 def block_linears(module: nn.Module) -> list[nn.Linear]:
     return [m for name, m in module.named_modules()
-            if type(m) in (nn.Linear, OneDnnLinear, Bf16Linear) and BLOCK.search(name)]
+            if type(m) in (nn.Linear, TorchLinear, OneDnnLinear, Bf16Linear) and BLOCK.search(name)]
 
 
 def use_bf16(module: nn.Module) -> int:
@@ -68,19 +65,17 @@ def use_bf16(module: nn.Module) -> int:
     return len(linears)
 
 
-def choose(module: nn.Module, dtype: str, fp32_gemm: str) -> str:
-    """The CPU precision for ``--dtype`` (auto | float32 | bfloat16): auto picks ``bfloat16`` when
-    the CPU has native bf16 and its product on the widest block layer is ``AUTO_MARGIN`` x the fp32
-    one in use (``fp32_gemm``: torch | onednn), else ``float32``. Says which, and why, in the log."""
+def choose(module: nn.Module, dtype: str) -> str:
+    """The CPU precision for ``--dtype`` (auto | float32 | bfloat16). auto is float32: the exact path,
+    whose scores do not depend on what else is in flight (batch invariance, docs/batch-invariance.md).
+    Mixed bf16 ran 1.49x faster where the CPU has native bf16, but a pair's logit then moved by up to
+    6.9e-4 with its batch-mates (a 32-client soak on an AMX host) and ties swapped between identical
+    requests, so it is opt-in (``--dtype bfloat16``). The log says when this CPU would run it natively."""
     if dtype != "auto":
         return dtype
-    linears = block_linears(module)
-    if not linears or not bf16_native():
-        log.info("cpu precision: float32 (%s)", "no repeated blocks" if not linears else "the CPU has no native bf16")
-        return "float32"
-    widest = max(linears, key=lambda m: m.weight.numel()).weight
-    rates = measured_rates(widest, (fp32_gemm, "bf16"))
-    choice = "bfloat16" if rates["bf16"] >= AUTO_MARGIN * rates[fp32_gemm] else "float32"
-    log.info("cpu precision: %s (bf16 %.0f GFLOP/s, fp32 %s %.0f GFLOP/s on a %s layer; auto takes bf16 at >= %.1fx)",
-             choice, rates["bf16"], fp32_gemm, rates[fp32_gemm], "x".join(map(str, widest.shape)), AUTO_MARGIN)
-    return choice
+    if block_linears(module) and bf16_native():
+        log.info("cpu precision: float32 (auto keeps the exact, batch-invariant path; this CPU has native "
+                 "bf16: --dtype bfloat16 runs faster, with load-dependent scores)")
+    else:
+        log.info("cpu precision: float32")
+    return "float32"

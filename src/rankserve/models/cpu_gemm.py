@@ -77,6 +77,30 @@ def bucketed(product: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -
     return product(F.pad(x, (0, 0, 0, padded - rows)))[:rows]
 
 
+def at_least_rows(product: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``product(x)`` for a row-wise product, with fewer than ROW_BUCKET rows padded up to ROW_BUCKET.
+
+    Why (batch invariance): MKL's sgemm computes a row differently when the product has only a few
+    rows (a 1-9 row product's rows were up to 3.4e-5 off the same rows in a 64-row one on the AVX2
+    EPYC; from 10 rows up, every row count and thread count gave the same bits: ``bench/batch_invariance.py``).
+    A classification head sees one row per sequence and a short request a few rows per layer, so
+    without this a pair's logit would depend on how many others shared its batch."""
+    rows = x.shape[0]
+    if x.dim() != 2 or rows >= ROW_BUCKET:
+        return product(x)
+    return product(F.pad(x, (0, 0, 0, ROW_BUCKET - rows)))[:rows]
+
+
+class TorchLinear(nn.Linear):
+    """``nn.Linear`` on torch's default GEMM whose CPU float32 products never see fewer than
+    ROW_BUCKET rows (``at_least_rows``); anything else takes ``F.linear``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and x.dtype == self.weight.dtype == torch.float32 and not tracing():
+            return at_least_rows(lambda rows: F.linear(rows, self.weight, self.bias), x)
+        return F.linear(x, self.weight, self.bias)
+
+
 class OneDnnLinear(nn.Linear):
     """``nn.Linear`` whose CPU float32 product runs in oneDNN; anything else takes ``F.linear``."""
 
@@ -155,7 +179,7 @@ def use_cpu_gemm(module: nn.Module, choice: str = "auto") -> str:
     here, now); returns the one in use. Only for float32 modules on CPU; others stay as they are."""
     if choice not in CPU_GEMMS:
         raise ValueError(f"cpu_gemm={choice!r}: choose one of {CPU_GEMMS}")
-    linears = [m for m in module.modules() if type(m) in (nn.Linear, OneDnnLinear)]
+    linears = [m for m in module.modules() if type(m) in (nn.Linear, TorchLinear, OneDnnLinear)]
     if not linears or linears[0].weight.device.type != "cpu" or linears[0].weight.dtype != torch.float32:
         return "torch"
     if choice == "auto":
@@ -170,5 +194,5 @@ def use_cpu_gemm(module: nn.Module, choice: str = "auto") -> str:
     elif choice == "onednn" and not onednn_available():
         raise ConfigError("cpu_gemm=onednn: this torch build has no oneDNN linear kernel; use auto or torch")
     for m in linears:
-        m.__class__ = OneDnnLinear if choice == "onednn" else nn.Linear
+        m.__class__ = OneDnnLinear if choice == "onednn" else TorchLinear
     return choice
