@@ -23,11 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import minilm_cross_encoder, workload  # noqa: E402
+from common import cpu_line, minilm_cross_encoder, workload  # noqa: E402
 
 from rankserve.engine import runner as runner_module  # noqa: E402
 from rankserve.engine.batcher import WorkItem, cut_batches  # noqa: E402
-from rankserve.engine.cpu import cpu_description  # noqa: E402
 from rankserve.engine.engine import BATCH_TOKENS  # noqa: E402
 from rankserve.engine.runner import TorchRunner  # noqa: E402
 from rankserve.engine.tokenize import TokenizerPolicy  # noqa: E402
@@ -74,9 +73,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     directory = minilm_cross_encoder(Path(tempfile.gettempdir()) / "rankserve-bench-minilm-ce")
-    model, _, flags = cpu_description().partition("|")
-    kinds = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in flags.split()]
-    print(f"cpu: {model} ({' '.join(kinds)}), {torch.get_num_threads()} threads")
+    print(f"cpu: {cpu_line()}, {torch.get_num_threads()} threads")
     print(small_row_gemm_check())
     spec = load_model(directory)
     policy = TokenizerPolicy(str(spec.tokenizer_file), max_length=spec.max_length, rerank_template=None,

@@ -32,6 +32,15 @@ WORDS = (
 ).split()
 
 
+def cpu_line() -> str:
+    """The CPU model and the SIMD kinds that decide its speed (AVX2 / AVX-512 / VNNI / bf16 / AMX)."""
+    from rankserve.engine.cpu import cpu_description
+
+    model, _, flags = cpu_description().partition("|")
+    kinds = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in flags.split()]
+    return f"{model} ({' '.join(kinds)})"
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 now (for a server the benchmark starts)."""
     with socket.socket() as s:

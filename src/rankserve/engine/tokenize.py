@@ -10,6 +10,12 @@ tokens and template text are never removed.
 - ``CHUNK`` (ranking only; ``pair_windows`` / ``text_windows``): an over-long passage becomes
   overlapping windows of the model's length, each with the query (and template) intact; the engine
   scores every window and gives the passage the best (or mean) score.
+
+Long texts cost what the model reads (``bound``): before tokenizing, each text is cut, at
+whitespace, to a prefix (a suffix for ``START``) that still holds ``BOUND_MARGIN`` tokens more
+than truncation can keep, so a 100,000-character passage is tokenized as a few thousand
+characters, and the kept tokens are the ones the whole text would give. ``NONE`` tokenizes the
+whole text (in Rust, no per-token Python) to say its exact length when it refuses it.
 """
 
 from __future__ import annotations
@@ -27,6 +33,12 @@ if TYPE_CHECKING:
 
 Truncate = Literal["NONE", "START", "END", "CHUNK"]
 CHUNK_OVERLAP = 0.25  # of a window: text cut at a window edge appears whole in the next one
+# A bounded text holds this many tokens past the most truncation keeps: the tokens near the cut,
+# which may differ from the whole text's, are always among those truncation removes.
+BOUND_MARGIN = 32
+CHARS_PER_TOKEN = 6  # the first guess of a bound's length; it grows 4x until the bound holds enough
+WHITESPACE = (" ", "\n", "\t", "\r")
+EDGE_CHARS = 64  # the most of a text's far end a bound keeps (its last or first word)
 KEEP, QUERY, PASSAGE, TEXT = 0, 1, 2, 3
 
 
@@ -52,11 +64,14 @@ def template_spans(template: str, **values: str) -> tuple[str, dict[str, tuple[i
 
 
 def _roles_from_offsets(enc: Encoding, spans: dict[int, tuple[int, int]]) -> list[int]:
+    """Each token's role: the field holding its last character. A token that begins in template
+    text and ends in a field (Metaspace's or byte-level BPE's "▁word"/"Ġword", whose space is the
+    template's) is that field's, so truncation can drop it like the rest of the field."""
     roles = []
     for (start, end), special in zip(enc.offsets, enc.special_tokens_mask):
         role = KEEP
         if not special and end > start:
-            role = next((r for r, (a, b) in spans.items() if a <= start < b), KEEP)
+            role = next((r for r, (a, b) in spans.items() if a <= end - 1 < b), KEEP)
         roles.append(role)
     return roles
 
@@ -75,6 +90,30 @@ def _cut(enc: Encoding, roles: list[int], limit: int, order: Sequence[tuple[int,
     return None
 
 
+def cut_at_whitespace(text: str, chars: int, keep_end: bool) -> str:
+    """``text``'s first (``keep_end``: last) ~``chars`` characters, cut at the whitespace nearest the
+    bound within its last quarter (so no word is split), else exactly at the bound; plus the text's
+    other end: its last (``keep_end``: first) word, up to ``EDGE_CHARS``.
+
+    Why the other end: the tokens where the text meets the template or prefix around it decide
+    which tokens are the text's (``_roles_from_offsets``); keeping both ends keeps those junctions
+    exactly as in the whole text. The cut's own junction is among the ``BOUND_MARGIN`` tokens that
+    truncation removes."""
+    if keep_end:
+        low = len(text) - chars
+        found = [i for i in (text.find(w, low, low + chars // 4) for w in WHITESPACE) if i >= 0]
+        edge = [i for i in (text.find(w, 0, EDGE_CHARS) for w in WHITESPACE) if i > 0]
+        head = min(edge) if edge else EDGE_CHARS
+        start = min(found) if found else low
+        return text[:head] + text[start:] if start > head else text
+    found = [text.rfind(w, chars - chars // 4, chars) for w in WHITESPACE]
+    cut = max(found)
+    cut = cut if cut > 0 else chars
+    tail = max([text.rfind(w, len(text) - EDGE_CHARS) for w in WHITESPACE])
+    tail = tail if tail >= len(text) - EDGE_CHARS else len(text) - EDGE_CHARS
+    return text[:cut] + text[tail:] if tail > cut else text
+
+
 class TokenizerPolicy:
     """The model's fast tokenizer plus how this model wants its inputs built and truncated."""
 
@@ -86,6 +125,31 @@ class TokenizerPolicy:
         self.max_length = max_length
         self.rerank_template = rerank_template
         self.with_type_ids = with_type_ids
+
+    def bound(self, texts: Sequence[str], tokens: int, keep_end: bool = False) -> tuple[list[str], list[bool]]:
+        """Each text, or (when it is longer) its shortest tested prefix (``keep_end``: suffix) cut at
+        whitespace that holds at least ``tokens + BOUND_MARGIN`` tokens; -> (texts, which were cut).
+
+        Why: tokenizing a whole 100,000-character passage, and walking its tokens to truncate
+        them, cost seconds for a model that reads 512 tokens. The guess starts at
+        ``CHARS_PER_TOKEN`` characters a token and grows 4x where it held too few (a text of long
+        words, or whitespace runs); every guess is checked by tokenizing it. ``tokens <= 0``: no bound.
+        """
+        out, cut = list(texts), [False] * len(texts)
+        if tokens <= 0:
+            return out, cut
+        need = tokens + BOUND_MARGIN
+        chars = need * CHARS_PER_TOKEN
+        todo = [i for i, t in enumerate(out) if len(t) > chars]
+        while todo:
+            parts = [cut_at_whitespace(texts[i], chars, keep_end) for i in todo]
+            counts = [len(e.ids) for e in self.tokenizer.encode_batch(parts, add_special_tokens=False)]
+            for i, part, count in zip(todo, parts, counts):
+                if count >= need:
+                    out[i], cut[i] = part, True
+            chars *= 4
+            todo = [i for i, count in zip(todo, counts) if count < need and len(texts[i]) > chars]
+        return out, cut
 
     def _finish(self, enc: Encoding, keep: list[int] | None = None) -> Encoded:
         ids = enc.ids if keep is None else [enc.ids[i] for i in keep]
@@ -152,12 +216,15 @@ class TokenizerPolicy:
     def pair_windows(self, query: str, passages: Sequence[str], limit: int = 0) -> tuple[list[Encoded], list[int]]:
         """Cross-encoder inputs under ``CHUNK``: -> (windows, the passage index of each window);
         at most ``limit`` windows per passage (its first ones), 0 = all."""
+        (query,), _ = self.bound([query], self.max_length)
+        passages, _ = self.bound(passages, limit * self.max_length)  # the first ``limit`` windows' tokens
         encs, roles_of = self._pair_encodings(query, passages)
         return self._windows(encs, roles_of, PASSAGE, "passages", limit=limit)
 
     def text_windows(self, texts: Sequence[str], prefix: str = "", what: str = "passages",
                      names: Sequence[int] | None = None, limit: int = 0) -> tuple[list[Encoded], list[int]]:
         """Single-sequence inputs under ``CHUNK`` (bi-encoder ranking): -> (windows, owner of each)."""
+        texts, _ = self.bound(texts, limit * self.max_length)
         encs, roles_of = self._text_encodings(texts, prefix)
         return self._windows(encs, roles_of, TEXT, what, names, limit)
 
@@ -189,12 +256,16 @@ class TokenizerPolicy:
               templates: Sequence[str] | None = None) -> list[Encoded]:
         """Cross-encoder inputs for (query, passage_i), truncated passage-first; ``templates`` as in
         ``_pair_encodings`` (text outside the fields, image tokens included, is never cut)."""
+        keep = 0 if truncate == "NONE" else self.max_length  # NONE: the exact length, for its error
+        (query,), _ = self.bound([query], keep)
+        passages, _ = self.bound(passages, keep)
         encs, roles_of = self._pair_encodings(query, passages, templates)
         return self._fit(encs, truncate, "passages", roles_of, [(PASSAGE, "right"), (QUERY, "right")])
 
     def texts(self, texts: Sequence[str], truncate: Truncate, prefix: str = "", what: str = "input",
               names: Sequence[int] | None = None) -> list[Encoded]:
         """Single-sequence inputs (embeddings, bi-encoder ranking), optionally prefixed."""
+        texts, _ = self.bound(texts, 0 if truncate == "NONE" else self.max_length, keep_end=truncate == "START")
         encs, roles_of = self._text_encodings(texts, prefix)
         side = "left" if truncate == "START" else "right"
         return self._fit(encs, truncate, what, roles_of, [(TEXT, side)], names)
