@@ -1215,7 +1215,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(phases) - set(PHASES)
     if unknown:
         ap.error(f"unknown phase(s) {sorted(unknown)}; choose from {list(PHASES)}")
-    opts = Options(**{k: getattr(args, k) for k in asdict(d) if k != "serve_args"},
+    opts = Options(**{k: getattr(args, k, getattr(d, k)) for k in asdict(d) if k != "serve_args"},
                    serve_args=tuple(shlex.split(args.serve_args)))
     serve_overrides(opts.serve_args)  # a bad flag stops here, not after minutes
     if opts.log_dir is None:
