@@ -9,6 +9,10 @@ cross-encoder, then driven twice for ``--seconds``:
 - with bulk: the same plus one closed-loop bulk client sending ``--bulk-passages``-passage
   requests (optionally with ``X-Priority: batch``).
 
+- probe: one small request (3 passages) sent ``--probe-delay`` s into one bulk request, against
+  the same small request alone: issue 31's goal is small-during-bulk <= 5 % of the bulk request's
+  time and <= 3x the small one alone.
+
 It prints interactive p50/p99 per phase, the bulk client's pairs/s (requests finished in the
 window) and the server's throughput in real tokens through the model per second (its
 ``rankserve_tokens_total``: partial bulk progress counts), and the two goals' ratios: p99 with
@@ -17,6 +21,7 @@ co-located RAG application would.
 
     git worktree add /tmp/rankserve-base <commit>
     python bench/mixed_load.py --baseline-src /tmp/rankserve-base/src [--seconds 30] [--out docs/mixed-load]
+    python bench/mixed_load.py --baseline-args=--no-express-lane   # the express lane's effect alone
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import asyncio
 import json
 import os
 import random
+import shlex
 import sys
 import tempfile
 import time
@@ -34,8 +40,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import minilm_cross_encoder, text_of  # noqa: E402
-from server import start, stop  # noqa: E402
+from common import cpu_line, minilm_cross_encoder, rankserve_cmd, start_server, stop_server, text_of  # noqa: E402
 
 from rankserve.loadgen import percentile  # noqa: E402
 
@@ -101,25 +106,47 @@ async def drive(url: str, seconds: float, clients: int, bulk_passages: int, bulk
             "model_tokens_s": tokens / elapsed}
 
 
+async def probe(url: str, bulk_passages: int, delay: float, rounds: int = 3) -> dict:
+    """A 3-passage request alone (median of 5), then sent ``delay`` s into a bulk request."""
+    rng = random.Random(7)
+    small = {"query": {"text": text_of(8, rng)}, "passages": [{"text": text_of(rng.randint(16, 128), rng)} for _ in range(3)]}
+    async with httpx.AsyncClient(timeout=600) as http:
+        async def timed(body: dict) -> float:
+            t0 = time.perf_counter()
+            r = await http.post(url + "/v1/ranking", json=body)
+            r.raise_for_status()
+            return time.perf_counter() - t0
+
+        alone = sorted([await timed(small) for _ in range(5)])[2]
+        during, bulk_times = [], []
+        for i in range(rounds):
+            bulk = asyncio.create_task(timed(bulk_body(random.Random(100 + i), bulk_passages)))
+            await asyncio.sleep(delay)
+            during.append(await timed(small))
+            bulk_times.append(await bulk)
+    worst = max(range(rounds), key=lambda i: during[i])
+    return {"small_alone_ms": alone * 1000, "small_during_ms": [d * 1000 for d in during],
+            "bulk_s": bulk_times, "worst_vs_alone": during[worst] / alone,
+            "worst_share_of_bulk": during[worst] / bulk_times[worst]}
+
+
 async def model_tokens(http: httpx.AsyncClient, url: str) -> float:
     text = (await http.get(url + "/v1/metrics")).text
     return sum(float(line.split()[-1]) for line in text.splitlines()  # every model's series
                if line.startswith(("rankserve_tokens_total ", "rankserve_tokens_total{")))
 
 
-def measure(name: str, src: Path, model: Path, args: argparse.Namespace, port: int) -> dict:
-    env = {"PYTHONPATH": str(src), "RANKSERVE_LOG_LEVEL": "warning"}
-    cmd = [sys.executable, "-m", "rankserve.cli", "serve", "--model", str(model), "--host", "127.0.0.1",
-           "--port", str(port)]
-    proc = start(cmd, port, env)
+def measure(name: str, src: Path, model: Path, args: argparse.Namespace, port: int, flags: str = "") -> dict:
+    proc = start_server(rankserve_cmd(port, "--model", str(model), *shlex.split(flags)), port, {"PYTHONPATH": str(src)})
     try:
         url = f"http://127.0.0.1:{port}"
         asyncio.run(drive(url, 3, args.clients, 0, None, 99))  # warm the server and the client pool
         alone = asyncio.run(drive(url, args.seconds, args.clients, 0, None, 1))
         mixed = asyncio.run(drive(url, args.seconds, args.clients, args.bulk_passages, args.bulk_priority, 1))
+        single = asyncio.run(probe(url, args.bulk_passages, args.probe_delay))
     finally:
-        stop(proc)
-    return {"server": name, "alone": alone, "with_bulk": mixed}
+        stop_server(proc)
+    return {"server": name, "alone": alone, "with_bulk": mixed, "probe": single}
 
 
 def report(results: list[dict]) -> str:
@@ -130,6 +157,14 @@ def report(results: list[dict]) -> str:
             m = r[phase]
             lines.append(f"| {r['server']} | {phase} | {m['requests']} | {m['p50_ms']:.0f} | {m['p99_ms']:.0f} | "
                          f"{m['bulk_pairs_s']:.0f} | {m['model_tokens_s']:.0f} | {m['errors']} |")
+    lines.append("")
+    lines.append("| server | small alone ms | small during bulk ms (each round) | bulk s | worst / alone | worst / bulk |")
+    lines.append("|---|---|---|---|---|---|")
+    for r in results:
+        p = r["probe"]
+        lines.append(f"| {r['server']} | {p['small_alone_ms']:.0f} | {', '.join(f'{d:.0f}' for d in p['small_during_ms'])} | "
+                     f"{', '.join(f'{b:.1f}' for b in p['bulk_s'])} | {p['worst_vs_alone']:.2f} (goal <= 3) | "
+                     f"{p['worst_share_of_bulk'] * 100:.1f} % (goal <= 5 %) |")
     new = results[0]
     lines.append("")
     lines.append(f"{new['server']}: p99 with bulk / alone = {new['with_bulk']['p99_ms'] / new['alone']['p99_ms']:.2f} "
@@ -171,13 +206,20 @@ def main() -> None:
     ap.add_argument("--bulk-passages", type=int, default=600)
     ap.add_argument("--bulk-priority", choices=("interactive", "batch"), default=None,
                     help="send the bulk requests with this X-Priority (default: none, i.e. interactive)")
+    ap.add_argument("--probe-delay", type=float, default=1.0, help="seconds into the bulk request the probe is sent")
+    ap.add_argument("--baseline-args", default=None,
+                    help="flags for the baseline server; without --baseline-src the baseline is this checkout run "
+                         "with them (e.g. --no-express-lane)")
     ap.add_argument("--out", default=None, help="folder for mixed-load.json and mixed-load.png")
     args = ap.parse_args()
     model = minilm_cross_encoder(Path(tempfile.gettempdir()) / "rankserve-bench-minilm-ce")
     port = 8700 + os.getpid() % 200
+    print(f"cpu: {cpu_line()}")
     results = [measure("this checkout", SRC, model, args, port)]
-    if args.baseline_src:
-        results.append(measure("baseline", Path(args.baseline_src), model, args, port + 1))
+    if args.baseline_src or args.baseline_args is not None:
+        name = "baseline" if args.baseline_src else f"this checkout {args.baseline_args}"
+        results.append(measure(name, Path(args.baseline_src) if args.baseline_src else SRC, model, args, port + 1,
+                               args.baseline_args or ""))
     print(report(results))
     if args.out:
         out = Path(args.out)

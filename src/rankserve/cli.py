@@ -31,6 +31,8 @@ HELP = {
     "cpu_gemm": "fp32 linear layers on CPU: auto (time both at start, keep the faster) | torch | onednn",
     "max_length": "token limit per sequence; 0 = the model's own",
     "max_batch_tokens": "padded tokens (longest x rows) per forward pass; 0 = 4096 on CPU, 65536 on CUDA",
+    "express_lane": "run small interactive requests on a second model thread beside a long pass instead of after "
+                    "it (CPU: torch, onnxruntime backends); --no-express-lane: one pass at a time",
     "api_key": "require 'Authorization: Bearer <key>' on API routes; several keys comma-separated",
     "api_key_file": "file with one accepted API key per line (with or instead of --api-key)",
     "max_queue_items": "pairs/texts admitted and waiting; beyond it requests get 503 + Retry-After",

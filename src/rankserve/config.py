@@ -76,6 +76,9 @@ class ServerConfig:
     instruction: str | None = None  # the recipe prompt's instruction (Qwen3-Reranker's has a default)
     score_tokens: str | None = None  # POSITIVE[,NEGATIVE] answer tokens, e.g. "yes,no"
     max_batch_tokens: int = 0  # padded tokens (longest x rows) per forward pass; 0 = 4096 on CPU, 65536 on CUDA
+    # A second model thread for small interactive requests while a long pass runs (CPU torch and
+    # onnxruntime runners): they answer beside the pass instead of after it (engine/batcher.py).
+    express_lane: bool = True
     max_queue_items: int = 100_000  # pairs/texts waiting; beyond this requests get 503
     max_queue_tokens: int = 4_000_000  # tokens waiting; beyond this requests get 503; 0 = unbounded
     max_queue_requests: int = 1024  # requests waiting (NIM's default queue size); 0 = unbounded

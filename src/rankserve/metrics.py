@@ -45,6 +45,8 @@ class Metrics:
         self.runtime = Gauge("rankserve_runtime_info", "How the model runs: 1 on the series naming the device, "
                              "backend, precision and CPU GEMM in use", ["device", "backend", "precision", "cpu_gemm"],
                              registry=r)
+        self.express_passes = Counter("rankserve_express_passes", "Forward passes of small interactive jobs run "
+                                      "beside a pass already in the model (the express lane)", registry=r)
         self.worker_restarts = Counter("rankserve_worker_restarts", "Model worker loop restarts after a crash",
                                        registry=r)
 

@@ -84,7 +84,8 @@ def test_full_queue_answers_503_at_once_and_admitted_requests_finish(ce, limit, 
 
 
 def test_request_timeout_is_504_and_drops_the_queued_work(ce):
-    with ce(request_timeout=0.3) as client, concurrent.futures.ThreadPoolExecutor(2) as pool:
+    # One lane: the second request must wait in the queue (the express lane would run it beside).
+    with ce(request_timeout=0.3, express_lane=False) as client, concurrent.futures.ThreadPoolExecutor(2) as pool:
         wait_ready(client)
         batcher = client.app.state.engine.batcher
         gate = Gate(batcher)

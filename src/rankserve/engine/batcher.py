@@ -8,7 +8,19 @@ items, longest first, fill the padded budget (longest x rows <= ``max_batch_toke
 3-passage request that arrives while a 600-passage job runs goes into the very next pass instead
 of waiting for the whole job; a job nobody has served for ``STARVE_AFTER`` seconds goes first, so
 big jobs always progress. A request's items may run in many passes; its answer still comes back
-whole and in order. Items whose future was cancelled (client left, deadline passed) are dropped.
+whole and in order.
+
+A pass cannot be interrupted, and on CPU a full 4096-token pass takes ~1.4 s (2 cores), so a
+small request arriving just after one starts would still wait that long. With ``express`` (CPU
+runners whose ``forward`` may run from two threads at once), a second model thread, the *express
+lane*, runs small interactive jobs (the whole job fits one pass) **beside** a pass already in the
+model, instead of after it: both share the cores for that time, and the small request answers in
+~2x its idle time instead of waiting (bench/mixed_load.py, docs/batch-invariance.md). Time slicing
+was measured and rejected: passes short enough for that (~250 tokens, 0.1 s) cost 23 % of the
+big job's throughput here, while the express lane costs none (the cores do the same work). Scores
+do not change: each pass is computed exactly as it would be alone (tests/api/test_same_bits.py).
+
+Items whose future was cancelled (client left, deadline passed) are dropped.
 A failing forward pass fails every item in that batch, never silently; a crashed worker loop fails
 everything it held and restarts (see ``Batcher``).
 """
@@ -74,6 +86,7 @@ class Job:
     arrival: float
     tokens: int  # tokens still waiting
     served: float = field(default=0.0)  # when an item last went into a batch (arrival until then)
+    express: bool = False  # small and interactive: may run on the express lane beside a long pass
 
     def key(self, now: float) -> tuple:
         """Sort key: starved jobs first, longest-unserved first; then priority, remaining work, arrival."""
@@ -96,7 +109,7 @@ class Batcher:
     max_restarts = 3
 
     def __init__(self, forward: Forward, *, max_batch_tokens: int, max_queue_items: int, metrics: Metrics,
-                 max_queue_tokens: int = 0, max_queue_requests: int = 0,
+                 max_queue_tokens: int = 0, max_queue_requests: int = 0, express: bool = False,
                  on_fatal: Callable[[str], None] | None = None):
         self.forward = forward
         self.max_batch_tokens = max_batch_tokens
@@ -105,6 +118,7 @@ class Batcher:
         self.max_queue_requests = max_queue_requests
         self.metrics = metrics
         self.on_fatal = on_fatal
+        self.express = express  # run small interactive jobs beside a pass in the model (module docstring)
         # Test-only fault hook: called in the model thread with each batch before ``forward``; it
         # can raise to simulate a failing pass or a dying worker. Not reachable from config or HTTP.
         self.fault: Callable[[Sequence[Encoded]], None] | None = None
@@ -113,25 +127,37 @@ class Batcher:
         self.requests = 0  # submits not yet answered
         self.restarts = 0
         self.dead: str | None = None
-        self._current: list[WorkItem] = []  # the batch in the model
+        self._current: list[WorkItem] = []  # the batch in the model (main lane)
+        self._express_current: list[WorkItem] = []  # the batch on the express lane
         self._wake = asyncio.Event()
+        self._express_wake = asyncio.Event()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rankserve-model")
-        self._task: asyncio.Task | None = None
+        self._express_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rankserve-express")
+        self._tasks: dict[str, asyncio.Task] = {}
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="rankserve-batcher")
-        self._task.add_done_callback(self._worker_exited)
+        self._start_lane("main")
+        if self.express:
+            self._start_lane("express")
+
+    def _start_lane(self, lane: str) -> None:
+        run = self._run if lane == "main" else self._run_express
+        task = asyncio.get_running_loop().create_task(run(), name=f"rankserve-batcher-{lane}")
+        task.add_done_callback(self._worker_exited)
+        self._tasks[lane] = task
 
     async def stop(self) -> None:
-        if self._task and not self._task.done():  # a dead worker's task is done: nothing to stop
-            self._task.remove_done_callback(self._worker_exited)
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        for task in self._tasks.values():
+            if not task.done():  # a dead worker's task is done: nothing to stop
+                task.remove_done_callback(self._worker_exited)
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
         self._fail_all(ModelFailure("server is shutting down"))
         self._thread.shutdown(wait=True)
+        self._express_thread.shutdown(wait=True)
 
     @property
     def pending(self) -> list[WorkItem]:
@@ -141,7 +167,7 @@ class Batcher:
     @property
     def depth(self) -> int:
         """Items admitted and not yet answered: waiting in jobs, or in the batch in the model."""
-        return sum(len(job.items) for job in self.jobs) + len(self._current)
+        return sum(len(job.items) for job in self.jobs) + len(self._current) + len(self._express_current)
 
     def _refuse(self, what: str, have: int, limit: int) -> Overloaded:
         return Overloaded(f"server is at capacity ({have} {what} queued, limit {limit}); retry shortly",
@@ -171,11 +197,14 @@ class Batcher:
         now = time.perf_counter()
         items = [WorkItem(e, loop.create_future(), now) for e in encoded]
         longest_first = sorted(items, key=lambda it: len(it.encoded), reverse=True)
-        self.jobs.append(Job(deque(longest_first), PRIORITIES[priority], now, tokens, now))
+        fits_one_pass = max(len(e) for e in encoded) * len(encoded) <= self.max_batch_tokens if encoded else True
+        self.jobs.append(Job(deque(longest_first), PRIORITIES[priority], now, tokens, now,
+                             express=self.express and priority == "interactive" and fits_one_pass))
         self.queued_tokens += tokens
         self.requests += 1
         self._gauges()
         self._wake.set()
+        self._express_wake.set()
         try:
             return list(await asyncio.gather(*(it.future for it in items)))
         except asyncio.CancelledError:
@@ -193,17 +222,20 @@ class Batcher:
         """A batch's items leave the queue's token count (answered or failed)."""
         self.queued_tokens -= sum(len(it.encoded) for it in items)
 
-    def next_batch(self) -> list[WorkItem]:
+    def next_batch(self, express: bool = False) -> list[WorkItem]:
         """One micro-batch from the jobs waiting now (see the module docstring), longest first.
 
         Jobs go in order of ``Job.key``; each gives its items, longest first, while the padded cost
         stays within the budget; a job whose next item does not fit leaves room for later jobs'
         shorter items. Cancelled items are dropped here. An item over the budget runs alone.
+        ``express``: only from jobs that may go on the express lane.
         """
         now = time.perf_counter()
         batch: list[WorkItem] = []
         longest = 0
         for job in sorted(self.jobs, key=lambda j: j.key(now)):
+            if express and not job.express:
+                continue
             while job.items:
                 item = job.items[0]
                 if item.future.done():  # cancelled: drop it
@@ -231,9 +263,26 @@ class Batcher:
             while self.jobs:
                 self._current = self.next_batch()
                 if self._current:
-                    await self._run_batch(loop, self._current)
+                    self._express_wake.set()  # work arriving during this pass may go beside it
+                    await self._run_batch(loop, self._current, self._thread)
                     self._release(self._current)
                 self._current = []
+                self._gauges()
+
+    async def _run_express(self) -> None:
+        """The express lane: while the main lane has a pass in the model, small interactive jobs
+        run beside it on a second model thread (with the main lane idle, the main lane takes them)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._express_wake.wait()
+            self._express_wake.clear()
+            while self._current and any(job.express for job in self.jobs):
+                self._express_current = self.next_batch(express=True)
+                if self._express_current:
+                    self.metrics.express_passes.inc()
+                    await self._run_batch(loop, self._express_current, self._express_thread)
+                    self._release(self._express_current)
+                self._express_current = []
                 self._gauges()
 
     def _model_pass(self, encoded: Sequence[Encoded]) -> np.ndarray:
@@ -242,13 +291,13 @@ class Batcher:
             self.fault(encoded)
         return self.forward(encoded)
 
-    async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[WorkItem]) -> None:
+    async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[WorkItem], thread: ThreadPoolExecutor) -> None:
         encoded = [it.encoded for it in batch]
         start = time.perf_counter()
         for it in batch:
             self.metrics.queue_wait.observe(start - it.enqueued)
         try:
-            out = await loop.run_in_executor(self._thread, self._model_pass, encoded)
+            out = await loop.run_in_executor(thread, self._model_pass, encoded)
         except Exception as exc:  # the model failed: every waiter in this batch hears about it
             torch = sys.modules.get("torch")  # loaded only by the torch backend (or an export)
             oom = isinstance(exc, MemoryError) or (torch is not None and isinstance(exc, torch.OutOfMemoryError))
@@ -274,10 +323,10 @@ class Batcher:
 
     def _fail_all(self, error: Exception) -> None:
         """Fail every item still queued or in the current round; reset the counters."""
-        for item in [*self._current, *self.pending]:
+        for item in [*self._current, *self._express_current, *self.pending]:
             if not item.future.done():
                 item.future.set_exception(error)
-        self._current, self.jobs = [], []
+        self._current, self._express_current, self.jobs = [], [], []
         self.queued_tokens = 0
         self._gauges()
 
@@ -296,4 +345,6 @@ class Batcher:
             if self.on_fatal is not None:
                 self.on_fatal(f"model worker {self.dead}")
             return
-        self.start()
+        for lane, lane_task in self._tasks.items():
+            if lane_task is task:
+                self._start_lane(lane)

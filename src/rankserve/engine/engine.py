@@ -127,6 +127,7 @@ class Engine:
             max_queue_items=config.max_queue_items,
             max_queue_tokens=config.max_queue_tokens,
             max_queue_requests=config.max_queue_requests,
+            express=config.express_lane and self.runner.concurrent,
             metrics=metrics,
         )
         self.cache = EmbeddingCache(config.cache_size if spec.kind == "embedder" else 0)

@@ -127,6 +127,7 @@ class OnnxRunner:
         self.quantize = quantize
         self.precision = "int8" if quantize == "int8" else "float32"  # as TorchRunner reports its own
         self.gemm: str | None = None
+        self.concurrent = True  # InferenceSession.run is thread-safe (the batcher's express lane)
         self.path = exported_model(spec, quantize, cache_dir, choice)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -69,6 +69,8 @@ class OpenVinoRunner:
             raise ConfigError(f"backend openvino runs in float32 or bfloat16, not {dtype}")
         self.spec = spec
         self.gemm: str | None = None
+        # One infer request on one stream: a second pass would wait for the first (no express lane).
+        self.concurrent = False
         self.path = exported_model(spec, "none", cache_dir, choice)
         core = ov.Core()
         core.set_property({"CACHE_DIR": str(rankserve_cache_dir("openvino"))})

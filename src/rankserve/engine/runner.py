@@ -52,6 +52,10 @@ class TorchRunner:
         self.device = device
         self.gemm: str | None = None  # the CPU GEMM library for fp32 products (see models/cpu_gemm.py)
         self.alone = device.type == "cpu"  # per-sequence attention: batch-invariant scores
+        # forward may run from two threads at once (the batcher's express lane). Not on CUDA: a
+        # second pass beside a 65k-token one would double the activation memory, and the GPU
+        # serializes the kernels of one stream anyway.
+        self.concurrent = device.type == "cpu"
         self.trim: PeriodicTrim | None = None
         # What the layers compute in: the module's dtype, or on CPU float32 / bfloat16 (mixed,
         # models/cpu_bf16.py); --dtype auto is float32 (batch-invariant scores).
