@@ -3,6 +3,12 @@
 Closed loop: C clients each send a request, wait for the answer, send the next, for a fixed
 number of requests per concurrency level. Passages per request and passage lengths are drawn
 from a seeded generator, so two servers measured with the same arguments see the same requests.
+
+Every level sends passages of its own (seed and level pick them): a server that caches passage
+work (rankserve does for bi-encoder ranking) would otherwise answer every level after the first
+from its cache and report pairs/s it never computed. Each level's cache hits are read from the
+server's ``/v1/metrics`` (when it has rankserve's counter) and printed beside its figures;
+``--same-passages`` repeats the first level's requests at every level, to measure the cache.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import json
 import random
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
@@ -35,6 +41,7 @@ class LevelResult:
     p50_ms: float
     p95_ms: float
     p99_ms: float
+    cache_hits: int | None = None  # passage cache hits the server counted during the level (None: not exposed)
 
     @property
     def requests_per_s(self) -> float:
@@ -100,21 +107,60 @@ async def run_level(url: str, bodies: list[dict], concurrency: int, model: str |
                        statistics.median(ms), percentile(ms, 0.95), percentile(ms, 0.99))
 
 
+def cache_hits(url: str) -> int | None:
+    """The server's ``rankserve_passage_cache_hits_total`` (all models), or None where it has none."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        r = httpx.get(url.rstrip("/") + "/v1/metrics", timeout=10)
+    except httpx.HTTPError:
+        return None
+    if r.status_code != 200:
+        return None
+    found = [s.value for fam in text_string_to_metric_families(r.text) for s in fam.samples
+             if s.name == "rankserve_passage_cache_hits_total"]
+    return int(sum(found)) if found else None
+
+
+def level_seed(seed: int, level: int) -> int:
+    """Level ``level``'s requests: distinct from every other level's and from the warm-up's."""
+    return seed * 1000 + 2 + level
+
+
 def run(url: str, concurrency: Sequence[int], requests: int, passages: tuple[int, int], tokens: tuple[int, int],
-        seed: int = 0, model: str | None = None, timeout: float = 600, warmup: int = 2) -> list[LevelResult]:
-    """Measure each concurrency level with the same seeded requests (after ``warmup`` unmeasured ones)."""
-    bodies = make_requests(requests, passages, tokens, seed)
+        seed: int = 0, model: str | None = None, timeout: float = 600, warmup: int = 2,
+        same_passages: bool = False) -> list[LevelResult]:
+    """Measure each concurrency level (after ``warmup`` unmeasured requests), each with requests of
+    its own unless ``same_passages`` (see the module docstring), counting the server's cache hits."""
     if warmup:
-        asyncio.run(run_level(url, make_requests(warmup, passages, tokens, seed + 1), 1, model, timeout))
-    return [asyncio.run(run_level(url, bodies, c, model, timeout)) for c in concurrency]
+        asyncio.run(run_level(url, make_requests(warmup, passages, tokens, seed * 1000 + 1), 1, model, timeout))
+    results = []
+    for i, c in enumerate(concurrency):
+        bodies = make_requests(requests, passages, tokens, level_seed(seed, 0 if same_passages else i))
+        before = cache_hits(url)
+        result = asyncio.run(run_level(url, bodies, c, model, timeout))
+        after = cache_hits(url)
+        hits = None if before is None or after is None else after - before
+        results.append(replace(result, cache_hits=hits))
+    return results
 
 
 def table(results: Sequence[LevelResult]) -> str:
-    rows = ["| clients | requests | errors | req/s | pairs/s | p50 ms | p95 ms | p99 ms | p99/p50 |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| clients | requests | errors | req/s | pairs/s | p50 ms | p95 ms | p99 ms | p99/p50 | cache hits |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
+        hits = "n/a" if r.cache_hits is None else str(r.cache_hits)
         rows.append(f"| {r.concurrency} | {r.requests} | {r.errors} | {r.requests_per_s:.2f} | {r.pairs_per_s:.1f} | "
-                    f"{r.p50_ms:.0f} | {r.p95_ms:.0f} | {r.p99_ms:.0f} | {r.p99_ms / r.p50_ms:.2f} |")
+                    f"{r.p50_ms:.0f} | {r.p95_ms:.0f} | {r.p99_ms:.0f} | {r.p99_ms / r.p50_ms:.2f} | {hits} |")
+    cached = [r for r in results if r.cache_hits]
+    if cached:
+        rows.append("")
+        rows.append("note: " + "; ".join(f"{r.concurrency} clients: {r.cache_hits} of {r.pairs} pairs" for r in cached)
+                    + " came from the server's passage cache, not the model: those pairs/s are not model throughput.")
+    if results and all(r.cache_hits is None for r in results):
+        rows.append("")
+        rows.append("note: the server exposes no rankserve_passage_cache_hits_total: cache hits unknown.")
     return "\n".join(rows)
 
 
@@ -131,7 +177,10 @@ def add_command(sub) -> None:  # argparse subparsers
     p.add_argument("--requests", type=int, default=64, help="requests per concurrency level")
     p.add_argument("--passages", default="20-100", help="passages per request, LO-HI")
     p.add_argument("--tokens", default="16-256", help="words per passage, LO-HI (log-uniform)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="picks the requests: same seed, same requests on any server")
+    p.add_argument("--same-passages", action="store_true",
+                   help="send the same requests at every level (default: fresh passages per level, so no level "
+                        "is answered from a passage cache filled by the one before)")
     p.add_argument("--json", dest="json_out", default=None, help="also write results as JSON here")
     p.set_defaults(func=_cmd)
 
@@ -143,7 +192,8 @@ def _range(text: str) -> tuple[int, int]:
 
 def _cmd(args) -> int:
     results = run(args.url, [int(c) for c in args.concurrency.split(",")], args.requests,
-                  _range(args.passages), _range(args.tokens), args.seed, args.model)
+                  _range(args.passages), _range(args.tokens), args.seed, args.model,
+                  same_passages=args.same_passages)
     print(table(results))
     if args.json_out:
         with open(args.json_out, "w") as f:

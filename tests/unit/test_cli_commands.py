@@ -92,7 +92,8 @@ def parse_table(stdout: str) -> list[dict[str, float]]:
     rows = [line for line in stdout.splitlines() if line.startswith("|")]
     header = [c.strip() for c in rows[0].strip("|").split("|")]
     assert set(rows[1].replace("|", "").replace("-", "").replace(":", "").strip()) == set()  # the rule line
-    return [dict(zip(header, (float(c) for c in row.strip("|").split("|")))) for row in rows[2:]]
+    return [dict(zip(header, (float(c) if c.strip() != "n/a" else None for c in row.strip("|").split("|"))))
+            for row in rows[2:]]
 
 
 def test_bench_against_the_live_server(live_default, tmp_path):
@@ -124,6 +125,10 @@ def test_bench_against_the_live_server(live_default, tmp_path):
         assert row["req/s"] == pytest.approx(r["requests_per_s"], abs=0.006)
         assert row["pairs/s"] == pytest.approx(r["pairs_per_s"], abs=0.06)
         assert row["p50 ms"] == pytest.approx(r["p50_ms"], abs=0.6)
+        # The default model is a bi-encoder whose passage vectors are cached: fresh passages per level
+        # mean no level is answered from the cache the one before filled.
+        assert row["cache hits"] == r["cache_hits"] == 0
+    assert "passage cache" not in out.stdout
 
     # What the server saw: every request sent was answered 200, with every passage ranked.
     sent = warmup + requests * len(levels)
@@ -131,6 +136,16 @@ def test_bench_against_the_live_server(live_default, tmp_path):
     assert metric(url, "rankserve_requests_total", route="/v1/ranking") - all_before == sent
     pairs = metric(url, "rankserve_passage_cache_hits_total") + metric(url, "rankserve_passage_cache_misses_total")
     assert pairs - pairs_before == sent * passages
+
+
+def test_bench_same_passages_reports_the_cache_hits(live_default, tmp_path):
+    """--same-passages repeats level 1's requests: level 2 is all cache hits, and the output says so."""
+    out = cli("bench", "--url", live_default.url, "--concurrency", "1,2", "--requests", "3", "--passages", "2",
+              "--tokens", "4-8", "--seed", "5", "--same-passages", "--json", str(tmp_path / "bench.json"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    first, second = json.loads((tmp_path / "bench.json").read_text())
+    assert first["cache_hits"] == 0 and second["cache_hits"] == second["pairs"] == 6
+    assert "2 clients: 6 of 6 pairs came from the server's passage cache" in out.stdout
 
 
 def test_bench_counts_refused_requests_as_errors_and_exits_1(live_default, tmp_path):
