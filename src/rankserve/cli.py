@@ -8,6 +8,7 @@ import json
 import sys
 from typing import Any, Iterator, Sequence
 
+from rankserve import __version__
 from rankserve.config import (BACKENDS, CHUNK_AGGREGATES, CPU_GEMMS, DTYPES, FIELDS, LOG_FORMATS, LOG_LEVELS, NIM_ENV,
                               QUANTIZE, RECIPE_NAMES, TRUNCATE_DEFAULTS, ServerConfig, env_name, load_config,
                               read_config_file, split_entry)
@@ -211,6 +212,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
                                                   "warmup": False}), work))
     rankings = sorted(enumerate(scores), key=lambda r: -r[1])
     if args.format == "table":
+        print(f"{'rank':>4}  {'logit':>10}  [index] passage")
         for rank, (i, logit) in enumerate(rankings, 1):
             print(f"{rank:>4}  {logit:>10.4f}  [{i}] {passages[i][:100]}")
     else:
@@ -256,6 +258,7 @@ def add_offline_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rankserve", description="Reranking and embedding service (NIM-compatible)")
+    parser.add_argument("--version", action="version", version=f"rankserve {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve the HTTP API")
     add_config_flags(serve)

@@ -165,6 +165,17 @@ def test_top_k_returns_best_entries(default_client, field):
     assert cut == full[:2]
 
 
+def test_top_k_and_top_n_together_must_agree(default_client):
+    """top_n is an alias of top_k: equal values are one cut, different ones a 422 naming both."""
+    query, relevant, others = CASES[0]
+    full = rank(default_client, query, [relevant, *others]).json()["rankings"]
+    assert rank(default_client, query, [relevant, *others], top_k=2, top_n=2).json()["rankings"] == full[:2]
+    r = rank(default_client, query, [relevant, *others], top_k=2, top_n=3)
+    assert r.status_code == 422
+    message = r.json()["error"]["message"]
+    assert "top_k (2)" in message and "top_n (3)" in message
+
+
 def test_unknown_fields_are_ignored(default_client):
     r = rank(default_client, "q", ["p"], foo="bar", extra={"x": 1})
     assert r.status_code == 200

@@ -176,12 +176,20 @@ def test_rank_reads_a_file_or_stdin_and_asks_a_server(live_default, tmp_path):
                             live_default.url, "--format", "table"], input="\n".join(PASSAGES), capture_output=True,
                            text=True, timeout=300)
     assert piped.returncode == 0, piped.stderr
-    lines = piped.stdout.splitlines()
+    header, *lines = piped.stdout.splitlines()
+    assert header.split() == ["rank", "logit", "[index]", "passage"]
     assert len(lines) == len(PASSAGES) and PASSAGES[RELEVANT][:50] in lines[0]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"text": \n')
     failed = cli("rank", QUERY, "--file", str(bad))
     assert failed.returncode == 2 and "bad.jsonl:2" in failed.stderr
+
+
+def test_version_prints_the_package_version():
+    from rankserve import __version__
+
+    out = cli("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"rankserve {__version__}"
 
 
 def test_embed_via_url_equals_in_process(live_default):

@@ -49,7 +49,14 @@ class RankingRequest(Request):
         None, description="END drops passage tokens, then query tokens, from the right; CHUNK scores overlapping "
                           "windows of a long passage and keeps the best; omitted: the server's --truncate-default (END)")
     top_k: StrictInt | None = Field(None, ge=1, description="Return only this many top entries (LiteLLM sends it)")
-    top_n: StrictInt | None = Field(None, ge=1, description="Alias of top_k")
+    top_n: StrictInt | None = Field(None, ge=1, description="Alias of top_k; if both are given they must be equal")
+
+    @model_validator(mode="after")
+    def one_cut(self) -> "RankingRequest":
+        if self.top_k is not None and self.top_n is not None and self.top_k != self.top_n:
+            raise ValueError(f"top_k ({self.top_k}) and top_n ({self.top_n}) are the same setting (top_n is an "
+                             "alias): send one of them")
+        return self
 
 
 class Ranking(BaseModel):
