@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -63,6 +64,19 @@ def test_start_up_failures_exit_1_with_one_clear_line(tmp_path, bert_ce_dir):
 def test_missing_model_folder_is_a_config_error_before_serving(tmp_path):
     proc = subprocess.run([*SERVE, "--model", str(tmp_path / "nope")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "invalid model=" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_port_in_use_is_a_config_error_before_the_model_loads(bert_ce_dir):
+    """Another process listens on the port: exit 2 with one line naming the port, and no model load."""
+    port = free_port()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", port))
+        busy.listen()
+        proc = subprocess.run([*SERVE, "--port", str(port), "--model", str(bert_ce_dir), "--log-level", "info"],
+                              capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"port {port} on 127.0.0.1 is already in use" in proc.stderr and "--port" in proc.stderr
+    assert "loaded " not in proc.stderr and "Traceback" not in proc.stderr
 
 
 class Server:

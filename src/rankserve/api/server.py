@@ -8,11 +8,17 @@ with the signal re-raised, as uvicorn does (exit status 143 for SIGTERM). A seco
 the wait. If the app reports a fatal error (the model cannot load, the model worker died), the
 server stops and ``serve`` returns 1 so that a supervisor (systemd, Kubernetes, ``docker run
 --restart``) sees the failure instead of a process that answers 503 forever.
+
+The listening socket is bound *before* the model loads and handed to uvicorn: a port already in
+use ends ``rankserve serve`` at once with a clear error, not after a model load of seconds to
+minutes (uvicorn binds only after the app's startup).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import time
 from types import FrameType
 from typing import Any
@@ -22,6 +28,7 @@ import uvicorn
 from rankserve import logs
 from rankserve.api.app import create_app
 from rankserve.config import ServerConfig
+from rankserve.errors import ConfigError
 
 log = logging.getLogger("rankserve")
 
@@ -32,6 +39,13 @@ class DrainingServer(uvicorn.Server):
         self.state = state
         self.drain_timeout = drain_timeout
         self.drain_started: float | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if sockets and self.started:  # uvicorn logs "running on ..." only for sockets it bound itself
+            scheme = "https" if self.config.is_ssl else "http"
+            host, port = sockets[0].getsockname()[:2]
+            log.info("listening on %s://%s:%d (Ctrl+C to stop)", scheme, f"[{host}]" if ":" in host else host, port)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.drain_started is None and not self.should_exit:
@@ -60,9 +74,26 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """The server's listening socket, bound as uvicorn binds it (SO_REUSEADDR, IPv6 for a ':' host)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"port {port} on {host} is already in use (another server is listening there): "
+                              "stop it or pick another --port") from None
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def serve(config: ServerConfig) -> int:
     """Run the server until it is stopped; 0 after a clean stop, 1 if the app failed."""
     logs.configure(config.log_level, config.log_format)
+    sock = listen(config.host, config.port)  # before the model loads: a busy port fails at once
     server: DrainingServer | None = None
 
     def on_fatal(_message: str) -> None:
@@ -75,5 +106,5 @@ def serve(config: ServerConfig) -> int:
                        access_log=False, ssl_certfile=config.ssl_certfile, ssl_keyfile=config.ssl_keyfile,
                        timeout_graceful_shutdown=max(config.drain_timeout, 1.0)),
         app.state, config.drain_timeout)
-    server.run()
+    server.run(sockets=[sock])
     return 1 if app.state.fatal is not None else 0
