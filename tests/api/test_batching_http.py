@@ -60,7 +60,9 @@ def query_of(pair) -> tuple[int, ...]:
 
 def test_concurrent_requests_share_forward_passes_and_equal_sequential(bert_ce_dir):
     bodies = make_requests(12, (3, 8), (2, 40), seed=3)
-    with app_client(model=str(bert_ce_dir), max_batch_tokens=1 << 16) as client:  # every request fits one pass
+    # The main lane's batching on its own: the express lane would take these small requests beside
+    # the held pass (tests/engine/test_express_lane.py covers that).
+    with app_client(model=str(bert_ce_dir), max_batch_tokens=1 << 16, express_lane=False) as client:
         wait_ready(client)
         engine = client.app.state.engine
         forward = engine.batcher.forward = GatedForward(engine.batcher.forward)
@@ -156,13 +158,17 @@ def test_disconnected_client_work_is_dropped(bert_ce_dir):
         assert engine.batcher.depth == 0 and engine.batcher.queued_tokens == 0
 
 
-def test_small_request_during_a_big_one_is_answered_first_with_unbatched_scores(bert_ce_dir):
+@pytest.mark.parametrize("express_lane", [False, True], ids=["main-lane", "express-lane"])
+def test_small_request_during_a_big_one_is_answered_first_with_unbatched_scores(bert_ce_dir, express_lane):
     """Fair scheduling over HTTP: the big request's first pass is held; a small request sent then is
-    answered before the big one, and both get exactly the scores each gets alone."""
+    answered before the big one, and both get exactly the scores each gets alone. Without the express
+    lane it waits for the held pass and runs between the big one's later passes; with it, it is
+    answered while the big one's pass is still held in the model."""
     big = {"query": {"text": "list files"},
            "passages": [{"text": f"list files in a directory number {i % 7} " * (1 + i % 3)} for i in range(48)]}
     small = {"query": {"text": "show disk space"}, "passages": [{"text": "show disk space usage"}, {"text": "banana"}]}
-    with app_client(model=str(bert_ce_dir), max_batch_tokens=128, max_passages=64, warmup=False) as client:
+    with app_client(model=str(bert_ce_dir), max_batch_tokens=128, max_passages=64, warmup=False,
+                    express_lane=express_lane) as client:
         wait_ready(client)
         alone = {name: client.post("/v1/ranking", json=body).json() for name, body in (("big", big), ("small", small))}
         batcher = client.app.state.engine.batcher
@@ -179,9 +185,15 @@ def test_small_request_during_a_big_one_is_answered_first_with_unbatched_scores(
             big_future = pool.submit(send, "big", big)
             assert forward.started.wait(60)
             small_future = pool.submit(send, "small", small)
-            wait_until(lambda: len(batcher.pending) > 0 and any(len(j.items) == 2 for j in batcher.jobs),
-                       "the small request to queue")
-            forward.release.set()
+            try:
+                if express_lane:
+                    small_future.result(60)  # answered beside the held pass
+                    assert not big_future.done()
+                else:
+                    wait_until(lambda: len(batcher.pending) > 0 and any(len(j.items) == 2 for j in batcher.jobs),
+                               "the small request to queue")
+            finally:
+                forward.release.set()
             responses = {"big": big_future.result(), "small": small_future.result()}
     assert finished == ["small", "big"]
     assert len(forward.calls) > 3  # the big request ran in several passes, the small one between them
