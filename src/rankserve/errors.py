@@ -8,6 +8,7 @@ has the same shape, readable by NIM clients (``detail``) and the OpenAI SDK (``e
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from typing import Any
@@ -147,15 +148,9 @@ def install_handlers(app: Any) -> None:
             {k: v for k, v in e.items() if k in ("type", "loc", "msg", "input")} for e in exc.errors()[:MAX_ERRORS]
         ]
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-        where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
-        message = f"{where}: {first['msg']}"
-        if first.get("type") == "json_invalid":  # loc holds a character offset: say line and column
-            where, message = "body", json_syntax_message(exc, first)
+        status, where, message = explain(exc, first, request.headers.get("content-type"))
         count(request, "validation_error")
-        return JSONResponse(
-            error_body(VALIDATION_STATUS, "validation_error", message, where, errors),
-            status_code=VALIDATION_STATUS,
-        )
+        return JSONResponse(error_body(status, "validation_error", message, where, errors), status_code=status)
 
     async def http(request: Any, exc: StarletteHTTPException) -> JSONResponse:
         message = str(exc.detail)
@@ -182,6 +177,44 @@ def install_handlers(app: Any) -> None:
 MAX_ERRORS = 20  # validation errors echoed per response
 MAX_ECHO_CHARS = 200  # characters of any echoed string (client input comes back in pydantic's ``input``)
 MAX_ECHO_ITEMS = 20  # items of any echoed list or object
+
+
+OBJECT_TYPES = ("model_attributes_type", "dict_type", "model_type")  # pydantic: "expected an object"
+TEXT_OBJECTS = ("query", "passages", "documents")  # fields whose items are {"text": ...} objects
+
+
+def explain(exc: Any, first: dict, content_type: str | None) -> tuple[int, str, str]:
+    """(status, param, message) for a request pydantic refused, phrased for the mistakes clients
+    really make: broken JSON (400, with line and column), JSON sent without a JSON Content-Type
+    (415: FastAPI then hands the raw bytes to validation, and 'Input should be a valid dictionary'
+    says nothing useful), a body that is not an object, and strings where ``{"text": ...}``
+    objects go (NIM's ranking shape). Anything else: 422 with pydantic's message at its field."""
+    loc = [p for p in first.get("loc", ()) if p != "body"]
+    where = ".".join(str(p) for p in loc) or "body"
+    if first.get("type") == "json_invalid":  # loc holds a character offset: say line and column
+        return 400, "body", json_syntax_message(exc, first)
+    value = first.get("input")
+    if not loc and isinstance(value, (bytes, bytearray)):
+        got = content_type.split(";")[0].strip() if content_type else "none"
+        return 415, "body", ("the body must be JSON sent with the header 'Content-Type: application/json' "
+                             f"(this request's Content-Type: {got}); with curl, add -H 'Content-Type: application/json'")
+    if first.get("type") in OBJECT_TYPES:
+        if not loc:
+            return VALIDATION_STATUS, "body", f"the body must be a JSON object, not {json_kind(value)}"
+        field_name = next((p for p in reversed(loc) if isinstance(p, str)), "")
+        if field_name in TEXT_OBJECTS and isinstance(value, str):
+            return VALIDATION_STATUS, where, (f'{where}: expected an object like {{"text": "..."}}, got the string '
+                                              f'{safe_json(value)!r}; send {{"text": {json.dumps(safe_json(value))}}}')
+    return VALIDATION_STATUS, where, f"{where}: {first['msg']}"
+
+
+def json_kind(value: Any) -> str:
+    """'a list', 'a string', ... : what JSON value a client sent where an object goes."""
+    for kind, name in ((list, "a list"), (str, "a string"), (bool, "a boolean"), (int, "a number"),
+                       (float, "a number"), (type(None), "null")):
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
 
 
 def json_syntax_message(exc: Any, error: dict) -> str:

@@ -96,8 +96,13 @@ def test_odd_but_valid_text_is_served(server, route):
 
 
 def test_wrong_content_type_and_methods(server):
-    r = httpx.post(server.url + "/v1/ranking", content=json.dumps(NIM), headers={"content-type": "text/plain"})
-    assert r.status_code == 422 and r.json()["error"]["code"] == 422
+    for headers in ({"content-type": "text/plain"}, {"content-type": "application/x-www-form-urlencoded"}, {}):
+        # JSON sent without a JSON Content-Type (curl -d without -H): 415 saying which header to send.
+        r = httpx.post(server.url + "/v1/ranking", content=json.dumps(NIM), headers=headers)
+        assert r.status_code == 415 and r.json()["error"]["code"] == 415, r.text
+        message = r.json()["error"]["message"]
+        assert "Content-Type: application/json" in message
+        assert (headers.get("content-type", "none")) in message
     r = httpx.get(server.url + "/v1/ranking")
     assert r.status_code == 405 and r.json()["error"]["code"] == 405
     r = httpx.get(server.url + "/no/such/route")
@@ -109,7 +114,24 @@ def test_wrong_content_type_and_methods(server):
                                                (b'{"query": ', 1, 11)])
 def test_json_syntax_errors_say_line_and_column(server, raw, line, column):
     r = httpx.post(server.url + "/v1/ranking", content=raw, headers={"content-type": "application/json"}, timeout=30)
-    assert r.status_code == 422
+    assert r.status_code == 400  # malformed syntax; 422 is for well-formed JSON the schema refuses
     error = r.json()["error"]
     assert error["param"] == "body"
     assert error["message"].startswith("body is not valid JSON") and f"line {line}, column {column}" in error["message"]
+
+
+@pytest.mark.parametrize("body, where, hint", [
+    ({"query": {"text": "q"}, "passages": ["a passage", {"text": "b"}]}, "passages.0", '{"text": "a passage"}'),
+    ({"query": "what is ls", "passages": [{"text": "b"}]}, "query", '{"text": "what is ls"}'),
+])
+def test_strings_where_text_objects_go_say_the_shape(server, body, where, hint):
+    r = httpx.post(server.url + "/v1/ranking", json=body, timeout=30)
+    assert r.status_code == 422
+    error = r.json()["error"]
+    assert error["param"] == where and error["message"].startswith(where + ": expected an object")
+    assert hint in error["message"]
+
+
+def test_a_body_that_is_not_an_object_says_what_it_is(server):
+    r = httpx.post(server.url + "/v1/ranking", json=[{"text": "q"}], timeout=30)
+    assert r.status_code == 422 and r.json()["error"]["message"] == "the body must be a JSON object, not a list"

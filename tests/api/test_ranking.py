@@ -207,9 +207,9 @@ def test_schema_errors_are_422_with_field(default_client, body, where):
     assert isinstance(body["detail"], list) and body["detail"][0]["loc"][0] == "body"
 
 
-def test_non_json_body_is_422_json(default_client):
+def test_non_json_body_is_400_json(default_client):
     r = default_client.post("/v1/ranking", content=b"{not json", headers={"content-type": "application/json"})
-    assert r.status_code == 422 and r.json()["error"]["type"] == "validation_error"
+    assert r.status_code == 400 and r.json()["error"]["type"] == "validation_error"
 
 
 def test_too_many_passages_is_400(ce_client):
