@@ -106,6 +106,58 @@ def minilm_cross_encoder(directory: Path, seed: int = 0) -> Path:
     return directory
 
 
+def base_cross_encoder(directory: Path, seed: int = 0) -> Path:
+    """A base-size BERT cross-encoder (12 layers, 768 wide: the shape of ms-marco-MiniLM-L-12's
+    bigger cousins and bge-reranker-base's encoder), random weights, the packaged MiniLM's
+    tokenizer. Speed depends on the shape only; agreement figures on it are crowded random scores."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    if (directory / "model.safetensors").exists():
+        return directory
+    directory.mkdir(parents=True, exist_ok=True)
+    src = default_model_dir()
+    cfg = json.loads((src / "config.json").read_text())
+    cfg.update(architectures=["BertForSequenceClassification"], num_labels=1, hidden_size=768,
+               num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+    torch.manual_seed(seed)
+    BertForSequenceClassification(BertConfig(**cfg)).eval().save_pretrained(directory, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(src / name, directory / name)
+    return directory
+
+
+def engine_offline(model_dir: Path, work: list[tuple[str, list[str]]], overrides: dict,
+                   rounds: int = 2) -> tuple[float, list[float]]:
+    """Best seconds and the scores (request order) of rankserve's Engine given every request of
+    ``work`` at once, config ``overrides`` on the server's defaults, in a child process so the
+    caller keeps torch's and glibc's defaults."""
+    code = """
+import asyncio, json, sys, time
+from rankserve.config import load_config
+from rankserve.engine.engine import Engine
+from rankserve.metrics import Metrics
+args = json.load(sys.stdin)
+work = args["work"]
+async def main():
+    config = load_config({"model": args["model"], "cache_size": 0, **args["overrides"]}, environ={})
+    engine = Engine.load(config, Metrics())
+    await engine.start()
+    best, scores = float("inf"), []
+    for _ in range(args["rounds"]):
+        t = time.perf_counter()
+        results = await asyncio.gather(*(engine.rank(q, ps, "END") for q, ps in work))
+        best = min(best, time.perf_counter() - t)
+        scores = [float(s) for r in results for s in r.scores]
+    await engine.stop()
+    print(json.dumps({"seconds": best, "scores": scores}))
+asyncio.run(main())
+"""
+    payload = json.dumps({"model": str(model_dir), "work": work, "overrides": overrides, "rounds": rounds})
+    out = subprocess.run([sys.executable, "-c", code], input=payload, capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return result["seconds"], result["scores"]
+
+
 def text_of(tokens: int, rng: random.Random) -> str:
     """About ``tokens`` WordPiece tokens of English-like text (each word here is one token)."""
     return " ".join(rng.choice(WORDS) for _ in range(tokens))

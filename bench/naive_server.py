@@ -1,20 +1,24 @@
-"""The naive peer: FastAPI + sentence-transformers CrossEncoder.predict per request, no batching
-across requests (what many teams write first). Same /v1/ranking shape as rankserve.
+"""The naive peer: FastAPI + one peer scorer per request, no batching across requests (what many
+teams write first). Same /v1/ranking shape as rankserve. ``PEER`` picks the scorer from
+bench/peer_scorers.py (default ``st-torch``: sentence-transformers ``CrossEncoder.predict``);
+``WORK_DIR`` is where peers that need ONNX keep their export.
 
-    MODEL_DIR=... uvicorn naive_server:app --app-dir bench --port 8001
+    MODEL_DIR=... [PEER=st-onnx] uvicorn naive_server:app --app-dir bench --port 8001
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
-import torch
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
+from peer_scorers import make_scorer
 from pydantic import BaseModel
-from sentence_transformers import CrossEncoder
 
-model = CrossEncoder(os.environ["MODEL_DIR"], device="cpu")
+score = make_scorer(os.environ.get("PEER", "st-torch"), Path(os.environ["MODEL_DIR"]),
+                    Path(os.environ.get("WORK_DIR", Path(tempfile.gettempdir()) / "rankserve-peers")))
 app = FastAPI()
 
 
@@ -35,7 +39,6 @@ def ready() -> dict:
 @app.post("/v1/ranking")
 async def ranking(body: Body) -> dict:
     pairs = [(body.query.text, p.text) for p in body.passages]
-    scores = await run_in_threadpool(model.predict, pairs, batch_size=32, activation_fn=torch.nn.Identity(),
-                                     show_progress_bar=False)
-    order = sorted(range(len(pairs)), key=lambda i: -float(scores[i]))
-    return {"rankings": [{"index": i, "logit": float(scores[i])} for i in order]}
+    scores = await run_in_threadpool(score, pairs)
+    order = sorted(range(len(pairs)), key=lambda i: -scores[i])
+    return {"rankings": [{"index": i, "logit": scores[i]} for i in order]}

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import minilm_cross_encoder, start_server, stop_server  # noqa: E402
+from common import engine_offline, minilm_cross_encoder, start_server, stop_server  # noqa: E402
 
 from rankserve import loadgen  # noqa: E402
 
@@ -84,30 +83,10 @@ def main() -> None:
 
 
 def offline_engine(model_dir: Path, bodies: list[dict]) -> float:
-    """pairs/s of rankserve's Engine (the server's defaults) given every request at once, in a child
-    process so this one (the load generator) keeps torch's and glibc's defaults."""
-    code = f"""
-import asyncio, json, sys, time
-from rankserve.config import load_config
-from rankserve.engine.engine import Engine
-from rankserve.metrics import Metrics
-bodies = json.load(sys.stdin)
-work = [(b["query"]["text"], [p["text"] for p in b["passages"]]) for b in bodies]
-async def main():
-    engine = Engine.load(load_config({{"model": {str(model_dir)!r}, "dtype": "float32"}}, environ={{}}), Metrics())
-    await engine.start()
-    best = float("inf")
-    for _ in range(2):
-        t = time.perf_counter()
-        await asyncio.gather(*(engine.rank(q, ps, "END") for q, ps in work))
-        best = min(best, time.perf_counter() - t)
-    await engine.stop()
-    print(sum(len(ps) for _, ps in work) / best)
-asyncio.run(main())
-"""
-    out = subprocess.run([sys.executable, "-c", code], input=json.dumps(bodies), capture_output=True, text=True,
-                         check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    """pairs/s of rankserve's Engine (the server's defaults, fp32) given every request at once."""
+    work = [(b["query"]["text"], [p["text"] for p in b["passages"]]) for b in bodies]
+    seconds, scores = engine_offline(model_dir, work, {"dtype": "float32"})
+    return len(scores) / seconds
 
 
 def write_out(out: Path, results: dict, offline: float, engine_offline: float) -> None:

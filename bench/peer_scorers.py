@@ -1,0 +1,163 @@
+"""The CPU rerankers a user would pick instead of rankserve, each as ``score(pairs) -> logits``.
+
+Runs inside whichever venv holds the peer (their pins clash: bench/cpu_peers.py says which venv
+runs which), so it imports nothing from rankserve. Every peer loads the same local model folder
+(an HF BERT cross-encoder with ``model.safetensors``); those that need ONNX export it once into a
+copy of that folder (``work``), never into the original. Raw logits (no sigmoid) everywhere, so
+they compare with rankserve's.
+
+Offline: ``python peer_scorers.py PEER MODEL_DIR WORK WORKLOAD.json ROUNDS`` prints one JSON line
+``{"seconds": best, "scores": [...], "version": ...}``; WORKLOAD.json is ``[[query, [passage,
+...]], ...]`` and every pair goes to the peer in one call (its own batching, as its docs show).
+Served: bench/naive_server.py with ``PEER=...`` puts one behind FastAPI.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Callable
+
+Scorer = Callable[[list[tuple[str, str]]], list[float]]
+BATCH = 32  # sentence-transformers' and fastembed's default batch size
+
+
+def copy_model(model_dir: Path, work: Path, name: str) -> Path:
+    """A private copy of the model folder for a peer that writes exports into it."""
+    target = work / name
+    if not target.exists():
+        shutil.copytree(model_dir, target)
+    return target
+
+
+def onnx_export(model_dir: Path, work: Path) -> Path:
+    """``model.onnx`` (fp32, optimum's export) in a copy of the folder, for ONNX-only peers."""
+    target = copy_model(model_dir, work, "onnx")
+    if not (target / "model.onnx").exists():
+        from optimum.onnxruntime import ORTModelForSequenceClassification
+
+        ORTModelForSequenceClassification.from_pretrained(str(model_dir), export=True).save_pretrained(str(target))
+    return target
+
+
+def st_cross_encoder(model_dir: Path, work: Path, backend: str, variant: str = "") -> Scorer:
+    """sentence-transformers ``CrossEncoder`` with ``backend`` torch / onnx / openvino; ``variant``
+    "O3" (its optimized ONNX graph) or "int8" (its dynamic int8 export for AVX-512 VNNI / AVX2)."""
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    kwargs: dict = {}
+    path = model_dir
+    if backend != "torch":
+        path = copy_model(model_dir, work, f"st-{backend}")
+    if variant:
+        from sentence_transformers import (export_dynamic_quantized_onnx_model, export_optimized_onnx_model)
+
+        model = CrossEncoder(str(path), device="cpu", backend="onnx")
+        if variant == "O3":
+            export_optimized_onnx_model(model, "O3", str(path))
+            kwargs = {"file_name": "onnx/model_O3.onnx"}
+        else:
+            config = "avx512_vnni" if "avx512_vnni" in open("/proc/cpuinfo").read() else "avx2"
+            export_dynamic_quantized_onnx_model(model, config, str(path))
+            kwargs = {"file_name": f"onnx/model_qint8_{config}.onnx"}
+    model = CrossEncoder(str(path), device="cpu", backend=backend, model_kwargs=kwargs)
+    identity = torch.nn.Identity()
+
+    def score(pairs: list[tuple[str, str]]) -> list[float]:
+        out = model.predict(pairs, batch_size=BATCH, activation_fn=identity, show_progress_bar=False)
+        return [float(x) for x in out]
+
+    return score
+
+
+def fastembed_cross_encoder(model_dir: Path, work: Path) -> Scorer:
+    """fastembed's ``TextCrossEncoder`` (onnxruntime) on our ONNX export, registered as a custom model."""
+    from fastembed.rerank.cross_encoder import TextCrossEncoder
+
+    path = onnx_export(model_dir, work)
+    name = "local/rankserve-bench-ce"
+    try:
+        TextCrossEncoder.add_custom_model(model=name, sources=_fastembed_sources(), model_file="model.onnx")
+    except ValueError:  # registered already in this process
+        pass
+    model = TextCrossEncoder(model_name=name, specific_model_path=str(path))
+
+    def score(pairs: list[tuple[str, str]]) -> list[float]:
+        return [float(x) for x in model.rerank_pairs(pairs, batch_size=BATCH)]
+
+    return score
+
+
+def _fastembed_sources():
+    from fastembed.common.model_description import ModelSource
+
+    return ModelSource(hf="local/rankserve-bench-ce")
+
+
+def flashrank_ranker(model_dir: Path, work: Path) -> Scorer:
+    """FlashRank's ``Ranker`` on our ONNX export laid out as its cache expects (one folder per model
+    name holding ``flashrank.onnx`` or the file its model map names plus the tokenizer files)."""
+    from flashrank import Ranker, RerankRequest
+
+    cache = work / "flashrank"
+    name = "ms-marco-MiniLM-L-12-v2"  # a name its map knows; the files in it are ours
+    target = cache / name
+    if not target.exists():
+        src = onnx_export(model_dir, work)
+        shutil.copytree(src, target)
+        shutil.copy(target / "model.onnx", target / "flashrank.onnx")
+    ranker = Ranker(model_name=name, cache_dir=str(cache), max_length=512)
+
+    def score(pairs: list[tuple[str, str]]) -> list[float]:
+        out: list[float] = []
+        i = 0
+        while i < len(pairs):  # FlashRank takes one query per call
+            j = i
+            while j < len(pairs) and pairs[j][0] == pairs[i][0]:
+                j += 1
+            passages = [{"id": k, "text": pairs[k][1]} for k in range(i, j)]
+            results = ranker.rerank(RerankRequest(query=pairs[i][0], passages=passages))
+            by_id = {r["id"]: float(r["score"]) for r in results}
+            out.extend(by_id[k] for k in range(i, j))
+            i = j
+        return out
+
+    return score
+
+
+PEERS: dict[str, tuple[str, Callable[[Path, Path], Scorer]]] = {
+    # name: (package whose version is reported, factory)
+    "st-torch": ("sentence-transformers", lambda m, w: st_cross_encoder(m, w, "torch")),
+    "st-onnx": ("sentence-transformers", lambda m, w: st_cross_encoder(m, w, "onnx")),
+    "st-onnx-O3": ("sentence-transformers", lambda m, w: st_cross_encoder(m, w, "onnx", "O3")),
+    "st-onnx-int8": ("sentence-transformers", lambda m, w: st_cross_encoder(m, w, "onnx", "int8")),
+    "st-openvino": ("sentence-transformers", lambda m, w: st_cross_encoder(m, w, "openvino")),
+    "fastembed": ("fastembed", fastembed_cross_encoder),
+    "flashrank": ("flashrank", flashrank_ranker),
+}
+
+
+def make_scorer(peer: str, model_dir: Path, work: Path) -> Scorer:
+    work.mkdir(parents=True, exist_ok=True)
+    return PEERS[peer][1](model_dir, work)
+
+
+def main(peer: str, model_dir: str, work: str, workload_file: str, rounds: int) -> None:
+    pairs = [(q, p) for q, ps in json.loads(Path(workload_file).read_text()) for p in ps]
+    score = make_scorer(peer, Path(model_dir), Path(work))
+    score(pairs[:BATCH])  # warm-up
+    best, scores = float("inf"), []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        scores = score(pairs)
+        best = min(best, time.perf_counter() - t)
+    print(json.dumps({"seconds": best, "scores": scores, "version": version(PEERS[peer][0])}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
