@@ -43,6 +43,7 @@ from rankserve import loadgen  # noqa: E402
 BENCH = Path(__file__).parent
 PEERS = ["st-torch", "st-onnx", "st-onnx-O3", "st-onnx-int8", "st-openvino", "fastembed", "flashrank"]
 PEER_PACKAGE = {"st": "sentence-transformers", "fastembed": "fastembed", "flashrank": "flashrank"}
+ONNX_PEERS = {"fastembed", "flashrank"}  # they load bench/peer_scorers.py's optimum export
 LOSSY = {"st-onnx-int8", "rankserve onnxruntime int8", "rankserve openvino bf16", "rankserve torch bf16"}
 MODES = {  # rankserve: config overrides (offline) = serve flags (HTTP)
     "rankserve torch fp32": {"backend": "torch", "dtype": "float32"},
@@ -82,6 +83,14 @@ def run_peer_offline(python: str, peer: str, model_dir: Path, work_dir: Path, wo
     return result["seconds"], result["scores"], result["version"]
 
 
+def onnx_export(python: str, model_dir: Path, work_dir: Path) -> str:
+    """Export the model once for fastembed and FlashRank (their venvs hold no torch) with the
+    sentence-transformers venv's optimum; returns why it failed, or "" when the export is there."""
+    out = subprocess.run([python, str(BENCH / "peer_scorers.py"), "export", str(model_dir), str(work_dir)],
+                         capture_output=True, text=True, timeout=1800)
+    return "" if out.returncode == 0 else f"ONNX export failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}"
+
+
 def http(cmd: list[str], port: int, env: dict, args, clients: int) -> loadgen.LevelResult:
     proc = start_server(cmd, port, env, timeout=600)
     try:
@@ -105,10 +114,13 @@ def measure_model(label: str, model_dir: Path, args, pythons: dict[str, str]) ->
     work_dir = Path(tempfile.gettempdir()) / f"rankserve-peers-{model_dir.name}"
     print(f"\n## {label}: {len(work)} requests, {n} pairs ({args.passages} passages of {args.tokens} words)")
     rows: list[Row] = []
+    export_note = onnx_export(pythons.get("st", sys.executable), model_dir, work_dir)
     for peer in [p for p in PEERS if p in args.peers]:
         row = Row(peer)
         python = pythons.get(peer) or pythons.get(family(peer)) or sys.executable
         try:
+            if peer in ONNX_PEERS and export_note:
+                raise RuntimeError(export_note)
             seconds, row.scores, ver = run_peer_offline(python, peer, model_dir, work_dir, work_file, args.rounds)
             row.note = f"{PEER_PACKAGE[family(peer)]} {ver}"
             row.offline = n / seconds
@@ -174,7 +186,9 @@ def print_table(rows: list[Row], sizes: list[int], clients: int) -> None:
         vs_http = f"{r.http / best_http:.2f}x" if best_http and r.http else ""
         http_s = f"{r.http:.1f}" if r.http else ""
         p99 = f"{r.p99_ms:.0f}" if r.p99_ms else ""
-        lossy = " (lossy)" if r.name in LOSSY else ""
+        # OpenVINO's CPU plugin runs bf16 by default where the CPU has it: sentence-transformers
+        # passes that default on, so its OpenVINO backend is lossy there
+        lossy = " (lossy)" if r.name in LOSSY or (r.name == "st-openvino" and native_bf16()) else ""
         print(f"| {r.name}{lossy} | {r.offline:.1f} | {vs_off} | {http_s} | {vs_http} | {p99} | {delta:.1e} | "
               f"{top5:.3f} | {tau:.3f} | {r.note} |")
 

@@ -35,12 +35,21 @@ def copy_model(model_dir: Path, work: Path, name: str) -> Path:
 
 
 def onnx_export(model_dir: Path, work: Path) -> Path:
-    """``model.onnx`` (fp32, optimum's export) in a copy of the folder, for ONNX-only peers."""
-    target = copy_model(model_dir, work, "onnx")
+    """``model.onnx`` (fp32, optimum's export) in a copy of the folder, for ONNX-only peers. Their
+    venvs hold no torch or optimum, so bench/cpu_peers.py makes it first with the
+    sentence-transformers venv (``python peer_scorers.py export MODEL_DIR WORK``)."""
+    target = work / "onnx"
     if not (target / "model.onnx").exists():
-        from optimum.onnxruntime import ORTModelForSequenceClassification
-
-        ORTModelForSequenceClassification.from_pretrained(str(model_dir), export=True).save_pretrained(str(target))
+        try:
+            from optimum.onnxruntime import ORTModelForSequenceClassification
+        except ImportError as exc:
+            raise RuntimeError(f"no ONNX export in {target} and no optimum here to make one") from exc
+        tmp = copy_model(model_dir, work, "onnx-tmp")
+        ORTModelForSequenceClassification.from_pretrained(str(tmp), export=True).save_pretrained(str(target))
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+            if (model_dir / name).exists() and not (target / name).exists():
+                shutil.copy(model_dir / name, target / name)
+        shutil.rmtree(tmp)
     return target
 
 
@@ -102,16 +111,18 @@ def _fastembed_sources():
 def flashrank_ranker(model_dir: Path, work: Path) -> Scorer:
     """FlashRank's ``Ranker`` on our ONNX export laid out as its cache expects (one folder per model
     name holding ``flashrank.onnx`` or the file its model map names plus the tokenizer files)."""
+    import numpy as np
     from flashrank import Ranker, RerankRequest
 
+    from flashrank.Config import model_file_map
+
     cache = work / "flashrank"
-    name = "ms-marco-MiniLM-L-12-v2"  # a name its map knows; the files in it are ours
+    name = "ms-marco-TinyBERT-L-2-v2"  # a name its map knows (its fp32 file); the files in it are ours
     target = cache / name
     if not target.exists():
-        src = onnx_export(model_dir, work)
-        shutil.copytree(src, target)
-        shutil.copy(target / "model.onnx", target / "flashrank.onnx")
-    ranker = Ranker(model_name=name, cache_dir=str(cache), max_length=512)
+        shutil.copytree(onnx_export(model_dir, work), target)
+        shutil.copy(target / "model.onnx", target / model_file_map[name])
+    ranker = Ranker(model_name=name, cache_dir=str(cache), max_length=512, log_level="WARNING")
 
     def score(pairs: list[tuple[str, str]]) -> list[float]:
         out: list[float] = []
@@ -122,7 +133,8 @@ def flashrank_ranker(model_dir: Path, work: Path) -> Scorer:
                 j += 1
             passages = [{"id": k, "text": pairs[k][1]} for k in range(i, j)]
             results = ranker.rerank(RerankRequest(query=pairs[i][0], passages=passages))
-            by_id = {r["id"]: float(r["score"]) for r in results}
+            # it returns sigmoid(logit); invert it so its numbers compare with the others' logits
+            by_id = {r["id"]: float(np.log(r["score"]) - np.log1p(-r["score"])) for r in results}
             out.extend(by_id[k] for k in range(i, j))
             i = j
         return out
@@ -148,6 +160,9 @@ def make_scorer(peer: str, model_dir: Path, work: Path) -> Scorer:
 
 
 def main(peer: str, model_dir: str, work: str, workload_file: str, rounds: int) -> None:
+    if peer == "export":
+        print(onnx_export(Path(model_dir), Path(work)))
+        return
     pairs = [(q, p) for q, ps in json.loads(Path(workload_file).read_text()) for p in ps]
     score = make_scorer(peer, Path(model_dir), Path(work))
     score(pairs[:BATCH])  # warm-up
@@ -160,4 +175,7 @@ def main(peer: str, model_dir: str, work: str, workload_file: str, rounds: int) 
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
+    if sys.argv[1] == "export":
+        main("export", sys.argv[2], sys.argv[3], "", 0)
+    else:
+        main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
