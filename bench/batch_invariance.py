@@ -25,12 +25,12 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 from common import cpu_line, minilm_cross_encoder, workload  # noqa: E402
 
-from rankserve.engine import runner as runner_module  # noqa: E402
+from rankserve.engine.backends import cpu_gemm  # noqa: E402
+from rankserve.engine.backends import torch_runner as runner_module  # noqa: E402
+from rankserve.engine.backends.torch_runner import TorchRunner  # noqa: E402
 from rankserve.engine.batcher import WorkItem, cut_batches  # noqa: E402
 from rankserve.engine.engine import BATCH_TOKENS  # noqa: E402
-from rankserve.engine.runner import TorchRunner  # noqa: E402
 from rankserve.engine.tokenize import TokenizerPolicy  # noqa: E402
-from rankserve.models import cpu_gemm  # noqa: E402
 from rankserve.models.loader import load_model  # noqa: E402
 
 OLD_GROUP_RATIO = 0.9
@@ -76,13 +76,16 @@ def main() -> None:
     print(f"cpu: {cpu_line()}, {torch.get_num_threads()} threads")
     print(small_row_gemm_check())
     spec = load_model(directory)
-    policy = TokenizerPolicy(str(spec.tokenizer_file), max_length=spec.max_length, rerank_template=None,
-                             with_type_ids=True)
+    policy = TokenizerPolicy(
+        str(spec.tokenizer_file), max_length=spec.max_length, rerank_template=None, with_type_ids=True
+    )
     items = [e for q, ps in workload("mixed", args.queries, args.per_query) for e in policy.pairs(q, ps, "END")]
     batches = [[w.encoded for w in b] for b in cut_batches([WorkItem(e, None) for e in items], BATCH_TOKENS["cpu"])]
-    modes = {"(a) before: grouped grids": (old_runner(directory), True),
-             "(b) default float32": (TorchRunner(load_model(directory), torch.device("cpu")), False),
-             "(c) --dtype bfloat16": (TorchRunner(load_model(directory), torch.device("cpu"), dtype="bfloat16"), False)}
+    modes = {
+        "(a) before: grouped grids": (old_runner(directory), True),
+        "(b) default float32": (TorchRunner(load_model(directory), torch.device("cpu")), False),
+        "(c) --dtype bfloat16": (TorchRunner(load_model(directory), torch.device("cpu"), dtype="bfloat16"), False),
+    }
     rates = {}
     for label, (runner, old) in modes.items():
         score(runner, batches[0], old)  # warm-up
@@ -94,8 +97,10 @@ def main() -> None:
         alone = np.concatenate([score(runner, [it], old) for b in batches for it in b])
         diff = np.abs(batched - alone)
         rates[label] = len(batched) / best
-        print(f"{label:28s} pairs differ {int((diff > 0).sum()):4d}/{len(diff)}  max |d logit| {diff.max():.2e}  "
-              f"{rates[label]:7.1f} pairs/s  x{rates[label] / rates['(a) before: grouped grids']:.3f}  ({runner.precision})")
+        print(
+            f"{label:28s} pairs differ {int((diff > 0).sum()):4d}/{len(diff)}  max |d logit| {diff.max():.2e}  "
+            f"{rates[label]:7.1f} pairs/s  x{rates[label] / rates['(a) before: grouped grids']:.3f}  ({runner.precision})"
+        )
 
 
 if __name__ == "__main__":

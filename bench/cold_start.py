@@ -48,8 +48,12 @@ from common import free_port  # noqa: E402
 from rankserve.models.model_dir import default_model_dir  # noqa: E402
 
 # (phase, log text that ends it): weights are "loaded" by torch, or read back with a cached ONNX export.
-PHASES = (("imports", ("first log line",)), ("weights", ("loaded ", "cached ONNX export")),
-          ("gemm", ("cpu precision",)), ("ready", ("ready: serving",)))
+PHASES = (
+    ("imports", ("first log line",)),
+    ("weights", ("loaded ", "cached ONNX export")),
+    ("gemm", ("cpu precision",)),
+    ("ready", ("ready: serving",)),
+)
 
 
 def rss_mib(pid: int, field: str = "VmRSS") -> float:
@@ -72,12 +76,31 @@ def llama_1b(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     model = build(16, 32000, torch.bfloat16)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(directory / "model.safetensors"))
-    config = dict(architectures=["LlamaBidirectionalForSequenceClassification"], model_type="llama_bidirec",
-                  vocab_size=32000, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                  num_attention_heads=32, num_key_value_heads=8, head_dim=64, rms_norm_eps=1e-5,
-                  rope_theta=500000.0, max_position_embeddings=8192, pooling="avg", num_labels=1, pad_token_id=0,
-                  rope_scaling=dict(rope_type="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                                    original_max_position_embeddings=8192), torch_dtype="bfloat16")
+    config = dict(
+        architectures=["LlamaBidirectionalForSequenceClassification"],
+        model_type="llama_bidirec",
+        vocab_size=32000,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        max_position_embeddings=8192,
+        pooling="avg",
+        num_labels=1,
+        pad_token_id=0,
+        rope_scaling=dict(
+            rope_type="llama3",
+            factor=32.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=8192,
+        ),
+        torch_dtype="bfloat16",
+    )
     (directory / "config.json").write_text(json.dumps(config))
     shutil.copy(default_model_dir() / "tokenizer.json", directory / "tokenizer.json")
     return directory
@@ -85,8 +108,21 @@ def llama_1b(directory: Path) -> Path:
 
 def one_serve(model: Path, serve_args: list[str]) -> dict[str, float]:
     port = free_port()
-    cmd = [sys.executable, "-m", "rankserve.cli", "serve", "--model", str(model), "--host", "127.0.0.1",
-           "--port", str(port), "--log-format", "json", *serve_args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rankserve.cli",
+        "serve",
+        "--model",
+        str(model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-format",
+        "json",
+        *serve_args,
+    ]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     marks: dict[str, float] = {}
@@ -115,9 +151,14 @@ def one_serve(model: Path, serve_args: list[str]) -> dict[str, float]:
                 time.sleep(0.01)
             ready = time.perf_counter() - start
             rss, rss_file = rss_mib(proc.pid), rss_mib(proc.pid, "RssFile")
-            r = client.post(url + "/v1/ranking", timeout=600,
-                            json={"query": {"text": "how do I list files"},
-                                  "passages": [{"text": "ls lists directory contents"}, {"text": "gzip compresses"}]})
+            r = client.post(
+                url + "/v1/ranking",
+                timeout=600,
+                json={
+                    "query": {"text": "how do I list files"},
+                    "passages": [{"text": "ls lists directory contents"}, {"text": "gzip compresses"}],
+                },
+            )
             r.raise_for_status()
             first = time.perf_counter() - start
             gemm = client.get(url + "/v1/metrics").text
@@ -126,12 +167,21 @@ def one_serve(model: Path, serve_args: list[str]) -> dict[str, float]:
         proc.wait(timeout=60)
         reader.join(timeout=5)
     info = next((line for line in gemm.splitlines() if line.startswith("rankserve_runtime_info{")), "")
-    return {**marks, "ready_s": ready, "first_answer_s": first, "rss_mib": rss, "rss_file_mib": rss_file, "runtime": info}
+    return {
+        **marks,
+        "ready_s": ready,
+        "first_answer_s": first,
+        "rss_mib": rss,
+        "rss_file_mib": rss_file,
+        "runtime": info,
+    }
 
 
 def one_peer(model: Path) -> float:
-    code = ("from sentence_transformers import SentenceTransformer; import sys; "
-            "m = SentenceTransformer(sys.argv[1], device='cpu'); m.encode(['how do I list files'])")
+    code = (
+        "from sentence_transformers import SentenceTransformer; import sys; "
+        "m = SentenceTransformer(sys.argv[1], device='cpu'); m.encode(['how do I list files'])"
+    )
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", code, str(model)], check=True, capture_output=True)
     return time.perf_counter() - start
@@ -150,9 +200,11 @@ def import_steps(backend: str) -> tuple[tuple[str, str], ...]:
 def import_breakdown(rounds: int, backend: str) -> None:
     """Seconds per import step of ``rankserve serve``, each in a fresh interpreter, median of ``rounds``."""
     steps = import_steps(backend)
-    code = ("import time, sys; marks = [time.perf_counter()]\n"
-            + "".join(f"{stmt}; marks.append(time.perf_counter())\n" for _, stmt in steps)
-            + "print(' '.join(f'{b - a:.4f}' for a, b in zip(marks, marks[1:])))")
+    code = (
+        "import time, sys; marks = [time.perf_counter()]\n"
+        + "".join(f"{stmt}; marks.append(time.perf_counter())\n" for _, stmt in steps)
+        + "print(' '.join(f'{b - a:.4f}' for a, b in zip(marks, marks[1:])))"
+    )
     runs = []
     for _ in range(rounds):
         start = time.perf_counter()
@@ -163,7 +215,9 @@ def import_breakdown(rounds: int, backend: str) -> None:
     for i, (label, _) in enumerate(steps):
         print(f"| {label} | {statistics.median(r[i] for r in runs):.3f} |")
     print(f"| sum of the steps | {statistics.median(sum(r[:-1]) for r in runs):.3f} |")
-    print(f"| process spawn to exit (adds interpreter start and teardown) | {statistics.median(r[-1] for r in runs):.3f} |")
+    print(
+        f"| process spawn to exit (adds interpreter start and teardown) | {statistics.median(r[-1] for r in runs):.3f} |"
+    )
 
 
 def main() -> None:
@@ -173,9 +227,14 @@ def main() -> None:
     ap.add_argument("--serve-args", default="", help="more `rankserve serve` flags, e.g. '--dtype float32'")
     args = ap.parse_args()
     serve_args = shlex.split(args.serve_args)
-    models = {"minilm": default_model_dir, "llama-1b": lambda: llama_1b(Path(tempfile.gettempdir()) / "rankserve-bench-llama-1b")}
-    print(f"python {sys.version.split()[0]}, cores {len(os.sched_getaffinity(0))}, serve args {serve_args or 'none'}; "
-          f"median of {args.rounds} rounds (peer and ours interleaved)")
+    models = {
+        "minilm": default_model_dir,
+        "llama-1b": lambda: llama_1b(Path(tempfile.gettempdir()) / "rankserve-bench-llama-1b"),
+    }
+    print(
+        f"python {sys.version.split()[0]}, cores {len(os.sched_getaffinity(0))}, serve args {serve_args or 'none'}; "
+        f"median of {args.rounds} rounds (peer and ours interleaved)"
+    )
     backend = next((serve_args[i + 1] for i, a in enumerate(serve_args[:-1]) if a == "--backend"), "torch")
     import_breakdown(args.rounds, backend)
     for name in filter(None, args.models.split(",")):
@@ -200,8 +259,10 @@ def main() -> None:
         print(f"| of it file-backed (mapped files, MiB) | {med('rss_file_mib'):.0f} |")
         if peer:
             p = statistics.median(peer)
-            print(f"\nsentence-transformers, fresh process to first vector: {p:.2f} s; "
-                  f"rankserve to first answer / peer: {med('first_answer_s') / p:.2f}x")
+            print(
+                f"\nsentence-transformers, fresh process to first vector: {p:.2f} s; "
+                f"rankserve to first answer / peer: {med('first_answer_s') / p:.2f}x"
+            )
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -34,7 +34,7 @@ WORDS = (
 
 def cpu_line() -> str:
     """The CPU model and the SIMD kinds that decide its speed (AVX2 / AVX-512 / VNNI / bf16 / AMX)."""
-    from rankserve.engine.cpu import cpu_description
+    from rankserve.engine.backends.cpu import cpu_description
 
     model, _, flags = cpu_description().partition("|")
     kinds = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in flags.split()]
@@ -50,16 +50,32 @@ def free_port() -> int:
 
 def rankserve_cmd(port: int, *flags: str) -> list[str]:
     """``rankserve serve`` on 127.0.0.1:``port`` with quiet logs, as a command line for ``start_server``."""
-    return [sys.executable, "-m", "rankserve.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-            "--log-level", "warning", *flags]
+    return [
+        sys.executable,
+        "-m",
+        "rankserve.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        *flags,
+    ]
 
 
 def start_server(cmd: list[str], port: int, env: dict | None = None, timeout: float = 300) -> subprocess.Popen:
     """Start a server process (its own process group) and wait until ``/v1/health/ready`` answers 200."""
     import httpx
 
-    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -117,8 +133,14 @@ def base_cross_encoder(directory: Path, seed: int = 0) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     src = default_model_dir()
     cfg = json.loads((src / "config.json").read_text())
-    cfg.update(architectures=["BertForSequenceClassification"], num_labels=1, hidden_size=768,
-               num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+    cfg.update(
+        architectures=["BertForSequenceClassification"],
+        num_labels=1,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+    )
     torch.manual_seed(seed)
     BertForSequenceClassification(BertConfig(**cfg)).eval().save_pretrained(directory, safe_serialization=True)
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
@@ -126,8 +148,9 @@ def base_cross_encoder(directory: Path, seed: int = 0) -> Path:
     return directory
 
 
-def engine_offline(model_dir: Path, work: list[tuple[str, list[str]]], overrides: dict,
-                   rounds: int = 2) -> tuple[float, list[float]]:
+def engine_offline(
+    model_dir: Path, work: list[tuple[str, list[str]]], overrides: dict, rounds: int = 2
+) -> tuple[float, list[float]]:
     """Best seconds and the scores (request order) of rankserve's Engine given every request of
     ``work`` at once, config ``overrides`` on the server's defaults, in a child process so the
     caller keeps torch's and glibc's defaults."""
@@ -186,21 +209,31 @@ def manpage_workload(n_queries: int, per_query: int, pages: int = 300, seed: int
 
     out = Path(tempfile.gettempdir()) / f"rankserve-bench-manpages-{pages}-{seed}"
     if not (out / "manifest.json").exists():
-        manpages.build(out, manpages.BuildOptions(langs=["en"], cross=[], granularity=["passages"],
-                                                  max_pages=pages, seed=seed, progress=False))
+        manpages.build(
+            out,
+            manpages.BuildOptions(
+                langs=["en"], cross=[], granularity=["passages"], max_pages=pages, seed=seed, progress=False
+            ),
+        )
     data = beir.load(out / "passages" / "en")
     text = dict(zip(data.doc_ids, data.doc_texts))
     qids = random.Random(seed).sample(data.query_ids, min(n_queries, len(data.query_ids)))
     qtext = dict(zip(data.query_ids, data.query_texts))
-    run = bm25_search(data.doc_ids, [tokenize(t) for t in data.doc_texts], qids,
-                      [tokenize(qtext[q]) for q in qids], per_query, progress=False)
+    run = bm25_search(
+        data.doc_ids,
+        [tokenize(t) for t in data.doc_texts],
+        qids,
+        [tokenize(qtext[q]) for q in qids],
+        per_query,
+        progress=False,
+    )
     return [(qtext[q], [text[d] for d in run[q]]) for q in qids if len(run[q]) >= min(per_query, 10)]
 
 
 def matmul_peak_gflops(seconds: float = 2.0, n: int = 1536) -> float:
     """fp32 GEMM throughput on this machine right now (all threads), best of a few timed runs of
-    the faster of torch's default GEMM and oneDNN (rankserve may run either: models/cpu_gemm.py)."""
-    from rankserve.models.cpu_gemm import onednn_available, onednn_linear
+    the faster of torch's default GEMM and oneDNN (rankserve may run either: engine/backends/cpu_gemm.py)."""
+    from rankserve.engine.backends.cpu_gemm import onednn_available, onednn_linear
 
     a, b = torch.randn(n, n), torch.randn(n, n)
     kernels = [lambda: torch.mm(a, b)] + ([lambda: onednn_linear(a, b, None)] if onednn_available() else [])

@@ -1,4 +1,4 @@
-"""fp32 GEMM libraries on this CPU: torch's default (MKL here), oneDNN (models/cpu_gemm.py), and
+"""fp32 GEMM libraries on this CPU: torch's default (MKL here), oneDNN (engine/backends/cpu_gemm.py), and
 onnxruntime's MatMul (its CPU backend), on the linear-layer shapes of the models served, same
 process, best of repeats. Shows what ``--cpu-gemm auto`` chooses between, and why.
 
@@ -17,8 +17,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from common import best_of  # noqa: E402
 
-from rankserve.engine.cpu import available_cores  # noqa: E402
-from rankserve.models.cpu_gemm import onednn_available, onednn_linear  # noqa: E402
+from rankserve.engine.backends.cpu import available_cores  # noqa: E402
+from rankserve.engine.backends.cpu_gemm import onednn_available, onednn_linear  # noqa: E402
 
 SHAPES = {  # name: (rows, in, out)
     "MiniLM q/k/v, 4096 tokens": (4096, 384, 384),
@@ -36,14 +36,19 @@ def onnx_matmul(x: torch.Tensor, weight: torch.Tensor):
 
     rows, fan_in = x.shape
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["y"])], "linear",
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "linear",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, fan_in])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, weight.shape[0]])],
-        [numpy_helper.from_array(weight.t().contiguous().numpy(), "W")])
+        [numpy_helper.from_array(weight.t().contiguous().numpy(), "W")],
+    )
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
-    session = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-                                   .SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString(),
+        options,
+        providers=["CPUExecutionProvider"],
+    )
     feed = {"x": x.numpy()}
     return lambda: session.run(["y"], feed)
 
@@ -61,11 +66,14 @@ def main() -> None:
     torch.set_num_threads(available_cores())
     try:
         import onnxruntime  # noqa: F401
+
         have_ort = True
     except ImportError:
         have_ort = False
-    print(f"{torch.get_num_threads()} threads, torch {torch.__version__}, CPU capability "
-          f"{torch.backends.cpu.get_cpu_capability()}")
+    print(
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}, CPU capability "
+        f"{torch.backends.cpu.get_cpu_capability()}"
+    )
     print("| shape (rows x in -> out) | torch default GFLOP/s | oneDNN | onnxruntime | oneDNN / torch |")
     print("|---|---:|---:|---:|---:|")
     with torch.inference_mode():
@@ -79,7 +87,9 @@ def main() -> None:
                 rate["ort"] = flops / best(onnx_matmul(x, w), args.repeats)
             cell = lambda k: f"{rate[k]:.0f}" if k in rate else "-"  # noqa: E731
             ratio = f"{rate['onednn'] / rate['torch']:.2f}x" if "onednn" in rate else "-"
-            print(f"| {name}: {rows} x {fan_in} -> {fan_out} | {cell('torch')} | {cell('onednn')} | {cell('ort')} | {ratio} |")
+            print(
+                f"| {name}: {rows} x {fan_in} -> {fan_out} | {cell('torch')} | {cell('onednn')} | {cell('ort')} | {ratio} |"
+            )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ Two measurements per contender:
   Engine), best of ``--rounds``, each in its own child process;
 - HTTP: ``--clients`` concurrent clients sending the same seeded requests (fresh texts: no cache
   can answer) to the contender's server: ``rankserve serve`` with that mode's flags, or the peer
-  behind bench/naive_server.py (FastAPI, one scorer call per request, what a team wraps a library in).
+  behind bench/naive_server.py (FastAPI, one scorer call per request, what a team wraps a library in;
+  ``--serial-peers``: with a lock, so that concurrent calls do not oversubscribe the cores).
 
 Printed: pairs/s, ratio to the best peer, and agreement with the fp32 torch reference
 (sentence-transformers on torch): max |d logit|, top-5 overlap and Kendall tau per request. A peer
@@ -34,8 +35,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import (base_cross_encoder, cpu_line, engine_offline, free_port, minilm_cross_encoder,  # noqa: E402
-                    rankserve_cmd, start_server, stop_server)
+from common import (  # noqa: E402
+    base_cross_encoder,
+    cpu_line,
+    engine_offline,
+    free_port,
+    minilm_cross_encoder,
+    rankserve_cmd,
+    start_server,
+    stop_server,
+)
 from int8 import agreement  # noqa: E402
 
 from rankserve import loadgen  # noqa: E402
@@ -73,8 +82,9 @@ def family(peer: str) -> str:
     return "st" if peer.startswith("st-") else peer
 
 
-def run_peer_offline(python: str, peer: str, model_dir: Path, work_dir: Path, workload: Path,
-                     rounds: int) -> tuple[float, list[float], str]:
+def run_peer_offline(
+    python: str, peer: str, model_dir: Path, work_dir: Path, workload: Path, rounds: int
+) -> tuple[float, list[float], str]:
     cmd = [python, str(BENCH / "peer_scorers.py"), peer, str(model_dir), str(work_dir), str(workload), str(rounds)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     if out.returncode != 0:
@@ -86,16 +96,26 @@ def run_peer_offline(python: str, peer: str, model_dir: Path, work_dir: Path, wo
 def onnx_export(python: str, model_dir: Path, work_dir: Path) -> str:
     """Export the model once for fastembed and FlashRank (their venvs hold no torch) with the
     sentence-transformers venv's optimum; returns why it failed, or "" when the export is there."""
-    out = subprocess.run([python, str(BENCH / "peer_scorers.py"), "export", str(model_dir), str(work_dir)],
-                         capture_output=True, text=True, timeout=1800)
+    out = subprocess.run(
+        [python, str(BENCH / "peer_scorers.py"), "export", str(model_dir), str(work_dir)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     return "" if out.returncode == 0 else f"ONNX export failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}"
 
 
 def http(cmd: list[str], port: int, env: dict, args, clients: int) -> loadgen.LevelResult:
     proc = start_server(cmd, port, env, timeout=600)
     try:
-        return loadgen.run(f"http://127.0.0.1:{port}", [clients], args.http_requests, loadgen._range(args.passages),
-                           loadgen._range(args.tokens), seed=7)[0]
+        return loadgen.run(
+            f"http://127.0.0.1:{port}",
+            [clients],
+            args.http_requests,
+            loadgen._range(args.passages),
+            loadgen._range(args.tokens),
+            seed=7,
+        )[0]
     finally:
         stop_server(proc)
 
@@ -125,10 +145,25 @@ def measure_model(label: str, model_dir: Path, args, pythons: dict[str, str]) ->
             row.note = f"{PEER_PACKAGE[family(peer)]} {ver}"
             row.offline = n / seconds
             if not args.offline_only:
-                env = {"MODEL_DIR": str(model_dir), "PEER": peer, "WORK_DIR": str(work_dir)}
+                env = {
+                    "MODEL_DIR": str(model_dir),
+                    "PEER": peer,
+                    "WORK_DIR": str(work_dir),
+                    "PEER_SERIAL": "1" if args.serial_peers else "0",
+                }
                 port = free_port()
-                cmd = [python, "-m", "uvicorn", "naive_server:app", "--app-dir", str(BENCH), "--port", str(port),
-                       "--log-level", "warning"]
+                cmd = [
+                    python,
+                    "-m",
+                    "uvicorn",
+                    "naive_server:app",
+                    "--app-dir",
+                    str(BENCH),
+                    "--port",
+                    str(port),
+                    "--log-level",
+                    "warning",
+                ]
                 result = http(cmd, port, env, args, args.clients)
                 row.http, row.p99_ms = result.pairs_per_s, result.p99_ms
         except Exception as exc:  # a peer that cannot run here is reported, not fatal
@@ -147,8 +182,9 @@ def measure_model(label: str, model_dir: Path, args, pythons: dict[str, str]) ->
         row.offline = n / seconds
         if not args.offline_only:
             port = free_port()
-            result = http(rankserve_cmd(port, "--model", str(model_dir), *serve_flags(overrides)), port, {}, args,
-                          args.clients)
+            result = http(
+                rankserve_cmd(port, "--model", str(model_dir), *serve_flags(overrides)), port, {}, args, args.clients
+            )
             row.http, row.p99_ms = result.pairs_per_s, result.p99_ms
         print(f"  {mode}: offline {row.offline:.1f} pairs/s, HTTP {row.http or 0:.1f} pairs/s")
         rows.append(row)
@@ -159,23 +195,29 @@ def measure_model(label: str, model_dir: Path, args, pythons: dict[str, str]) ->
 def split(scores: list[float], sizes: list[int]) -> list[list[float]]:
     out, i = [], 0
     for k in sizes:
-        out.append(scores[i:i + k])
+        out.append(scores[i : i + k])
         i += k
     return out
 
 
 def print_table(rows: list[Row], sizes: list[int], clients: int) -> None:
-    ref = next((r for r in rows if r.name == "st-torch" and r.scores),
-               next((r for r in rows if r.name == "rankserve torch fp32" and r.scores), None))
+    ref = next(
+        (r for r in rows if r.name == "st-torch" and r.scores),
+        next((r for r in rows if r.name == "rankserve torch fp32" and r.scores), None),
+    )
     peers = [r for r in rows if not r.name.startswith("rankserve") and r.offline]
     best_off = max((r.offline for r in peers), default=None)
     best_http = max((r.http for r in peers if r.http), default=None)
     best_off_name = next((r.name for r in peers if r.offline == best_off), "-")
     best_http_name = next((r.name for r in peers if r.http == best_http), "-")
-    print(f"\nreference for agreement: {ref.name if ref else 'none'}; best peer offline {best_off_name}, "
-          f"over HTTP {best_http_name}")
-    print(f"| contender | offline pairs/s | vs best peer | HTTP ({clients} clients) pairs/s | vs best peer | "
-          "HTTP p99 ms | max abs d-logit | top-5 overlap | Kendall tau | note |")
+    print(
+        f"\nreference for agreement: {ref.name if ref else 'none'}; best peer offline {best_off_name}, "
+        f"over HTTP {best_http_name}"
+    )
+    print(
+        f"| contender | offline pairs/s | vs best peer | HTTP ({clients} clients) pairs/s | vs best peer | "
+        "HTTP p99 ms | max abs d-logit | top-5 overlap | Kendall tau | note |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         if r.offline is None:
@@ -189,8 +231,10 @@ def print_table(rows: list[Row], sizes: list[int], clients: int) -> None:
         # OpenVINO's CPU plugin runs bf16 by default where the CPU has it: sentence-transformers
         # passes that default on, so its OpenVINO backend is lossy there
         lossy = " (lossy)" if r.name in LOSSY or (r.name == "st-openvino" and native_bf16()) else ""
-        print(f"| {r.name}{lossy} | {r.offline:.1f} | {vs_off} | {http_s} | {vs_http} | {p99} | {delta:.1e} | "
-              f"{top5:.3f} | {tau:.3f} | {r.note} |")
+        print(
+            f"| {r.name}{lossy} | {r.offline:.1f} | {vs_off} | {http_s} | {vs_http} | {p99} | {delta:.1e} | "
+            f"{top5:.3f} | {tau:.3f} | {r.note} |"
+        )
 
 
 def main() -> None:
@@ -204,23 +248,41 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--peers", default=",".join(PEERS))
     ap.add_argument("--modes", default=",".join(MODES))
-    ap.add_argument("--python", action="append", default=[], metavar="PEER=PYTHON",
-                    help="the interpreter of the venv holding a peer (st, fastembed, flashrank or a peer name)")
+    ap.add_argument(
+        "--python",
+        action="append",
+        default=[],
+        metavar="PEER=PYTHON",
+        help="the interpreter of the venv holding a peer (st, fastembed, flashrank or a peer name)",
+    )
     ap.add_argument("--offline-only", action="store_true")
+    ap.add_argument(
+        "--serial-peers",
+        action="store_true",
+        help="peer servers score one request at a time (a lock) instead of concurrently",
+    )
     args = ap.parse_args()
     args.peers = args.peers.split(",")
     args.modes = args.modes.split(",")
     pythons = dict(p.split("=", 1) for p in args.python)
     from importlib.metadata import version
 
-    print(f"host: {cpu_line()}; torch {torch.__version__}, {torch.get_num_threads()} threads; rankserve "
-          f"{version('rankserve')}, onnxruntime {version('onnxruntime')}, openvino {version('openvino')}; "
-          f"{time.strftime('%Y-%m-%d')}")
+    print(
+        f"host: {cpu_line()}; torch {torch.__version__}, {torch.get_num_threads()} threads; rankserve "
+        f"{version('rankserve')}, onnxruntime {version('onnxruntime')}, openvino {version('openvino')}; "
+        f"{time.strftime('%Y-%m-%d')}"
+    )
     tmp = Path(tempfile.gettempdir())
-    models = {"minilm": ("MiniLM-L6 cross-encoder (real encoder, random head)",
-                         lambda: minilm_cross_encoder(tmp / "rankserve-bench-minilm-ce")),
-              "base": ("BERT-base-shape cross-encoder (random weights)",
-                       lambda: base_cross_encoder(tmp / "rankserve-bench-base-ce"))}
+    models = {
+        "minilm": (
+            "MiniLM-L6 cross-encoder (real encoder, random head)",
+            lambda: minilm_cross_encoder(tmp / "rankserve-bench-minilm-ce"),
+        ),
+        "base": (
+            "BERT-base-shape cross-encoder (random weights)",
+            lambda: base_cross_encoder(tmp / "rankserve-bench-base-ce"),
+        ),
+    }
     for name in args.models.split(","):
         label, make = models[name]
         measure_model(label, make(), args, pythons)

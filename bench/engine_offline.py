@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import best_of, bert_flops, matmul_peak_gflops, minilm_cross_encoder, workload  # noqa: E402
+from common import bert_flops, best_of, matmul_peak_gflops, minilm_cross_encoder, workload  # noqa: E402
 
 from rankserve.config import load_config  # noqa: E402
 from rankserve.engine.engine import Engine  # noqa: E402
@@ -59,13 +59,19 @@ def main() -> None:
         rows += bi_encoder(args, peak)
     if "decoder-reranker" in args.models:
         rows += decoder_reranker(args, peak)
-    print(f"fp32 matmul peak (best of the run): {peak[0]:.1f} GFLOP/s, torch threads {torch.get_num_threads()}, "
-          f"ours: backend {args.backend}, dtype {args.dtype}")
-    print(f"{'model':16} {'workload':9} {'items':>6} {'ours /s':>8} {'peer /s':>8} {'ours/peer':>9} {'max|d|':>9} "
-          f"{'ours %peak':>10} {'peer %peak':>10}")
+    print(
+        f"fp32 matmul peak (best of the run): {peak[0]:.1f} GFLOP/s, torch threads {torch.get_num_threads()}, "
+        f"ours: backend {args.backend}, dtype {args.dtype}"
+    )
+    print(
+        f"{'model':16} {'workload':9} {'items':>6} {'ours /s':>8} {'peer /s':>8} {'ours/peer':>9} {'max|d|':>9} "
+        f"{'ours %peak':>10} {'peer %peak':>10}"
+    )
     for model, kind, n, t_ours, t_peer, delta, flops in rows:
-        print(f"{model:16} {kind:9} {n:6d} {n / t_ours:8.1f} {n / t_peer:8.1f} {t_peer / t_ours:8.2f}x {delta:9.2e} "
-              f"{flops / t_ours / 1e9 / peak[0]:10.0%} {flops / t_peer / 1e9 / peak[0]:10.0%}")
+        print(
+            f"{model:16} {kind:9} {n:6d} {n / t_ours:8.1f} {n / t_peer:8.1f} {t_peer / t_ours:8.2f}x {delta:9.2e} "
+            f"{flops / t_ours / 1e9 / peak[0]:10.0%} {flops / t_peer / 1e9 / peak[0]:10.0%}"
+        )
 
 
 def interleaved(run_ours, run_peer, rounds: int, peak: list[float]):
@@ -86,8 +92,16 @@ def model_config(model_dir: Path) -> SimpleNamespace:
 
 
 def start_engine(loop, model_dir: Path, args) -> Engine:
-    config = load_config({"model": str(model_dir), "dtype": args.dtype, "backend": args.backend, "warmup": True,
-                          "max_batch_tokens": args.max_batch_tokens}, environ={})
+    config = load_config(
+        {
+            "model": str(model_dir),
+            "dtype": args.dtype,
+            "backend": args.backend,
+            "warmup": True,
+            "max_batch_tokens": args.max_batch_tokens,
+        },
+        environ={},
+    )
     engine = Engine.load(config, Metrics())
     loop.run_until_complete(engine.start())
     return engine
@@ -114,8 +128,9 @@ def bi_encoder(args, peak: list[float]) -> list[tuple]:
             return torch.from_numpy(np.concatenate([r.vectors for r in loop.run_until_complete(ours_all())]))
 
         def run_peer():
-            return peer.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_tensor=True,
-                               show_progress_bar=False)
+            return peer.encode(
+                texts, batch_size=32, normalize_embeddings=True, convert_to_tensor=True, show_progress_bar=False
+            )
 
         t_ours, ours, t_peer, theirs = interleaved(run_ours, run_peer, args.rounds, peak)
         lengths = [len(e) for e in engine.policy.texts(texts, "END")]
@@ -157,17 +172,29 @@ def cross_encoder(args, peak: list[float]) -> list[tuple]:
         n = len(pairs)
         if args.infinity_python:
             t_inf, d_inf = infinity(args.infinity_python, model_dir, work, args.rounds, ours)
-            print(f"{kind:9} Infinity: {n / t_inf:.1f} pairs/s, ours/Infinity {t_inf / t_ours:.2f}x, "
-                  f"max|dlogit| vs ours {d_inf:.2e}")
+            print(
+                f"{kind:9} Infinity: {n / t_inf:.1f} pairs/s, ours/Infinity {t_inf / t_ours:.2f}x, "
+                f"max|dlogit| vs ours {d_inf:.2e}"
+            )
         rows.append(("cross-encoder", kind, n, t_ours, t_st, delta, flops))
     print(f"batch budget {engine.batcher.max_batch_tokens} tokens")
     loop.run_until_complete(engine.stop())
     return rows
 
 
-QWEN3_0_6B = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-                  num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True,
-                  max_position_embeddings=40960, rope_theta=1000000.0, rms_norm_eps=1e-6)
+QWEN3_0_6B = dict(
+    hidden_size=1024,
+    intermediate_size=3072,
+    num_hidden_layers=28,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    head_dim=128,
+    vocab_size=151936,
+    tie_word_embeddings=True,
+    max_position_embeddings=40960,
+    rope_theta=1000000.0,
+    rms_norm_eps=1e-6,
+)
 
 
 def decoder_reranker(args, peak: list[float]) -> list[tuple]:
@@ -207,7 +234,7 @@ def decoder_reranker(args, peak: list[float]) -> list[tuple]:
             scores = []
             with torch.inference_mode():
                 for start in range(0, len(prompts), batch_size):
-                    part = prompts[start:start + batch_size]
+                    part = prompts[start : start + batch_size]
                     width = max(map(len, part))
                     ids = torch.tensor([[0] * (width - len(x)) + x for x in part])
                     mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in part])
@@ -218,10 +245,21 @@ def decoder_reranker(args, peak: list[float]) -> list[tuple]:
         t_ours, ours, t_peer, theirs = interleaved(run_ours, run_peer, args.rounds, peak)
         delta = (torch.tensor(ours) - torch.tensor(theirs)).abs().max().item()
         c = QWEN3_0_6B
-        per_token = 2 * c["num_hidden_layers"] * (c["hidden_size"] * c["head_dim"] * (2 * c["num_attention_heads"]
-                    + 2 * c["num_key_value_heads"]) + 3 * c["hidden_size"] * c["intermediate_size"])
-        flops = float(sum(per_token * len(x) + 4 * c["num_hidden_layers"] * len(x) ** 2 * c["num_attention_heads"]
-                          * c["head_dim"] // 2 for x in prompts))  # causal: half the attention products
+        per_token = (
+            2
+            * c["num_hidden_layers"]
+            * (
+                c["hidden_size"] * c["head_dim"] * (2 * c["num_attention_heads"] + 2 * c["num_key_value_heads"])
+                + 3 * c["hidden_size"] * c["intermediate_size"]
+            )
+        )
+        flops = float(
+            sum(
+                per_token * len(x)
+                + 4 * c["num_hidden_layers"] * len(x) ** 2 * c["num_attention_heads"] * c["head_dim"] // 2
+                for x in prompts
+            )
+        )  # causal: half the attention products
         rows.append(("decoder-reranker", kind, len(prompts), t_ours, t_peer, delta, flops))
     loop.run_until_complete(engine.stop())
     return rows
@@ -231,8 +269,12 @@ def infinity(python: str, model_dir: Path, work, rounds: int, ours: list[float])
     """Run bench/infinity_peer.py in Infinity's own venv on the same workload: (best seconds, max |d|)."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(work, f)
-    out = subprocess.run([python, str(Path(__file__).parent / "infinity_peer.py"), str(model_dir), f.name, str(rounds)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [python, str(Path(__file__).parent / "infinity_peer.py"), str(model_dir), f.name, str(rounds)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     delta = (torch.tensor(result["scores"]) - torch.tensor(ours)).abs().max().item()
     return result["seconds"], delta

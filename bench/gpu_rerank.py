@@ -31,7 +31,7 @@ from llama_long_context import build  # noqa: E402
 from rankserve.engine.batcher import WorkItem, cut_batches  # noqa: E402
 from rankserve.engine.outputs import finish  # noqa: E402
 from rankserve.engine.tokenize import Encoded  # noqa: E402
-from rankserve.engine.types import Batch  # noqa: E402
+from rankserve.models.batch import Batch  # noqa: E402
 
 
 def model_flops(lengths: list[int], layers: int, hidden: int, kv_dim: int, inter: int) -> float:
@@ -61,14 +61,18 @@ def main() -> None:
     model = build(args.layers, args.vocab, dtype).to(device)
     c = model.model.config
     gen = torch.Generator().manual_seed(1)
-    items = [Encoded([0] + torch.randint(1, args.vocab, (args.tokens - 1,), generator=gen).tolist(), None)
-             for _ in range(args.passages)]
+    items = [
+        Encoded([0] + torch.randint(1, args.vocab, (args.tokens - 1,), generator=gen).tolist(), None)
+        for _ in range(args.passages)
+    ]
     batches = [[w.encoded for w in b] for b in cut_batches([WorkItem(e, None) for e in items], args.max_batch_tokens)]
 
     def request() -> np.ndarray:
         with torch.inference_mode():
-            out = [finish(_Spec, model(Batch.from_sequences([e.ids for e in b]).packed().to(device)).float().cpu().numpy())
-                   for b in batches]
+            out = [
+                finish(_Spec, model(Batch.from_sequences([e.ids for e in b]).packed().to(device)).float().cpu().numpy())
+                for b in batches
+            ]
         return np.concatenate(out)  # the copy to CPU waits for the device
 
     request()  # warm-up: kernels chosen, allocator grown
@@ -78,14 +82,23 @@ def main() -> None:
         logits = request()
         times.append(time.perf_counter() - t)
     ms = statistics.median(times) * 1000
-    flops = model_flops([len(e) for e in items], c.num_hidden_layers, c.hidden_size,
-                        c.num_key_value_heads * c.head_dim, c.intermediate_size)
+    flops = model_flops(
+        [len(e) for e in items],
+        c.num_hidden_layers,
+        c.hidden_size,
+        c.num_key_value_heads * c.head_dim,
+        c.intermediate_size,
+    )
     mfu = flops / (ms / 1000) / (args.peak_tflops * 1e12)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"device {name}, {args.dtype}, {args.layers} layers, {args.passages} passages x {args.tokens} tokens, "
-          f"{len(batches)} micro-batches of <= {args.max_batch_tokens} tokens")
-    print(f"request latency: median {ms:.0f} ms, min {min(times) * 1000:.0f} ms over {args.rounds} rounds; "
-          f"{flops / 1e12:.1f} TFLOP -> {flops / (ms / 1000) / 1e12:.1f} TFLOP/s = {mfu:.1%} of {args.peak_tflops:g}")
+    print(
+        f"device {name}, {args.dtype}, {args.layers} layers, {args.passages} passages x {args.tokens} tokens, "
+        f"{len(batches)} micro-batches of <= {args.max_batch_tokens} tokens"
+    )
+    print(
+        f"request latency: median {ms:.0f} ms, min {min(times) * 1000:.0f} ms over {args.rounds} rounds; "
+        f"{flops / 1e12:.1f} TFLOP -> {flops / (ms / 1000) / 1e12:.1f} TFLOP/s = {mfu:.1%} of {args.peak_tflops:g}"
+    )
     print(f"logits finite: {bool(np.isfinite(logits).all())}, shape {tuple(logits.shape)}")
 
 

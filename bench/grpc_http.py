@@ -63,6 +63,7 @@ async def run_grpc(address: str, model: str, bodies: list[dict], concurrency: in
         return [query, passage]
 
     async with tg.InferenceServerClient(address) as client:
+
         async def worker() -> None:
             while queue:
                 body = queue.pop()
@@ -91,29 +92,46 @@ def main() -> None:
     pairs = sum(len(b["passages"]) for b in bodies)
     model_dir = minilm_cross_encoder(Path(tempfile.gettempdir()) / "rankserve-bench-minilm-ce")
     port, grpc_port = free_port(), free_port()
-    proc = start_server(rankserve_cmd(port, "--model", str(model_dir), "--served-model-name", "bench/ce",
-                                      "--dtype", "float32", "--grpc-port", str(grpc_port)), port)
+    proc = start_server(
+        rankserve_cmd(
+            port,
+            "--model",
+            str(model_dir),
+            "--served-model-name",
+            "bench/ce",
+            "--dtype",
+            "float32",
+            "--grpc-port",
+            str(grpc_port),
+        ),
+        port,
+    )
     url, address = f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}"
     try:
         asyncio.run(run_http(url, bodies[:2], 1))  # warm both paths
         asyncio.run(run_grpc(address, "bench_ce", bodies[:2], 1))
         print(f"{args.requests} requests, {pairs} pairs, passages {args.passages}, tokens {args.tokens}")
-        print(f"{'concurrency':>11} {'HTTP pairs/s':>12} {'gRPC pairs/s':>12} {'gRPC/HTTP':>9} "
-              f"{'HTTP p50 ms':>11} {'gRPC p50 ms':>11}")
+        print(
+            f"{'concurrency':>11} {'HTTP pairs/s':>12} {'gRPC pairs/s':>12} {'gRPC/HTTP':>9} "
+            f"{'HTTP p50 ms':>11} {'gRPC p50 ms':>11}"
+        )
         for c in map(int, args.concurrency.split(",")):
             best = {"http": (float("inf"), []), "grpc": (float("inf"), [])}
             orders = {}
             for _ in range(args.rounds):
                 for kind in ("http", "grpc"):
-                    seconds, lat, first = asyncio.run(run_http(url, bodies, c) if kind == "http"
-                                                      else run_grpc(address, "bench_ce", bodies, c))
+                    seconds, lat, first = asyncio.run(
+                        run_http(url, bodies, c) if kind == "http" else run_grpc(address, "bench_ce", bodies, c)
+                    )
                     orders[kind] = first[0]
                     if seconds < best[kind][0]:
                         best[kind] = (seconds, lat)
             assert orders["http"] == orders["grpc"], "HTTP and gRPC ranked the first request differently"
             (th, lh), (tg_, lg) = best["http"], best["grpc"]
-            print(f"{c:>11} {pairs / th:>12.1f} {pairs / tg_:>12.1f} {th / tg_:>8.2f}x "
-                  f"{statistics.median(lh) * 1000:>11.1f} {statistics.median(lg) * 1000:>11.1f}")
+            print(
+                f"{c:>11} {pairs / th:>12.1f} {pairs / tg_:>12.1f} {th / tg_:>8.2f}x "
+                f"{statistics.median(lh) * 1000:>11.1f} {statistics.median(lg) * 1000:>11.1f}"
+            )
     finally:
         stop_server(proc)
 

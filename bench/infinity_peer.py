@@ -20,8 +20,9 @@ async def main(model_dir: str, workload_file: str, rounds: int) -> None:
     from infinity_emb import AsyncEngineArray, EngineArgs
 
     work = json.load(open(workload_file))
-    array = AsyncEngineArray.from_args([EngineArgs(model_name_or_path=model_dir, engine="torch", device="cpu",
-                                                   model_warmup=True)])
+    array = AsyncEngineArray.from_args(
+        [EngineArgs(model_name_or_path=model_dir, engine="torch", device="cpu", model_warmup=True)]
+    )
     engine = array[0]
     async with engine:
         await engine.rerank(query=work[0][0], docs=work[0][1][:8], raw_scores=True)

@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import manpage_workload, minilm_cross_encoder, workload  # noqa: E402
 
 from rankserve.config import load_config  # noqa: E402
+from rankserve.engine.backends.cpu import available_cores  # noqa: E402
 from rankserve.engine.engine import Engine  # noqa: E402
-from rankserve.engine.cpu import available_cores  # noqa: E402
 from rankserve.metrics import Metrics  # noqa: E402
 from rankserve.models.model_dir import default_model_dir  # noqa: E402
 
@@ -69,8 +69,11 @@ def top_k_overlap(a: list[float], b: list[float], k: int = 5) -> float:
 def agreement(ref: list[list[float]], got: list[list[float]]) -> tuple[float, float, float]:
     """-> (max |delta score|, mean top-5 overlap, mean Kendall tau) over queries."""
     delta = max(abs(x - y) for r, g in zip(ref, got) for x, y in zip(r, g))
-    return (delta, statistics.mean(top_k_overlap(r, g) for r, g in zip(ref, got)),
-            statistics.mean(kendall_tau(r, g) for r, g in zip(ref, got)))
+    return (
+        delta,
+        statistics.mean(top_k_overlap(r, g) for r, g in zip(ref, got)),
+        statistics.mean(kendall_tau(r, g) for r, g in zip(ref, got)),
+    )
 
 
 def fifth_gap(scores: list[float]) -> float:
@@ -105,12 +108,14 @@ def measure(model_dir: Path, label: str, modes: list[str], work, rounds: int, lo
     spread = statistics.median(statistics.pstdev(s) for s in ref)
     gap = statistics.median(fifth_gap(s) for s in ref)
     print(f"\n{label}: {n} pairs, fp32 score std per query (median) {spread:.3g}, 5th-6th gap (median) {gap:.3g}")
-    print(f"| mode | pairs/s | vs torch fp32 | max abs d-score | top-5 overlap | Kendall tau |")
-    print(f"|---|---:|---:|---:|---:|---:|")
+    print("| mode | pairs/s | vs torch fp32 | max abs d-score | top-5 overlap | Kendall tau |")
+    print("|---|---:|---:|---:|---:|---:|")
     for mode in modes:
         delta, top5, tau = agreement(ref, scores[mode])
-        print(f"| {mode} | {n / best[mode]:.1f} | {best['torch-fp32'] / best[mode]:.2f}x | {delta:.2e} | "
-              f"{top5:.3f} | {tau:.3f} |")
+        print(
+            f"| {mode} | {n / best[mode]:.1f} | {best['torch-fp32'] / best[mode]:.2f}x | {delta:.2e} | "
+            f"{top5:.3f} | {tau:.3f} |"
+        )
     for engine in engines.values():
         loop.run_until_complete(engine.stop())
 
@@ -120,14 +125,25 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--queries", type=int, default=8)
     ap.add_argument("--per-query", type=int, default=64)
-    ap.add_argument("--workload", default="mixed", choices=["mixed", "uniform", "manpages"],
-                    help="synthetic random words (mixed/uniform) or real text: man-page queries with their "
-                         "BM25 top candidates (manpages)")
-    ap.add_argument("--modes", default="torch-fp32,onnxruntime-fp32,onnxruntime-int8",
-                    help=f"comma-separated, torch-fp32 first; of {', '.join(MODES)}")
+    ap.add_argument(
+        "--workload",
+        default="mixed",
+        choices=["mixed", "uniform", "manpages"],
+        help="synthetic random words (mixed/uniform) or real text: man-page queries with their "
+        "BM25 top candidates (manpages)",
+    )
+    ap.add_argument(
+        "--modes",
+        default="torch-fp32,onnxruntime-fp32,onnxruntime-int8",
+        help=f"comma-separated, torch-fp32 first; of {', '.join(MODES)}",
+    )
     ap.add_argument("--models", default="cross-encoder,bi-encoder")
-    ap.add_argument("--cross-encoder", type=Path, default=None,
-                    help="a trained cross-encoder folder instead of the random-head MiniLM-L6 one")
+    ap.add_argument(
+        "--cross-encoder",
+        type=Path,
+        default=None,
+        help="a trained cross-encoder folder instead of the random-head MiniLM-L6 one",
+    )
     args = ap.parse_args()
     modes = args.modes.split(",")
     if modes[0] != "torch-fp32" or any(m not in MODES for m in modes):
@@ -135,19 +151,29 @@ def main() -> None:
 
     from importlib.metadata import version
 
-    tools = ", ".join(f"{name} {version(name)}" for name in ("onnxruntime", "openvino")
-                      if any(m.startswith(name) for m in modes))
-    print(f"cores {available_cores()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-          f"{tools or 'torch only'}; workload {args.workload}, {args.queries} queries x "
-          f"{args.per_query} passages, best of {args.rounds} interleaved rounds")
-    work = (manpage_workload(args.queries, args.per_query) if args.workload == "manpages"
-            else workload(args.workload, args.queries, args.per_query))
+    tools = ", ".join(
+        f"{name} {version(name)}" for name in ("onnxruntime", "openvino") if any(m.startswith(name) for m in modes)
+    )
+    print(
+        f"cores {available_cores()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"{tools or 'torch only'}; workload {args.workload}, {args.queries} queries x "
+        f"{args.per_query} passages, best of {args.rounds} interleaved rounds"
+    )
+    work = (
+        manpage_workload(args.queries, args.per_query)
+        if args.workload == "manpages"
+        else workload(args.workload, args.queries, args.per_query)
+    )
     loop = asyncio.new_event_loop()
-    random_head = ("MiniLM-L6 cross-encoder (random head)",
-                   lambda: minilm_cross_encoder(Path(tempfile.gettempdir()) / "rankserve-bench-minilm-ce"))
+    random_head = (
+        "MiniLM-L6 cross-encoder (random head)",
+        lambda: minilm_cross_encoder(Path(tempfile.gettempdir()) / "rankserve-bench-minilm-ce"),
+    )
     trained = (f"trained cross-encoder {args.cross_encoder}", lambda: args.cross_encoder)
-    models = {"cross-encoder": trained if args.cross_encoder else random_head,
-              "bi-encoder": ("all-MiniLM-L6-v2 bi-encoder (trained), cosine ranking", default_model_dir)}
+    models = {
+        "cross-encoder": trained if args.cross_encoder else random_head,
+        "bi-encoder": ("all-MiniLM-L6-v2 bi-encoder (trained), cosine ranking", default_model_dir),
+    }
     for name in args.models.split(","):
         label, directory = models[name]
         measure(directory(), label, modes, work, args.rounds, loop)

@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from rankserve.engine.types import Batch
+from rankserve.models.batch import Batch
 from rankserve.models.llama import LlamaConfig, LlamaForSequenceClassification
 
 MIB = 1024 * 1024
@@ -41,11 +41,26 @@ def rss_peak() -> float:
 
 
 def build(layers: int, vocab: int, dtype: torch.dtype) -> LlamaForSequenceClassification:
-    c = LlamaConfig.from_hf(dict(
-        vocab_size=vocab, hidden_size=2048, intermediate_size=8192, num_hidden_layers=layers,
-        num_attention_heads=32, num_key_value_heads=8, head_dim=64, rms_norm_eps=1e-5, rope_theta=500000.0,
-        rope_scaling=dict(rope_type="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                          original_max_position_embeddings=8192)))
+    c = LlamaConfig.from_hf(
+        dict(
+            vocab_size=vocab,
+            hidden_size=2048,
+            intermediate_size=8192,
+            num_hidden_layers=layers,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            head_dim=64,
+            rms_norm_eps=1e-5,
+            rope_theta=500000.0,
+            rope_scaling=dict(
+                rope_type="llama3",
+                factor=32.0,
+                low_freq_factor=1.0,
+                high_freq_factor=4.0,
+                original_max_position_embeddings=8192,
+            ),
+        )
+    )
     with torch.device("meta"):  # allocate once, directly in the target dtype
         model = LlamaForSequenceClassification(c, pooling="mean").to(dtype)
     model.to_empty(device="cpu").eval().requires_grad_(False)
@@ -77,8 +92,10 @@ def main() -> None:
     gc.collect()
     params = sum(p.numel() for p in model.parameters())
     weights_rss, weights_peak = rss_now(), rss_peak()
-    print(f"model: {args.layers} layers, {params / 1e9:.3f} B params, {args.dtype}, "
-          f"{params * model.score.weight.element_size() / MIB:.0f} MiB of weights; built in {time.perf_counter() - t0:.1f} s")
+    print(
+        f"model: {args.layers} layers, {params / 1e9:.3f} B params, {args.dtype}, "
+        f"{params * model.score.weight.element_size() / MIB:.0f} MiB of weights; built in {time.perf_counter() - t0:.1f} s"
+    )
 
     gen = torch.Generator().manual_seed(1)
     ids = [0] + torch.randint(1, args.vocab, (args.tokens - 1,), generator=gen).tolist()  # BOS + one long pair
@@ -88,12 +105,16 @@ def main() -> None:
         logit = model(packed).float()
     seconds = time.perf_counter() - t0
     peak = rss_peak()
-    full_head = args.tokens ** 2 * 4 / MIB
+    full_head = args.tokens**2 * 4 / MIB
     print(f"tokens: {args.tokens}, threads: {torch.get_num_threads()}, logit: {logit.item():.4f}")
-    print(f"RSS before model: {start_rss:.0f} MiB; with weights: {weights_rss:.0f} MiB (peak so far {weights_peak:.0f} MiB)")
+    print(
+        f"RSS before model: {start_rss:.0f} MiB; with weights: {weights_rss:.0f} MiB (peak so far {weights_peak:.0f} MiB)"
+    )
     print(f"peak RSS during the forward pass: {peak:.0f} MiB = weights + {peak - weights_rss:.0f} MiB")
-    print(f"for scale: one fp32 {args.tokens}x{args.tokens} score matrix = {full_head:.0f} MiB per head, "
-          f"{full_head * 32 / 1024:.1f} GiB for a layer's 32 heads")
+    print(
+        f"for scale: one fp32 {args.tokens}x{args.tokens} score matrix = {full_head:.0f} MiB per head, "
+        f"{full_head * 32 / 1024:.1f} GiB for a layer's 32 heads"
+    )
     print(f"forward time: {seconds:.1f} s ({seconds / args.layers:.1f} s per layer)")
 
 

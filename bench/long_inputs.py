@@ -64,8 +64,10 @@ def main() -> None:
     policy = engine.policy
     # What each passage keeps, cut by hand: 12 characters per token of the limit hold more than it reads.
     kept = [p[: 12 * policy.max_length] for p in passages]
-    print(f"cpu: {cpu_line()}; {args.passages} passages x {args.chars:,} chars = "
-          f"{sum(map(len, passages)) / 1e6:.1f} MB; model limit {policy.max_length} tokens; truncate {args.truncate}")
+    print(
+        f"cpu: {cpu_line()}; {args.passages} passages x {args.chars:,} chars = "
+        f"{sum(map(len, passages)) / 1e6:.1f} MB; model limit {policy.max_length} tokens; truncate {args.truncate}"
+    )
     rank = lambda ps: loop.run_until_complete(engine.rank(query, ps, args.truncate))  # noqa: E731
     t_tok_long, long_enc = best(lambda: policy.pairs(query, passages, "END"), args.rounds)
     t_tok_cut, cut_enc = best(lambda: policy.pairs(query, kept, "END"), args.rounds)
@@ -74,8 +76,10 @@ def main() -> None:
     t_cut, cut_result = best(lambda: rank(kept), args.rounds)
     same = list(long_result.scores) == list(cut_result.scores)
     print(f"tokenize: long {t_tok_long:.3f} s, pre-cut {t_tok_cut:.3f} s")
-    print(f"Engine.rank: long {t_long:.3f} s, pre-cut {t_cut:.3f} s, over the kept tokens' cost "
-          f"{t_long - t_cut:+.3f} s (target <= 0.5 s); same scores: {same}")
+    print(
+        f"Engine.rank: long {t_long:.3f} s, pre-cut {t_cut:.3f} s, over the kept tokens' cost "
+        f"{t_long - t_cut:+.3f} s (target <= 0.5 s); same scores: {same}"
+    )
     loop.run_until_complete(engine.stop())
 
 

@@ -1,4 +1,4 @@
-"""glibc malloc thresholds (engine/malloc.py) on vs off: the MiniLM-L6 cross-encoder forward on
+"""glibc malloc thresholds (engine/backends/malloc.py) on vs off: the MiniLM-L6 cross-encoder forward on
 the mixed-length workload, cut into the CPU's default token budget, in two child processes per
 round (the setting is process-wide and cannot be undone), rounds interleaved.
 
@@ -25,14 +25,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import minilm_cross_encoder, workload  # noqa: E402
 
+from rankserve.engine.backends.cpu import available_cores  # noqa: E402
+from rankserve.engine.backends.cpu_gemm import use_cpu_gemm  # noqa: E402
+from rankserve.engine.backends.malloc import retain_freed_memory  # noqa: E402
+from rankserve.engine.backends.torch_runner import packed_batch  # noqa: E402
 from rankserve.engine.batcher import WorkItem, cut_batches  # noqa: E402
-from rankserve.engine.malloc import retain_freed_memory  # noqa: E402
-from rankserve.engine.cpu import available_cores  # noqa: E402
 from rankserve.engine.engine import BATCH_TOKENS  # noqa: E402
 from rankserve.engine.outputs import finish  # noqa: E402
-from rankserve.engine.runner import packed_batch  # noqa: E402
 from rankserve.engine.tokenize import TokenizerPolicy  # noqa: E402
-from rankserve.models.cpu_gemm import use_cpu_gemm  # noqa: E402
 from rankserve.models.loader import load_model  # noqa: E402
 
 
@@ -42,8 +42,9 @@ def child(mode: str, gemm: str, queries: int, per_query: int, passes: int) -> No
         assert retain_freed_memory(), "not glibc"
     spec = load_model(minilm_cross_encoder(Path(tempfile.gettempdir()) / "rankserve-bench-minilm-ce"))
     use_cpu_gemm(spec.module, gemm)
-    policy = TokenizerPolicy(str(spec.tokenizer_file), max_length=spec.max_length, rerank_template=None,
-                             with_type_ids=True)
+    policy = TokenizerPolicy(
+        str(spec.tokenizer_file), max_length=spec.max_length, rerank_template=None, with_type_ids=True
+    )
     items = [e for q, ps in workload("mixed", queries, per_query) for e in policy.pairs(q, ps, "END")]
     batches = [[w.encoded for w in b] for b in cut_batches([WorkItem(e, None) for e in items], BATCH_TOKENS["cpu"])]
     packs = [packed_batch(spec, b) for b in batches]
@@ -71,16 +72,33 @@ def main() -> None:
     runs: dict[str, list[dict]] = {"default": [], "retain": []}
     for _ in range(args.rounds):
         for mode in runs:
-            out = subprocess.run([sys.executable, __file__, "--child", mode, "--cpu-gemm", args.cpu_gemm,
-                                  "--queries", str(args.queries),
-                                  "--per-query", str(args.per_query), "--passes", str(args.passes)],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    mode,
+                    "--cpu-gemm",
+                    args.cpu_gemm,
+                    "--queries",
+                    str(args.queries),
+                    "--per-query",
+                    str(args.per_query),
+                    "--passes",
+                    str(args.passes),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             runs[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
     best = {m: max(runs[m], key=lambda r: r["pairs_s"]) for m in runs}
     diff = (torch.tensor(best["retain"]["logits"]) - torch.tensor(best["default"]["logits"])).abs().max().item()
-    print(f"{args.queries * args.per_query} pairs, mixed 16..512 tokens, {BATCH_TOKENS['cpu']}-token batches, "
-          f"{available_cores()} threads, --cpu-gemm {args.cpu_gemm}, best of {args.rounds} rounds x "
-          f"{args.passes - 1} timed passes")
+    print(
+        f"{args.queries * args.per_query} pairs, mixed 16..512 tokens, {BATCH_TOKENS['cpu']}-token batches, "
+        f"{available_cores()} threads, --cpu-gemm {args.cpu_gemm}, best of {args.rounds} rounds x "
+        f"{args.passes - 1} timed passes"
+    )
     print("| malloc | pairs/s | vs default | minor faults per pass |")
     print("|---|---:|---:|---:|")
     for mode, r in best.items():

@@ -48,17 +48,22 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def interactive_body(rng: random.Random) -> dict:
-    return {"query": {"text": text_of(rng.randint(4, 12), rng)},
-            "passages": [{"text": text_of(rng.randint(16, 128), rng)} for _ in range(rng.randint(3, 20))]}
+    return {
+        "query": {"text": text_of(rng.randint(4, 12), rng)},
+        "passages": [{"text": text_of(rng.randint(16, 128), rng)} for _ in range(rng.randint(3, 20))],
+    }
 
 
 def bulk_body(rng: random.Random, passages: int) -> dict:
-    return {"query": {"text": text_of(8, rng)},
-            "passages": [{"text": text_of(rng.randint(16, 128), rng)} for _ in range(passages)]}
+    return {
+        "query": {"text": text_of(8, rng)},
+        "passages": [{"text": text_of(rng.randint(16, 128), rng)} for _ in range(passages)],
+    }
 
 
-async def drive(url: str, seconds: float, clients: int, bulk_passages: int, bulk_priority: str | None,
-                seed: int) -> dict:
+async def drive(
+    url: str, seconds: float, clients: int, bulk_passages: int, bulk_priority: str | None, seed: int
+) -> dict:
     """Closed-loop clients for ``seconds``; the bulk client only when ``bulk_passages``."""
     latencies: list[float] = []
     pairs = {"interactive": 0, "bulk": 0}
@@ -100,17 +105,27 @@ async def drive(url: str, seconds: float, clients: int, bulk_passages: int, bulk
         # The server's own count of real tokens through the model: it includes the part of a bulk
         # request that ran before the window closed, which request counts would miss.
         tokens = await model_tokens(http, url) - tokens_before
-    return {"requests": len(latencies), "errors": errors, "p50_ms": percentile(latencies, 0.5) * 1000,
-            "p99_ms": percentile(latencies, 0.99) * 1000, "interactive_pairs_s": pairs["interactive"] / elapsed,
-            "bulk_pairs_s": pairs["bulk"] / elapsed, "total_pairs_s": sum(pairs.values()) / elapsed,
-            "model_tokens_s": tokens / elapsed}
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "p50_ms": percentile(latencies, 0.5) * 1000,
+        "p99_ms": percentile(latencies, 0.99) * 1000,
+        "interactive_pairs_s": pairs["interactive"] / elapsed,
+        "bulk_pairs_s": pairs["bulk"] / elapsed,
+        "total_pairs_s": sum(pairs.values()) / elapsed,
+        "model_tokens_s": tokens / elapsed,
+    }
 
 
 async def probe(url: str, bulk_passages: int, delay: float, rounds: int = 3) -> dict:
     """A 3-passage request alone (median of 5), then sent ``delay`` s into a bulk request."""
     rng = random.Random(7)
-    small = {"query": {"text": text_of(8, rng)}, "passages": [{"text": text_of(rng.randint(16, 128), rng)} for _ in range(3)]}
+    small = {
+        "query": {"text": text_of(8, rng)},
+        "passages": [{"text": text_of(rng.randint(16, 128), rng)} for _ in range(3)],
+    }
     async with httpx.AsyncClient(timeout=600) as http:
+
         async def timed(body: dict) -> float:
             t0 = time.perf_counter()
             r = await http.post(url + "/v1/ranking", json=body)
@@ -125,15 +140,22 @@ async def probe(url: str, bulk_passages: int, delay: float, rounds: int = 3) -> 
             during.append(await timed(small))
             bulk_times.append(await bulk)
     worst = max(range(rounds), key=lambda i: during[i])
-    return {"small_alone_ms": alone * 1000, "small_during_ms": [d * 1000 for d in during],
-            "bulk_s": bulk_times, "worst_vs_alone": during[worst] / alone,
-            "worst_share_of_bulk": during[worst] / bulk_times[worst]}
+    return {
+        "small_alone_ms": alone * 1000,
+        "small_during_ms": [d * 1000 for d in during],
+        "bulk_s": bulk_times,
+        "worst_vs_alone": during[worst] / alone,
+        "worst_share_of_bulk": during[worst] / bulk_times[worst],
+    }
 
 
 async def model_tokens(http: httpx.AsyncClient, url: str) -> float:
     text = (await http.get(url + "/v1/metrics")).text
-    return sum(float(line.split()[-1]) for line in text.splitlines()  # every model's series
-               if line.startswith(("rankserve_tokens_total ", "rankserve_tokens_total{")))
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()  # every model's series
+        if line.startswith(("rankserve_tokens_total ", "rankserve_tokens_total{"))
+    )
 
 
 def measure(name: str, src: Path, model: Path, args: argparse.Namespace, port: int, flags: str = "") -> dict:
@@ -150,31 +172,44 @@ def measure(name: str, src: Path, model: Path, args: argparse.Namespace, port: i
 
 
 def report(results: list[dict]) -> str:
-    lines = ["| server | phase | interactive requests | p50 ms | p99 ms | bulk pairs/s | model tokens/s | errors |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| server | phase | interactive requests | p50 ms | p99 ms | bulk pairs/s | model tokens/s | errors |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         for phase in ("alone", "with_bulk"):
             m = r[phase]
-            lines.append(f"| {r['server']} | {phase} | {m['requests']} | {m['p50_ms']:.0f} | {m['p99_ms']:.0f} | "
-                         f"{m['bulk_pairs_s']:.0f} | {m['model_tokens_s']:.0f} | {m['errors']} |")
+            lines.append(
+                f"| {r['server']} | {phase} | {m['requests']} | {m['p50_ms']:.0f} | {m['p99_ms']:.0f} | "
+                f"{m['bulk_pairs_s']:.0f} | {m['model_tokens_s']:.0f} | {m['errors']} |"
+            )
     lines.append("")
-    lines.append("| server | small alone ms | small during bulk ms (each round) | bulk s | worst / alone | worst / bulk |")
+    lines.append(
+        "| server | small alone ms | small during bulk ms (each round) | bulk s | worst / alone | worst / bulk |"
+    )
     lines.append("|---|---|---|---|---|---|")
     for r in results:
         p = r["probe"]
-        lines.append(f"| {r['server']} | {p['small_alone_ms']:.0f} | {', '.join(f'{d:.0f}' for d in p['small_during_ms'])} | "
-                     f"{', '.join(f'{b:.1f}' for b in p['bulk_s'])} | {p['worst_vs_alone']:.2f} (goal <= 3) | "
-                     f"{p['worst_share_of_bulk'] * 100:.1f} % (goal <= 5 %) |")
+        lines.append(
+            f"| {r['server']} | {p['small_alone_ms']:.0f} | {', '.join(f'{d:.0f}' for d in p['small_during_ms'])} | "
+            f"{', '.join(f'{b:.1f}' for b in p['bulk_s'])} | {p['worst_vs_alone']:.2f} (goal <= 3) | "
+            f"{p['worst_share_of_bulk'] * 100:.1f} % (goal <= 5 %) |"
+        )
     new = results[0]
     lines.append("")
-    lines.append(f"{new['server']}: p99 with bulk / alone = {new['with_bulk']['p99_ms'] / new['alone']['p99_ms']:.2f} "
-                 "(goal <= 3)")
+    lines.append(
+        f"{new['server']}: p99 with bulk / alone = {new['with_bulk']['p99_ms'] / new['alone']['p99_ms']:.2f} "
+        "(goal <= 3)"
+    )
     if len(results) > 1:
         base = results[1]
-        lines.append(f"{base['server']}: p99 with bulk / alone = "
-                     f"{base['with_bulk']['p99_ms'] / base['alone']['p99_ms']:.2f}")
-        lines.append(f"model tokens/s with bulk, {new['server']} / {base['server']} = "
-                     f"{new['with_bulk']['model_tokens_s'] / base['with_bulk']['model_tokens_s']:.2f} (goal >= 0.9)")
+        lines.append(
+            f"{base['server']}: p99 with bulk / alone = {base['with_bulk']['p99_ms'] / base['alone']['p99_ms']:.2f}"
+        )
+        lines.append(
+            f"model tokens/s with bulk, {new['server']} / {base['server']} = "
+            f"{new['with_bulk']['model_tokens_s'] / base['with_bulk']['model_tokens_s']:.2f} (goal >= 0.9)"
+        )
     return "\n".join(lines)
 
 
@@ -204,12 +239,19 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--bulk-passages", type=int, default=600)
-    ap.add_argument("--bulk-priority", choices=("interactive", "batch"), default=None,
-                    help="send the bulk requests with this X-Priority (default: none, i.e. interactive)")
+    ap.add_argument(
+        "--bulk-priority",
+        choices=("interactive", "batch"),
+        default=None,
+        help="send the bulk requests with this X-Priority (default: none, i.e. interactive)",
+    )
     ap.add_argument("--probe-delay", type=float, default=1.0, help="seconds into the bulk request the probe is sent")
-    ap.add_argument("--baseline-args", default=None,
-                    help="flags for the baseline server; without --baseline-src the baseline is this checkout run "
-                         "with them (e.g. --no-express-lane)")
+    ap.add_argument(
+        "--baseline-args",
+        default=None,
+        help="flags for the baseline server; without --baseline-src the baseline is this checkout run "
+        "with them (e.g. --no-express-lane)",
+    )
     ap.add_argument("--out", default=None, help="folder for mixed-load.json and mixed-load.png")
     args = ap.parse_args()
     model = minilm_cross_encoder(Path(tempfile.gettempdir()) / "rankserve-bench-minilm-ce")
@@ -218,8 +260,16 @@ def main() -> None:
     results = [measure("this checkout", SRC, model, args, port)]
     if args.baseline_src or args.baseline_args is not None:
         name = "baseline" if args.baseline_src else f"this checkout {args.baseline_args}"
-        results.append(measure(name, Path(args.baseline_src) if args.baseline_src else SRC, model, args, port + 1,
-                               args.baseline_args or ""))
+        results.append(
+            measure(
+                name,
+                Path(args.baseline_src) if args.baseline_src else SRC,
+                model,
+                args,
+                port + 1,
+                args.baseline_args or "",
+            )
+        )
     print(report(results))
     if args.out:
         out = Path(args.out)

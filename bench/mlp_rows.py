@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import best_of, minilm_cross_encoder, workload  # noqa: E402
 
 import rankserve.models.rows as rows  # noqa: E402
-from rankserve.engine.runner import packed_batch  # noqa: E402
+from rankserve.engine.backends.torch_runner import packed_batch  # noqa: E402
 from rankserve.engine.tokenize import TokenizerPolicy  # noqa: E402
 from rankserve.models.loader import load_model  # noqa: E402
 
@@ -49,8 +49,9 @@ def main() -> None:
         return rows.by_rows(lambda h: layer.output(layer.intermediate(h), h), x)
 
     query, passages = workload("uniform", 1, 64)[0]
-    policy = TokenizerPolicy(str(spec.tokenizer_file), max_length=spec.max_length, rerank_template=None,
-                             with_type_ids=True)
+    policy = TokenizerPolicy(
+        str(spec.tokenizer_file), max_length=spec.max_length, rerank_template=None, with_type_ids=True
+    )
     packed = packed_batch(spec, policy.pairs(query, passages, "END"))
 
     def model():

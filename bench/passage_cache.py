@@ -39,8 +39,10 @@ async def main(passages: int, sets: int) -> None:
         repeats.append(time.perf_counter() - t)
     await engine.stop()
     first, repeat = min(firsts), min(repeats)
-    print(f"{passages} passages: first {first * 1000:.1f} ms, repeated {repeat * 1000:.2f} ms, "
-          f"first/repeated {first / repeat:.0f}x (best of {sets}; cache hits {int(engine.metrics.cache_hits._value.get())})")
+    print(
+        f"{passages} passages: first {first * 1000:.1f} ms, repeated {repeat * 1000:.2f} ms, "
+        f"first/repeated {first / repeat:.0f}x (best of {sets}; cache hits {int(engine.metrics.cache_hits._value.get())})"
+    )
 
 
 if __name__ == "__main__":

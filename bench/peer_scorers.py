@@ -18,9 +18,9 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
-from typing import Callable
 
 Scorer = Callable[[list[tuple[str, str]]], list[float]]
 BATCH = 32  # sentence-transformers' and fastembed's default batch size
@@ -64,7 +64,7 @@ def st_cross_encoder(model_dir: Path, work: Path, backend: str, variant: str = "
     if backend != "torch":
         path = copy_model(model_dir, work, f"st-{backend}")
     if variant:
-        from sentence_transformers import (export_dynamic_quantized_onnx_model, export_optimized_onnx_model)
+        from sentence_transformers import export_dynamic_quantized_onnx_model, export_optimized_onnx_model
 
         model = CrossEncoder(str(path), device="cpu", backend="onnx")
         if variant == "O3":
@@ -113,7 +113,6 @@ def flashrank_ranker(model_dir: Path, work: Path) -> Scorer:
     name holding ``flashrank.onnx`` or the file its model map names plus the tokenizer files)."""
     import numpy as np
     from flashrank import Ranker, RerankRequest
-
     from flashrank.Config import model_file_map
 
     cache = work / "flashrank"

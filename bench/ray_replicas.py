@@ -18,7 +18,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).parent))
 from common import free_port, minilm_cross_encoder, rankserve_cmd, start_server, stop_server  # noqa: E402
 
@@ -36,8 +35,17 @@ def main() -> None:
     bodies = make_requests(args.requests, (20, 60), (16, 256), seed=0)
     setups = {"plain": ["--model", str(model)]}
     for n in (int(x) for x in args.replicas.split(",")):
-        setups[f"ray x{n}"] = ["--model", str(model), "--ray", "--replicas", str(n), "--ray-cpus", f"{cores / n:g}",
-                               "--threads", str(max(1, cores // n))]
+        setups[f"ray x{n}"] = [
+            "--model",
+            str(model),
+            "--ray",
+            "--replicas",
+            str(n),
+            "--ray-cpus",
+            f"{cores / n:g}",
+            "--threads",
+            str(max(1, cores // n)),
+        ]
     print(f"cores {cores}; {len(bodies)} requests of 20-60 MiniLM cross-encoder pairs, concurrency {args.concurrency}")
     rates = {}
     for name, flags in setups.items():
@@ -50,8 +58,10 @@ def main() -> None:
         finally:
             stop_server(proc)
         rates[name] = r.pairs_per_s
-        print(f"| {name} | {r.pairs_per_s:.1f} pairs/s | errors {r.errors} | p50 {r.p50_ms:.0f} ms | p99 {r.p99_ms:.0f} ms |"
-              f" {r.pairs_per_s / rates['plain']:.2f}x plain |")
+        print(
+            f"| {name} | {r.pairs_per_s:.1f} pairs/s | errors {r.errors} | p50 {r.p50_ms:.0f} ms | p99 {r.p99_ms:.0f} ms |"
+            f" {r.pairs_per_s / rates['plain']:.2f}x plain |"
+        )
 
 
 if __name__ == "__main__":

@@ -58,10 +58,42 @@ def main() -> None:
 
     results = {}
     servers = {
-        "rankserve": ([sys.executable, "-m", "rankserve.cli", "serve", "--model", str(model_dir), "--port", "8101",
-                       "--host", "127.0.0.1", "--log-level", "warning", "--dtype", "float32"], 8101, {}),
-        "naive": ([sys.executable, "-m", "uvicorn", "naive_server:app", "--app-dir", str(Path(__file__).parent),
-                   "--port", "8102", "--log-level", "warning"], 8102, {"MODEL_DIR": str(model_dir)}),
+        "rankserve": (
+            [
+                sys.executable,
+                "-m",
+                "rankserve.cli",
+                "serve",
+                "--model",
+                str(model_dir),
+                "--port",
+                "8101",
+                "--host",
+                "127.0.0.1",
+                "--log-level",
+                "warning",
+                "--dtype",
+                "float32",
+            ],
+            8101,
+            {},
+        ),
+        "naive": (
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "naive_server:app",
+                "--app-dir",
+                str(Path(__file__).parent),
+                "--port",
+                "8102",
+                "--log-level",
+                "warning",
+            ],
+            8102,
+            {"MODEL_DIR": str(model_dir)},
+        ),
     }
     for name, (cmd, port, env) in servers.items():
         proc = start_server(cmd, port, env, timeout=180)
@@ -71,13 +103,17 @@ def main() -> None:
             stop_server(proc)
         print(f"\n{name}\n{loadgen.table(results[name])}")
 
-    print("\n| clients | rankserve pairs/s | naive pairs/s | rankserve/naive | rankserve/offline predict "
-          "| rankserve/offline Engine | rankserve p99/p50 |")
+    print(
+        "\n| clients | rankserve pairs/s | naive pairs/s | rankserve/naive | rankserve/offline predict "
+        "| rankserve/offline Engine | rankserve p99/p50 |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for ours, naive in zip(results["rankserve"], results["naive"]):
-        print(f"| {ours.concurrency} | {ours.pairs_per_s:.1f} | {naive.pairs_per_s:.1f} | "
-              f"{ours.pairs_per_s / naive.pairs_per_s:.2f}x | {ours.pairs_per_s / offline:.2f}x | "
-              f"{ours.pairs_per_s / engine_offline:.2f}x | {ours.p99_ms / ours.p50_ms:.2f} |")
+        print(
+            f"| {ours.concurrency} | {ours.pairs_per_s:.1f} | {naive.pairs_per_s:.1f} | "
+            f"{ours.pairs_per_s / naive.pairs_per_s:.2f}x | {ours.pairs_per_s / offline:.2f}x | "
+            f"{ours.pairs_per_s / engine_offline:.2f}x | {ours.p99_ms / ours.p50_ms:.2f} |"
+        )
     if args.out:
         write_out(Path(args.out), results, offline, engine_offline)
 
@@ -97,14 +133,26 @@ def write_out(out: Path, results: dict, offline: float, engine_offline: float) -
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "server.json").write_text(json.dumps(
-        {"offline_pairs_per_s": offline, "offline_engine_pairs_per_s": engine_offline, **{k: json.loads(loadgen.to_json(v)) for k, v in results.items()}}, indent=2))
+    (out / "server.json").write_text(
+        json.dumps(
+            {
+                "offline_pairs_per_s": offline,
+                "offline_engine_pairs_per_s": engine_offline,
+                **{k: json.loads(loadgen.to_json(v)) for k, v in results.items()},
+            },
+            indent=2,
+        )
+    )
     levels = [r.concurrency for r in results["rankserve"]]
     fig, ax = plt.subplots(figsize=(6, 3.2))
     width = 0.38
     for i, name in enumerate(("rankserve", "naive")):
-        ax.bar([x + (i - 0.5) * width for x in range(len(levels))], [r.pairs_per_s for r in results[name]],
-               width, label=name)
+        ax.bar(
+            [x + (i - 0.5) * width for x in range(len(levels))],
+            [r.pairs_per_s for r in results[name]],
+            width,
+            label=name,
+        )
     ax.axhline(offline, color="gray", linestyle="--", label="offline CrossEncoder.predict")
     ax.axhline(engine_offline, color="black", linestyle=":", label="offline rankserve Engine")
     ax.set_xticks(range(len(levels)), [f"{c} clients" for c in levels])

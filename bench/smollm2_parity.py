@@ -69,13 +69,14 @@ def compare(directory: Path) -> dict[str, float]:
     from transformers import LlamaModel
 
     from rankserve.engine.tokenize import TokenizerPolicy
-    from rankserve.engine.types import Batch
+    from rankserve.models.batch import Batch
     from rankserve.models.loader import load_model
 
     spec = load_model(directory)
     assert spec.kind == "embedder" and spec.pooling == "mean" and not spec.extra["causal"]
-    policy = TokenizerPolicy(str(spec.tokenizer_file), max_length=spec.max_length, rerank_template=None,
-                             with_type_ids=False)
+    policy = TokenizerPolicy(
+        str(spec.tokenizer_file), max_length=spec.max_length, rerank_template=None, with_type_ids=False
+    )
     ids = [e.ids for e in policy.texts(TEXTS, "END")]
     batch = Batch.from_sequences(ids, pad_id=spec.pad_id)
     with torch.inference_mode():
@@ -85,8 +86,9 @@ def compare(directory: Path) -> dict[str, float]:
     mask = torch.zeros(len(ids), 1, real.shape[1], real.shape[1])
     mask.masked_fill_(~real[:, None, None, :], torch.finfo(torch.float32).min)
     with torch.inference_mode():
-        hidden = reference(input_ids=batch.input_ids, attention_mask=mask,
-                           position_ids=(real.long().cumsum(1) - 1).clamp(min=0)).last_hidden_state
+        hidden = reference(
+            input_ids=batch.input_ids, attention_mask=mask, position_ids=(real.long().cumsum(1) - 1).clamp(min=0)
+        ).last_hidden_state
     expected = (hidden * real[..., None]).sum(1) / real.sum(1, keepdim=True)
     unit = torch.nn.functional.normalize
     return {
@@ -98,10 +100,17 @@ def compare(directory: Path) -> dict[str, float]:
 
 
 # SmolLM2-Instruct's chat format around a relevance question; "yes" and "no" are single tokens.
-YES_NO_TEMPLATE = ("<|im_start|>user\nQuery: {query}\nDocument: {passage}\nDoes the document answer the query? "
-                   "Answer yes or no.<|im_end|>\n<|im_start|>assistant\n")
-PAIRS = [(TEXTS[0], TEXTS[1]), (TEXTS[0], TEXTS[2]), (TEXTS[0], TEXTS[3]),
-         ("what is the capital of france", TEXTS[2]), ("what is the capital of france", TEXTS[3])]
+YES_NO_TEMPLATE = (
+    "<|im_start|>user\nQuery: {query}\nDocument: {passage}\nDoes the document answer the query? "
+    "Answer yes or no.<|im_end|>\n<|im_start|>assistant\n"
+)
+PAIRS = [
+    (TEXTS[0], TEXTS[1]),
+    (TEXTS[0], TEXTS[2]),
+    (TEXTS[0], TEXTS[3]),
+    ("what is the capital of france", TEXTS[2]),
+    ("what is the capital of france", TEXTS[3]),
+]
 
 
 def compare_recipe(directory: Path) -> dict[str, float]:
@@ -111,7 +120,7 @@ def compare_recipe(directory: Path) -> dict[str, float]:
     from transformers import LlamaForCausalLM
 
     from rankserve.engine.tokenize import TokenizerPolicy
-    from rankserve.engine.types import Batch
+    from rankserve.models.batch import Batch
     from rankserve.models.loader import load_model
     from rankserve.models.recipes import RecipeChoice
 
@@ -122,8 +131,9 @@ def compare_recipe(directory: Path) -> dict[str, float]:
     finally:
         (directory / "config.json").write_text(json.dumps(cfg, indent=2))
     assert spec.kind == "cross-encoder" and spec.pooling == "last" and spec.extra["causal"]
-    policy = TokenizerPolicy(str(spec.tokenizer_file), max_length=spec.max_length,
-                             rerank_template=spec.rerank_template, with_type_ids=False)
+    policy = TokenizerPolicy(
+        str(spec.tokenizer_file), max_length=spec.max_length, rerank_template=spec.rerank_template, with_type_ids=False
+    )
     ids = [policy.pairs(q, [p], "END")[0].ids for q, p in PAIRS]
     batch = Batch.from_sequences(ids, pad_id=spec.pad_id)
     with torch.inference_mode():
@@ -159,7 +169,9 @@ def main() -> int:
         recipe = compare_recipe(directory)
     print(f"{gguf.name} as a bidirectional embedder: {json.dumps(result)}")
     print(f"{gguf.name} as a yes/no reranker (--recipe yes-no): {json.dumps(recipe)}")
-    print(f"time {time.perf_counter() - t0:.1f} s, peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    print(
+        f"time {time.perf_counter() - t0:.1f} s, peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
+    )
     return 0
 
 

@@ -198,15 +198,29 @@ class Server:
     """``python -m rankserve.cli serve`` on 127.0.0.1 in a child process, its output in a log file.
     The child gets no RANKSERVE_* / NIM_* variables: only these flags set it up, as in the reference."""
 
-    def __init__(self, opts: "Options", *flags: str, log_level: str = "info", name: str = "server"):
+    def __init__(self, opts: Options, *flags: str, log_level: str = "info", name: str = "server"):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         log_dir = Path(opts.log_dir or tempfile.mkdtemp(prefix="rankserve-soak-"))
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"{name}.log"
-        cmd = [sys.executable, "-m", "rankserve.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-               "--log-level", log_level, "--device", opts.device, *(["--model", opts.model] if opts.model else []),
-               *opts.serve_args, *flags]
+        cmd = [
+            sys.executable,
+            "-m",
+            "rankserve.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--log-level",
+            log_level,
+            "--device",
+            opts.device,
+            *(["--model", opts.model] if opts.model else []),
+            *opts.serve_args,
+            *flags,
+        ]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RANKSERVE_", "NIM_"))}
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
@@ -264,11 +278,14 @@ class Server:
 
     def log_errors(self) -> list[str]:
         """Log lines at ERROR / CRITICAL and traceback starts (a healthy run writes none)."""
-        return [line for line in self.log_text().splitlines()
-                if " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback")]
+        return [
+            line
+            for line in self.log_text().splitlines()
+            if " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback")
+        ]
 
 
-METRIC_LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)$')
+METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)$")
 
 
 def parse_metrics(text: str) -> list[tuple[str, dict[str, str], float]]:
@@ -324,7 +341,7 @@ class Reference:
     """rankserve's own Engine in this process, on its own event loop: the expected answers (with the
     same ``serve_args`` as the servers)."""
 
-    def __init__(self, opts: "Options"):
+    def __init__(self, opts: Options):
         from rankserve.config import load_config
         from rankserve.engine.engine import Engine
         from rankserve.metrics import Metrics
@@ -360,7 +377,7 @@ class Reference:
 
         async def run() -> None:
             for i in range(0, len(todo), chunk):
-                await asyncio.gather(*(one(c) for c in todo[i:i + chunk]))
+                await asyncio.gather(*(one(c) for c in todo[i : i + chunk]))
 
         t = time.perf_counter()
         self.loop.run_until_complete(run())
@@ -406,8 +423,18 @@ def make_call(rng: random.Random, ref: Reference, kind: str, passages: list[str]
             body["encoding_format"] = "base64"
         elif rng.random() < 0.3:
             body["encoding_format"] = "float"
-        return Call(kind, "/v1/embeddings", body, None, texts, input_type=input_type, truncate=truncate, dims=dims,
-                    b64=b64, model=model)
+        return Call(
+            kind,
+            "/v1/embeddings",
+            body,
+            None,
+            texts,
+            input_type=input_type,
+            truncate=truncate,
+            dims=dims,
+            b64=b64,
+            model=model,
+        )
     top = rng.randint(1, n) if rng.random() < 0.25 else None
     if kind in ("ranking", "hosted"):
         body = {"query": {"text": query}, "passages": [{"text": p} for p in passages]}
@@ -472,10 +499,16 @@ def soak_pool(rng: random.Random, ref: Reference, distinct: int, pool_size: int)
 def heavy_calls(rng: random.Random, ref: Reference, n: int, passages: int, prefix: str) -> list[Call]:
     """Requests with ``passages`` distinct passages each (tagged: they miss the passage cache)."""
     names = [k for k, _ in kinds_for(ref)]
-    return [make_call(rng, ref, names[i % len(names)],
-                      [make_passage(rng, (1, 3), tag=f"[{prefix}{i}.{j}]") for j in range(passages)],
-                      rng.choice(QUERIES))
-            for i in range(n)]
+    return [
+        make_call(
+            rng,
+            ref,
+            names[i % len(names)],
+            [make_passage(rng, (1, 3), tag=f"[{prefix}{i}.{j}]") for j in range(passages)],
+            rng.choice(QUERIES),
+        )
+        for i in range(n)
+    ]
 
 
 def invalid_request(rng: random.Random, ref: Reference) -> tuple[str, str, bytes]:
@@ -487,8 +520,11 @@ def invalid_request(rng: random.Random, ref: Reference) -> tuple[str, str, bytes
         ("ranking_empty_query", "/v1/ranking", dumps({"query": {"text": ""}, "passages": [{"text": p}]})),
         ("ranking_blank_query", "/v1/ranking", dumps({"query": {"text": "  \t "}, "passages": [{"text": p}]})),
         ("ranking_surrogate_query", "/v1/ranking", dumps({"query": {"text": q + sur}, "passages": [{"text": p}]})),
-        ("ranking_surrogate_passage", "/v1/ranking",
-         dumps({"query": {"text": q}, "passages": [{"text": p}, {"text": sur + p}]})),
+        (
+            "ranking_surrogate_passage",
+            "/v1/ranking",
+            dumps({"query": {"text": q}, "passages": [{"text": p}, {"text": sur + p}]}),
+        ),
         ("cohere_surrogate_document", "/v1/rerank", dumps({"query": q, "documents": [p, {"text": p + sur}]})),
         ("tei_surrogate_text", "/rerank", dumps({"query": q, "texts": [p, sur]})),
         ("ranking_passages_not_list", "/v1/ranking", dumps({"query": {"text": q}, "passages": p})),
@@ -496,18 +532,36 @@ def invalid_request(rng: random.Random, ref: Reference) -> tuple[str, str, bytes
         ("ranking_top_k_string", "/v1/ranking", dumps({"query": {"text": q}, "passages": [{"text": p}], "top_k": "2"})),
         ("ranking_top_k_zero", "/v1/ranking", dumps({"query": {"text": q}, "passages": [{"text": p}], "top_k": 0})),
         ("ranking_no_passages", "/v1/ranking", dumps({"query": {"text": q}, "passages": []})),
-        ("ranking_bad_truncate", "/v1/ranking", dumps({"query": {"text": q}, "passages": [{"text": p}], "truncate": "MIDDLE"})),
+        (
+            "ranking_bad_truncate",
+            "/v1/ranking",
+            dumps({"query": {"text": q}, "passages": [{"text": p}], "truncate": "MIDDLE"}),
+        ),
         ("ranking_body_array", "/v1/ranking", b"[]"),
-        ("ranking_nan_top_k", "/v1/ranking",
-         '{"query": {"text": %s}, "passages": [{"text": %s}], "top_k": NaN}' % (dumps(q), dumps(p))),
-        ("cohere_infinity_top_n", "/v1/rerank", '{"query": %s, "documents": [%s], "top_n": Infinity}' % (dumps(q), dumps(p))),
+        (
+            "ranking_nan_top_k",
+            "/v1/ranking",
+            '{"query": {"text": %s}, "passages": [{"text": %s}], "top_k": NaN}' % (dumps(q), dumps(p)),
+        ),
+        (
+            "cohere_infinity_top_n",
+            "/v1/rerank",
+            '{"query": %s, "documents": [%s], "top_n": Infinity}' % (dumps(q), dumps(p)),
+        ),
         ("cohere_documents_ints", "/v1/rerank", dumps({"query": q, "documents": [1, 2]})),
         ("tei_nan_raw_scores", "/rerank", '{"query": %s, "texts": [%s], "raw_scores": NaN}' % (dumps(q), dumps(p))),
         ("tei_left_truncation", "/rerank", dumps({"query": q, "texts": [p], "truncation_direction": "Left"})),
-        ("ranking_unknown_model", "/v1/ranking", dumps({"model": "no-such/model", "query": {"text": q}, "passages": [{"text": p}]})),
+        (
+            "ranking_unknown_model",
+            "/v1/ranking",
+            dumps({"model": "no-such/model", "query": {"text": q}, "passages": [{"text": p}]}),
+        ),
         ("cohere_unknown_model", "/v1/rerank", dumps({"model": "no-such/model", "query": q, "documents": [p]})),
-        ("hosted_unknown_model", "/v1/retrieval/nvidia/no-such-model/reranking",
-         dumps({"query": {"text": q}, "passages": [{"text": p}]})),
+        (
+            "hosted_unknown_model",
+            "/v1/retrieval/nvidia/no-such-model/reranking",
+            dumps({"query": {"text": q}, "passages": [{"text": p}]}),
+        ),
         ("ranking_invalid_json", "/v1/ranking", '{"query": {"text": %s}, "passages": [' % dumps(q)),
         ("cohere_invalid_json", "/v1/rerank", '{"query": %s,, }' % dumps(q)),
         ("ranking_not_utf8", "/v1/ranking", b'{"query": {"text": "caf\xe9"}, "passages": [{"text": "x"}]}'),
@@ -532,8 +586,9 @@ def invalid_request(rng: random.Random, ref: Reference) -> tuple[str, str, bytes
 # -- checking answers -----------------------------------------------------------------------------------
 
 
-def check_order(pairs: list[tuple[int, float]], expected: list[float], top: int | None, tol: float,
-                index_ties: bool = True) -> str | None:
+def check_order(
+    pairs: list[tuple[int, float]], expected: list[float], top: int | None, tol: float, index_ties: bool = True
+) -> str | None:
     """(index, score) pairs as returned vs the reference scores (already mapped to what the route returns).
     The server sorts by its raw score, then index: ``index_ties`` checks that rule on equal scores (not
     where a sigmoid may map two different logits to one float)."""
@@ -576,17 +631,26 @@ def check_answer(call: Call, r: httpx.Response, ref: Reference, tol: float) -> s
                     return "a document was returned without return_documents"
             if j["meta"]["tokens"]["input_tokens"] != call.tokens:
                 return f"meta {j['meta']} != reference tokens {call.tokens}"
-            return check_order([(e["index"], e["relevance_score"]) for e in res],
-                               [ref.relevance(x) for x in call.expected], call.top, tol, ref.kind == "embedder")
+            return check_order(
+                [(e["index"], e["relevance_score"]) for e in res],
+                [ref.relevance(x) for x in call.expected],
+                call.top,
+                tol,
+                ref.kind == "embedder",
+            )
         if call.kind == "tei":
             for e in j:
                 if call.echo and e.get("text") != call.texts[e["index"]]:
                     return f"text of index {e['index']} is {e.get('text')!r}"
                 if not call.echo and "text" in e:
                     return "a text was returned without return_text"
-            return check_order([(e["index"], e["score"]) for e in j],
-                               [ref.relevance(x, call.raw) for x in call.expected], None, tol,
-                               call.raw or ref.kind == "embedder")
+            return check_order(
+                [(e["index"], e["score"]) for e in j],
+                [ref.relevance(x, call.raw) for x in call.expected],
+                None,
+                tol,
+                call.raw or ref.kind == "embedder",
+            )
         if call.kind == "embeddings":
             data = j["data"]
             if [d["index"] for d in data] != list(range(len(call.texts))):
@@ -596,8 +660,11 @@ def check_answer(call: Call, r: httpx.Response, ref: Reference, tol: float) -> s
             if j["model"] != (call.model or ref.name):
                 return f"model {j['model']!r}"
             for d, want in zip(data, call.expected):
-                got = (np.frombuffer(base64.b64decode(d["embedding"]), "<f4") if call.b64
-                       else np.asarray(d["embedding"], dtype=np.float64))
+                got = (
+                    np.frombuffer(base64.b64decode(d["embedding"]), "<f4")
+                    if call.b64
+                    else np.asarray(d["embedding"], dtype=np.float64)
+                )
                 if got.shape != want.shape:
                     return f"vector {d['index']} has {got.shape[0]} components, reference {want.shape[0]}"
                 diff = float(np.max(np.abs(got - want)))
@@ -613,8 +680,12 @@ def error_object_problem(r: httpx.Response) -> str | None:
     """None if the body is rankserve's error shape ({"error": {message, type, code}})."""
     try:
         err = r.json()["error"]
-        if not (isinstance(err, dict) and isinstance(err.get("message"), str) and err.get("code") == r.status_code
-                and isinstance(err.get("type"), str)):
+        if not (
+            isinstance(err, dict)
+            and isinstance(err.get("message"), str)
+            and err.get("code") == r.status_code
+            and isinstance(err.get("type"), str)
+        ):
             return f"error object {err!r}"
     except (ValueError, KeyError, TypeError) as exc:
         return f"no error object ({type(exc).__name__}): {r.text[:200]!r}"
@@ -652,8 +723,9 @@ class Tally:
 JSON = {"content-type": "application/json"}
 
 
-async def post(http: httpx.AsyncClient, url: str, *, body: dict | None = None, raw: bytes | None = None
-               ) -> tuple[httpx.Response | None, float, str | None]:
+async def post(
+    http: httpx.AsyncClient, url: str, *, body: dict | None = None, raw: bytes | None = None
+) -> tuple[httpx.Response | None, float, str | None]:
     """(response or None, seconds, transport error name or None)."""
     t = time.perf_counter()
     try:
@@ -679,8 +751,9 @@ def arrived(t: Tally, path: str, r: httpx.Response | None, err: str | None, what
     return True
 
 
-def record_valid(t: Tally, call: Call, r: httpx.Response | None, seconds: float, err: str | None,
-                 ref: Reference, tol: float) -> None:
+def record_valid(
+    t: Tally, call: Call, r: httpx.Response | None, seconds: float, err: str | None, ref: Reference, tol: float
+) -> None:
     t.valid_sent += 1
     if not arrived(t, call.path, r, err, f"{call.kind} {call.path}"):
         return
@@ -791,8 +864,13 @@ def run_soak(opts: Options, ref: Reference) -> dict:
         result["server_cpu_gemm"] = server.gemm()
     finally:
         exit_code = server.stop()
-    result.update(reference_s=round(ref_s, 1), server_ready_s=round(ready_s, 1), server_exit=exit_code,
-                  server_log=str(server.log_path), distinct_requests=len(calls))
+    result.update(
+        reference_s=round(ref_s, 1),
+        server_ready_s=round(ready_s, 1),
+        server_exit=exit_code,
+        server_log=str(server.log_path),
+        distinct_requests=len(calls),
+    )
     t = result
     checks = {
         "no request lost": t["lost"] == 0,
@@ -809,7 +887,8 @@ def run_soak(opts: Options, ref: Reference) -> dict:
     if opts.max_rss_growth_mb is not None:
         growth = t["rss_drift_second_half_mb"]
         checks[f"RSS grew <= {opts.max_rss_growth_mb:g} MB over the second half"] = (
-            growth is not None and growth <= opts.max_rss_growth_mb)
+            growth is not None and growth <= opts.max_rss_growth_mb
+        )
     return finish(result, checks)
 
 
@@ -833,7 +912,7 @@ async def _soak(opts: Options, ref: Reference, server: Server, calls: list[Call]
                 rss.append((time.monotonic() - start, value))
             try:
                 await asyncio.wait_for(done.wait(), 0.5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def client(k: int, http: httpx.AsyncClient) -> None:
@@ -859,28 +938,39 @@ async def _soak(opts: Options, ref: Reference, server: Server, calls: list[Call]
     async with httpx.AsyncClient(timeout=30) as http:
         ready_after = (await http.get(server.url + "/v1/health/ready")).status_code == 200
     samples = await get_metrics(server.url)
-    server_5xx = sum(v for n, lab, v in samples  # readiness is 503 while the model loads: not counted
-                     if n == "rankserve_requests_total" and lab.get("status", "").startswith("5")
-                     and lab.get("route") != "/v1/health/ready")
+    server_5xx = sum(
+        v
+        for n, lab, v in samples  # readiness is 503 while the model loads: not counted
+        if n == "rankserve_requests_total"
+        and lab.get("status", "").startswith("5")
+        and lab.get("route") != "/v1/health/ready"
+    )
     half = [v for s, v in rss if s >= opts.seconds / 2]
     out = {k: v for k, v in asdict(tally).items() if k != "latencies_ms"}
     out.update(latency_summary(tally.latencies_ms))
     out.update(
-        seconds=round(seconds, 1), clients=opts.clients, requests_per_s=round(tally.sent / seconds, 1),
-        rss_before_mb=rss_before, rss_after_mb=rss_after, rss_max_mb=max((v for _, v in rss), default=None),
+        seconds=round(seconds, 1),
+        clients=opts.clients,
+        requests_per_s=round(tally.sent / seconds, 1),
+        rss_before_mb=rss_before,
+        rss_after_mb=rss_after,
+        rss_max_mb=max((v for _, v in rss), default=None),
         rss_at_half_mb=half[0] if half else None,
         rss_drift_mb=None if rss_before is None or rss_after is None else rss_after - rss_before,
         rss_drift_second_half_mb=None if not half or rss_after is None else rss_after - half[0],
         rss_series=[(round(s, 1), round(v, 1)) for s, v in rss[:: max(1, len(rss) // 60)]],
-        ready_after=ready_after, server_5xx=server_5xx,
+        ready_after=ready_after,
+        server_5xx=server_5xx,
     )
     return out
 
 
 def run_overload(opts: Options, ref: Reference) -> dict:
     rng = random.Random(opts.seed + 1)
-    waves = [heavy_calls(rng, ref, opts.overload_requests, opts.overload_passages, f"o{w}.")
-             for w in range(opts.overload_waves)]
+    waves = [
+        heavy_calls(rng, ref, opts.overload_requests, opts.overload_passages, f"o{w}.")
+        for w in range(opts.overload_waves)
+    ]
     server = Server(opts, "--max-queue-requests", str(opts.overload_queue), name="overload")
     ready_s = server.wait_ready()
     try:
@@ -913,14 +1003,29 @@ def run_overload(opts: Options, ref: Reference) -> dict:
             examples.append(f"{r.status_code}: {r.text[:200]}")
     ok, busy = latency_summary(ok_ms), latency_summary(busy_ms)
     result = {
-        "max_queue_requests": opts.overload_queue, "waves": opts.overload_waves,
-        "sent": len(outcomes), "passages_per_request": opts.overload_passages,
-        "status_200": len(admitted), "correct_200": len(ok_ms), "status_503": len(busy_ms), "lost": lost,
-        "wrong": wrong, "other_status": other, "503_without_retry_after": no_retry_after,
-        "p50_200_ms": ok["p50_ms"], "p99_200_ms": ok["p99_ms"],
-        "p50_503_ms": busy["p50_ms"], "p99_503_ms": busy["p99_ms"], "max_503_ms": busy["max_ms"],
-        **after, "server_exit": exit_code, "server_ready_s": round(ready_s, 1), "reference_s": round(ref_s, 1),
-        "server_log_errors": log_errors, "server_log": str(server.log_path), "examples": examples[:20],
+        "max_queue_requests": opts.overload_queue,
+        "waves": opts.overload_waves,
+        "sent": len(outcomes),
+        "passages_per_request": opts.overload_passages,
+        "status_200": len(admitted),
+        "correct_200": len(ok_ms),
+        "status_503": len(busy_ms),
+        "lost": lost,
+        "wrong": wrong,
+        "other_status": other,
+        "503_without_retry_after": no_retry_after,
+        "p50_200_ms": ok["p50_ms"],
+        "p99_200_ms": ok["p99_ms"],
+        "p50_503_ms": busy["p50_ms"],
+        "p99_503_ms": busy["p99_ms"],
+        "max_503_ms": busy["max_ms"],
+        **after,
+        "server_exit": exit_code,
+        "server_ready_s": round(ready_s, 1),
+        "reference_s": round(ref_s, 1),
+        "server_log_errors": log_errors,
+        "server_log": str(server.log_path),
+        "examples": examples[:20],
         "server_cpu_gemm": gemm,
     }
     checks = {
@@ -969,8 +1074,10 @@ async def _overload(opts: Options, server: Server, waves: list[list[Call]]):
 def run_sigterm(opts: Options, ref: Reference) -> dict:
     rng = random.Random(opts.seed + 2)
     calls = heavy_calls(rng, ref, opts.sigterm_requests, opts.sigterm_passages, "s")
-    late_body = {"query": {"text": "how long should a client wait before retrying"},
-                 "passages": [{"text": SENTENCES[45]}, {"text": SENTENCES[44]}]}
+    late_body = {
+        "query": {"text": "how long should a client wait before retrying"},
+        "passages": [{"text": SENTENCES[45]}, {"text": SENTENCES[44]}],
+    }
     server = Server(opts, "--drain-timeout", str(opts.drain_timeout), name="sigterm")
     ready_s = server.wait_ready()
     try:
@@ -981,7 +1088,7 @@ def run_sigterm(opts: Options, ref: Reference) -> dict:
     ref_s = ref.expect(calls)
     inflight_ok, inflight_refused, inflight_bad, examples = 0, 0, 0, []
     answered_after_signal = 0
-    for call, (r, s, err, t_done) in zip(calls, run["inflight"]):
+    for call, (r, _s, err, t_done) in zip(calls, run["inflight"]):
         if r is not None and r.status_code == 200:
             why = check_answer(call, r, ref, opts.tolerance)
             if why is None:
@@ -1009,22 +1116,36 @@ def run_sigterm(opts: Options, ref: Reference) -> dict:
     log = server.log_text()
     exit_code = run["exit_code"]
     result = {
-        "inflight": len(calls), "passages_per_request": opts.sigterm_passages,
-        "inflight_200_correct": inflight_ok, "inflight_answered_after_sigterm": answered_after_signal,
-        "inflight_refused": inflight_refused, "inflight_failed": inflight_bad,
-        "queue_depth_at_sigterm": run["depth_at_signal"], "batch_items": run["batch_items"],
-        "admitted_items_at_sigterm": run["admitted_items_at_signal"], "sigterm_after_s": round(run["t_signal"], 2),
-        "late_sent": len(late), "late_503_shutting_down": late_503, "late_refused": late_refused,
-        "late_other": len(late_bad), "late_outcomes": _count(o[0] for o in late),
-        "ready_probes": len(probes), "ready_503_draining": draining, "ready_200_after_sigterm": len(probe_ready),
+        "inflight": len(calls),
+        "passages_per_request": opts.sigterm_passages,
+        "inflight_200_correct": inflight_ok,
+        "inflight_answered_after_sigterm": answered_after_signal,
+        "inflight_refused": inflight_refused,
+        "inflight_failed": inflight_bad,
+        "queue_depth_at_sigterm": run["depth_at_signal"],
+        "batch_items": run["batch_items"],
+        "admitted_items_at_sigterm": run["admitted_items_at_signal"],
+        "sigterm_after_s": round(run["t_signal"], 2),
+        "late_sent": len(late),
+        "late_503_shutting_down": late_503,
+        "late_refused": late_refused,
+        "late_other": len(late_bad),
+        "late_outcomes": _count(o[0] for o in late),
+        "ready_probes": len(probes),
+        "ready_503_draining": draining,
+        "ready_200_after_sigterm": len(probe_ready),
         "ready_outcomes": _count(p[0] for p in probes),
-        "exit_code": exit_code, "exit_after_s": run["exit_after_s"], "drain_timeout_s": opts.drain_timeout,
-        "last_inflight_answer_s": run["last_answer_s"], "server_ready_s": round(ready_s, 1),
-        "reference_s": round(ref_s, 1), "server_log_errors": [line for line in log.splitlines()
-                                                             if " ERROR " in line or "Traceback" in line][:20],
+        "exit_code": exit_code,
+        "exit_after_s": run["exit_after_s"],
+        "drain_timeout_s": opts.drain_timeout,
+        "last_inflight_answer_s": run["last_answer_s"],
+        "server_ready_s": round(ready_s, 1),
+        "reference_s": round(ref_s, 1),
+        "server_log_errors": [line for line in log.splitlines() if " ERROR " in line or "Traceback" in line][:20],
         "drain_log": [line for line in log.splitlines() if "drain" in line.lower()][:5],
         "server_cpu_gemm": server.gemm(),
-        "server_log": str(server.log_path), "examples": examples[:20],
+        "server_log": str(server.log_path),
+        "examples": examples[:20],
     }
     checks = {
         "whole batch admitted before SIGTERM": run["admitted_items_at_signal"] >= run["batch_items"],
@@ -1035,10 +1156,12 @@ def run_sigterm(opts: Options, ref: Reference) -> dict:
         "readiness said 503 draining": draining > 0,
         "readiness never 200 after SIGTERM": not probe_ready and not probe_other,
         "exit status -15 / 143 / 0": exit_code in (0, -signal.SIGTERM, 128 + signal.SIGTERM),
-        "exited within the drain timeout": run["exit_after_s"] is not None and run["exit_after_s"] <= opts.drain_timeout + 10,
+        "exited within the drain timeout": run["exit_after_s"] is not None
+        and run["exit_after_s"] <= opts.drain_timeout + 10,
         # Both times are taken by this process's event loop when it gets round to them: the last answer
         # (sent before the exit) may be noted a little after the exit is.
-        "exited after the last in-flight answer": run["exit_after_s"] is not None and run["last_answer_s"] is not None
+        "exited after the last in-flight answer": run["exit_after_s"] is not None
+        and run["last_answer_s"] is not None
         and run["last_answer_s"] <= run["exit_after_s"] + 0.5,
         "server log has no errors": not result["server_log_errors"],
     }
@@ -1117,17 +1240,25 @@ async def _sigterm(opts: Options, server: Server, calls: list[Call], late_body: 
     try:
         exit_code = await asyncio.wait_for(asyncio.shield(exited), opts.drain_timeout + 30)
         exit_after = time.monotonic() - t0 - t_signal
-    except asyncio.TimeoutError:
+    except TimeoutError:
         exit_after = None
         server.proc.kill()  # else the thread waiting for it keeps asyncio.run from returning
     results = await asyncio.gather(*tasks)
     await asyncio.gather(*helpers)
     await http.aclose()
     answers = [t for r, _s, _e, t in results if r is not None]
-    return {"inflight": results, "t_signal": t_signal, "depth_at_signal": depth, "admitted_items_at_signal": admitted,
-            "batch_items": want, "late": late, "probes": probes,
-            "exit_code": exit_code, "exit_after_s": None if exit_after is None else round(exit_after, 2),
-            "last_answer_s": round(max(answers) - t_signal, 2) if answers else None}
+    return {
+        "inflight": results,
+        "t_signal": t_signal,
+        "depth_at_signal": depth,
+        "admitted_items_at_signal": admitted,
+        "batch_items": want,
+        "late": late,
+        "probes": probes,
+        "exit_code": exit_code,
+        "exit_after_s": None if exit_after is None else round(exit_after, 2),
+        "last_answer_s": round(max(answers) - t_signal, 2) if answers else None,
+    }
 
 
 # At the very end of a drain the listener and idle connections close; a request that meets a closed
@@ -1150,18 +1281,76 @@ def _late_outcome(r: httpx.Response | None, err: str | None) -> str:
 
 PHASES = {"soak": run_soak, "overload": run_overload, "sigterm": run_sigterm}
 SHOWN = {
-    "soak": ["seconds", "clients", "sent", "answered", "lost", "wrong", "status_5xx", "valid_sent", "valid_ok",
-             "valid_4xx", "invalid_sent", "invalid_4xx", "requests_per_s", "p50_ms", "p99_ms", "max_ms",
-             "rss_before_mb", "rss_at_half_mb", "rss_after_mb", "rss_max_mb", "rss_drift_mb",
-             "rss_drift_second_half_mb", "distinct_requests", "reference_s", "server_cpu_gemm"],
-    "overload": ["max_queue_requests", "waves", "sent", "passages_per_request", "status_200", "correct_200",
-                 "status_503", "lost", "wrong", "other_status", "p50_200_ms", "p99_200_ms", "p50_503_ms",
-                 "p99_503_ms", "max_503_ms", "server_overloaded", "queue_depth_after", "server_exit"],
-    "sigterm": ["inflight", "passages_per_request", "batch_items", "admitted_items_at_sigterm", "sigterm_after_s",
-                "queue_depth_at_sigterm", "inflight_200_correct",
-                "inflight_answered_after_sigterm", "inflight_refused", "inflight_failed", "late_sent",
-                "late_503_shutting_down", "late_refused", "late_other", "ready_probes", "ready_503_draining",
-                "ready_200_after_sigterm", "exit_code", "exit_after_s", "last_inflight_answer_s", "drain_timeout_s"],
+    "soak": [
+        "seconds",
+        "clients",
+        "sent",
+        "answered",
+        "lost",
+        "wrong",
+        "status_5xx",
+        "valid_sent",
+        "valid_ok",
+        "valid_4xx",
+        "invalid_sent",
+        "invalid_4xx",
+        "requests_per_s",
+        "p50_ms",
+        "p99_ms",
+        "max_ms",
+        "rss_before_mb",
+        "rss_at_half_mb",
+        "rss_after_mb",
+        "rss_max_mb",
+        "rss_drift_mb",
+        "rss_drift_second_half_mb",
+        "distinct_requests",
+        "reference_s",
+        "server_cpu_gemm",
+    ],
+    "overload": [
+        "max_queue_requests",
+        "waves",
+        "sent",
+        "passages_per_request",
+        "status_200",
+        "correct_200",
+        "status_503",
+        "lost",
+        "wrong",
+        "other_status",
+        "p50_200_ms",
+        "p99_200_ms",
+        "p50_503_ms",
+        "p99_503_ms",
+        "max_503_ms",
+        "server_overloaded",
+        "queue_depth_after",
+        "server_exit",
+    ],
+    "sigterm": [
+        "inflight",
+        "passages_per_request",
+        "batch_items",
+        "admitted_items_at_sigterm",
+        "sigterm_after_s",
+        "queue_depth_at_sigterm",
+        "inflight_200_correct",
+        "inflight_answered_after_sigterm",
+        "inflight_refused",
+        "inflight_failed",
+        "late_sent",
+        "late_503_shutting_down",
+        "late_refused",
+        "late_other",
+        "ready_probes",
+        "ready_503_draining",
+        "ready_200_after_sigterm",
+        "exit_code",
+        "exit_after_s",
+        "last_inflight_answer_s",
+        "drain_timeout_s",
+    ],
 }
 
 
@@ -1187,27 +1376,43 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--phases", default="soak,overload,sigterm", help="comma-separated: soak, overload, sigterm")
     ap.add_argument("--model", default=None, help="model directory (default: the packaged all-MiniLM-L6-v2)")
     ap.add_argument("--device", default=d.device)
-    ap.add_argument("--serve-args", default="", help="more `rankserve serve` flags, quoted (e.g. '--cpu-gemm torch'): "
-                    "given to every server and to the reference engine")
+    ap.add_argument(
+        "--serve-args",
+        default="",
+        help="more `rankserve serve` flags, quoted (e.g. '--cpu-gemm torch'): "
+        "given to every server and to the reference engine",
+    )
     ap.add_argument("--seed", type=int, default=d.seed)
-    ap.add_argument("--tolerance", type=float, default=d.tolerance, help="max |score - reference| and vector difference")
+    ap.add_argument(
+        "--tolerance", type=float, default=d.tolerance, help="max |score - reference| and vector difference"
+    )
     ap.add_argument("--timeout", type=float, default=d.timeout, help="client seconds per request before it is lost")
     ap.add_argument("--clients", type=int, default=d.clients, help="soak: concurrent clients")
     ap.add_argument("--seconds", type=float, default=d.seconds, help="soak: duration")
     ap.add_argument("--distinct", type=int, default=d.distinct, help="soak: distinct valid requests")
     ap.add_argument("--passage-pool", type=int, default=d.passage_pool, help="soak: distinct passages they draw from")
     ap.add_argument("--invalid-fraction", type=float, default=d.invalid_fraction)
-    ap.add_argument("--max-rss-growth-mb", type=float, default=None,
-                    help="soak: fail if the server's RSS grows more than this over the second half (default: report only)")
+    ap.add_argument(
+        "--max-rss-growth-mb",
+        type=float,
+        default=None,
+        help="soak: fail if the server's RSS grows more than this over the second half (default: report only)",
+    )
     ap.add_argument("--overload-queue", type=int, default=d.overload_queue, help="overload: --max-queue-requests")
-    ap.add_argument("--overload-requests", type=int, default=d.overload_requests, help="overload: sent at once per wave")
+    ap.add_argument(
+        "--overload-requests", type=int, default=d.overload_requests, help="overload: sent at once per wave"
+    )
     ap.add_argument("--overload-passages", type=int, default=d.overload_passages)
     ap.add_argument("--overload-waves", type=int, default=d.overload_waves)
     ap.add_argument("--sigterm-requests", type=int, default=d.sigterm_requests, help="sigterm: requests in flight")
     ap.add_argument("--sigterm-passages", type=int, default=d.sigterm_passages)
     ap.add_argument("--drain-timeout", type=float, default=d.drain_timeout)
-    ap.add_argument("--settle", type=float, default=d.settle,
-                    help="sigterm: SIGTERM goes once the batch is admitted, or after this many seconds")
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=d.settle,
+        help="sigterm: SIGTERM goes once the batch is admitted, or after this many seconds",
+    )
     ap.add_argument("--log-dir", default=None, help="where server logs go (default: a temp dir)")
     ap.add_argument("--out", default=None, help="write every figure as JSON here")
     args = ap.parse_args(argv)
@@ -1215,14 +1420,18 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(phases) - set(PHASES)
     if unknown:
         ap.error(f"unknown phase(s) {sorted(unknown)}; choose from {list(PHASES)}")
-    opts = Options(**{k: getattr(args, k, getattr(d, k)) for k in asdict(d) if k != "serve_args"},
-                   serve_args=tuple(shlex.split(args.serve_args)))
+    opts = Options(
+        **{k: getattr(args, k, getattr(d, k)) for k in asdict(d) if k != "serve_args"},
+        serve_args=tuple(shlex.split(args.serve_args)),
+    )
     serve_overrides(opts.serve_args)  # a bad flag stops here, not after minutes
     if opts.log_dir is None:
         opts.log_dir = tempfile.mkdtemp(prefix="rankserve-soak-")
     ref = Reference(opts)
-    print(f"reference engine: {ref.name} ({ref.kind}) loaded in {ref.load_s:.1f} s; server logs in {opts.log_dir}",
-          flush=True)
+    print(
+        f"reference engine: {ref.name} ({ref.kind}) loaded in {ref.load_s:.1f} s; server logs in {opts.log_dir}",
+        flush=True,
+    )
     results: dict[str, Any] = {"options": asdict(opts), "model": ref.name}
     try:
         for phase in phases:
@@ -1235,8 +1444,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             Path(args.out).write_text(json.dumps(results, indent=2, default=str))
     ok = all(results[p]["ok"] for p in phases)
-    print("ALL CHECKS PASSED" if ok else "FAILED: " + "; ".join(f"{p}: {', '.join(results[p]['failed'])}"
-                                                                  for p in phases if not results[p]["ok"]))
+    print(
+        "ALL CHECKS PASSED"
+        if ok
+        else "FAILED: " + "; ".join(f"{p}: {', '.join(results[p]['failed'])}" for p in phases if not results[p]["ok"])
+    )
     return 0 if ok else 1
 
 

@@ -22,8 +22,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-BASE = ["--loss", "bce", "--negatives", "4", "--mine", "both", "--negative-passages", "any", "--max-length", "128",
-        "--epochs", "1"]  # bce: the loss these ablations were measured with (listwise is now the default)
+BASE = [
+    "--loss",
+    "bce",
+    "--negatives",
+    "4",
+    "--mine",
+    "both",
+    "--negative-passages",
+    "any",
+    "--max-length",
+    "128",
+    "--epochs",
+    "1",
+]  # bce: the loss these ablations were measured with (listwise is now the default)
 VARIANTS = {
     "base": ("base: 4 negatives (BM25 + dense, passages as retrieved), 128 tokens, 1 epoch", {}),
     "first": ("negatives = first passages of the retrieved pages", {"--negative-passages": "first"}),
@@ -46,9 +58,26 @@ def args_for(change: dict[str, str]) -> list[str]:
 def run(name: str, change: dict[str, str], data: Path, out: Path) -> dict:
     record = out / name / "training.json"
     if not record.is_file():
-        cmd = [sys.executable, "-m", "rankserve.cli", "train", "--dataset", str(data / "en-train"),
-               "--output", str(out / name), "--learning-rate", "1e-4", "--batch-size", "16",
-               "--eval-dataset", str(data / "en-test"), "--eval-top-k", "20", "--no-progress", *args_for(change)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "rankserve.cli",
+            "train",
+            "--dataset",
+            str(data / "en-train"),
+            "--output",
+            str(out / name),
+            "--learning-rate",
+            "1e-4",
+            "--batch-size",
+            "16",
+            "--eval-dataset",
+            str(data / "en-test"),
+            "--eval-top-k",
+            "20",
+            "--no-progress",
+            *args_for(change),
+        ]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return json.loads(record.read_text())
 
@@ -61,17 +90,23 @@ def main() -> None:
     args = ap.parse_args()
     rows = {name: (label, run(name, change, args.data, args.out)) for name, (label, change) in VARIANTS.items()}
     first = next(iter(rows.values()))[1]["heldout"]["metrics"]
-    print(f"bi-encoder only (held-out, {next(iter(rows.values()))[1]['heldout']['queries']} queries): "
-          + ", ".join(f"{p} nDCG@10 {100 * first[p]['nDCG@10']:.1f}" for p in ("Dense", "Dense+Sparse")))
-    print("| variant | pairs per epoch | train s | loss (last 5 logs) | Dense+Rerank R@5 | nDCG@10 | Dense+Sparse+Rerank R@5 | nDCG@10 | MRR@10 |")
+    print(
+        f"bi-encoder only (held-out, {next(iter(rows.values()))[1]['heldout']['queries']} queries): "
+        + ", ".join(f"{p} nDCG@10 {100 * first[p]['nDCG@10']:.1f}" for p in ("Dense", "Dense+Sparse"))
+    )
+    print(
+        "| variant | pairs per epoch | train s | loss (last 5 logs) | Dense+Rerank R@5 | nDCG@10 | Dense+Sparse+Rerank R@5 | nDCG@10 | MRR@10 |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, (label, rec) in rows.items():
+    for label, rec in rows.values():
         m, t = rec["heldout"]["metrics"], rec["training"]
         tail = t["loss_history"][-5:]  # the last logged losses, averaged (single steps are noisy)
-        print(f"| {label} | {t['pairs_per_epoch']} | {t['seconds']:.0f} | {sum(tail) / len(tail):.3f} | "
-              f"{100 * m['Dense+Rerank']['Recall@5']:.1f} | {100 * m['Dense+Rerank']['nDCG@10']:.1f} | "
-              f"{100 * m['Dense+Sparse+Rerank']['Recall@5']:.1f} | {100 * m['Dense+Sparse+Rerank']['nDCG@10']:.1f} | "
-              f"{100 * m['Dense+Sparse+Rerank']['MRR@10']:.1f} |")
+        print(
+            f"| {label} | {t['pairs_per_epoch']} | {t['seconds']:.0f} | {sum(tail) / len(tail):.3f} | "
+            f"{100 * m['Dense+Rerank']['Recall@5']:.1f} | {100 * m['Dense+Rerank']['nDCG@10']:.1f} | "
+            f"{100 * m['Dense+Sparse+Rerank']['Recall@5']:.1f} | {100 * m['Dense+Sparse+Rerank']['nDCG@10']:.1f} | "
+            f"{100 * m['Dense+Sparse+Rerank']['MRR@10']:.1f} |"
+        )
     if args.chart:
         import matplotlib
 

@@ -27,27 +27,49 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 from common import best_of  # noqa: E402
 
-from rankserve.engine.images import TilePolicy  # noqa: E402
-from rankserve.engine.cpu import available_cores  # noqa: E402
-from rankserve.engine.runner import TorchRunner  # noqa: E402
+from rankserve.engine.backends.cpu import available_cores  # noqa: E402
+from rankserve.engine.backends.torch_runner import TorchRunner  # noqa: E402
 from rankserve.engine.tokenize import Encoded  # noqa: E402
 from rankserve.models.llama import LlamaConfig, rope_inv_freq  # noqa: E402
-from rankserve.models.spec import ModelSpec  # noqa: E402
-from rankserve.models.nemotron_vl import NemotronVLForSequenceClassification, NemotronVLModel, VisionInput  # noqa: E402
+from rankserve.models.nemotron_vl import (  # noqa: E402
+    NemotronVLForSequenceClassification,
+    NemotronVLModel,
+    TilePolicy,  # noqa: E402
+    VisionInput,
+)
 from rankserve.models.siglip import SiglipConfig  # noqa: E402
+from rankserve.models.spec import ModelSpec  # noqa: E402
 
-VISION = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
-              image_size=512, patch_size=16, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
-TEXT = dict(vocab_size=128266, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-            num_attention_heads=32, num_key_value_heads=8, head_dim=64, rms_norm_eps=1e-5, rope_theta=500000.0,
-            max_position_embeddings=131072)
+VISION = dict(
+    hidden_size=1152,
+    intermediate_size=4304,
+    num_hidden_layers=27,
+    num_attention_heads=16,
+    image_size=512,
+    patch_size=16,
+    hidden_act="gelu_pytorch_tanh",
+    layer_norm_eps=1e-6,
+)
+TEXT = dict(
+    vocab_size=128266,
+    hidden_size=2048,
+    intermediate_size=8192,
+    num_hidden_layers=16,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=64,
+    rms_norm_eps=1e-5,
+    rope_theta=500000.0,
+    max_position_embeddings=131072,
+)
 CONTEXT_ID, IMG_START, IMG_END, BOS = 128265, 128263, 128264, 128000
 TILE_TOKENS = 256
 
 
 def peer_models() -> tuple[nn.Module, nn.Module, nn.Module, torch.Tensor]:
     """transformers SigLIP + Llama, mlp1 and score, built on meta and filled with small random values."""
-    from transformers import LlamaConfig as HfLlama, LlamaModel, SiglipVisionConfig, SiglipVisionModel
+    from transformers import LlamaConfig as HfLlama
+    from transformers import LlamaModel, SiglipVisionConfig, SiglipVisionModel
 
     with torch.device("meta"):
         vision = SiglipVisionModel(SiglipVisionConfig(**VISION, vision_use_head=False))
@@ -72,7 +94,8 @@ def ours_from(vision: nn.Module, language: nn.Module, mlp1: nn.Module, score: to
     vc = SiglipConfig.from_hf(VISION)
     with torch.device("meta"):
         model = NemotronVLForSequenceClassification(
-            NemotronVLModel(vc, LlamaConfig.from_hf({**TEXT, "model_type": "llama"}), 0.5, CONTEXT_ID), "mean")
+            NemotronVLModel(vc, LlamaConfig.from_hf({**TEXT, "model_type": "llama"}), 0.5, CONTEXT_ID), "mean"
+        )
     state = {f"model.vision_model.{k.removeprefix('vision_model.')}": v for k, v in vision.state_dict().items()}
     state.update({f"model.mlp1.{k}": v for k, v in mlp1.state_dict().items()})
     state.update({f"model.language_model.{k}": v for k, v in language.state_dict().items() if "rotary" not in k})
@@ -83,9 +106,17 @@ def ours_from(vision: nn.Module, language: nn.Module, mlp1: nn.Module, score: to
 
 
 def spec_of(module: nn.Module) -> ModelSpec:
-    return ModelSpec(module=module, kind="cross-encoder", family="nemotron-vl", architecture="bench",
-                     tokenizer_file=Path("unused"), max_length=8192, pad_id=0, pooling="mean",
-                     vision=VisionInput(TilePolicy(size=512, max_tiles=6), TILE_TOKENS))
+    return ModelSpec(
+        module=module,
+        kind="cross-encoder",
+        family="nemotron-vl",
+        architecture="bench",
+        tokenizer_file=Path("unused"),
+        max_length=8192,
+        pad_id=0,
+        pooling="mean",
+        vision=VisionInput(TilePolicy(size=512, max_tiles=6), TILE_TOKENS),
+    )
 
 
 def passage(tiles: int, text_tokens: int, gen: torch.Generator) -> Encoded:
@@ -124,23 +155,33 @@ def main() -> None:
     peer = peer_models()
     fp32 = TorchRunner(spec_of(ours_from(*peer)), torch.device("cpu"), dtype="float32")
     mixed = TorchRunner(spec_of(ours_from(*peer)), torch.device("cpu"), dtype="auto")  # bf16 copies its own weights
-    print(f"built in {time.perf_counter() - t0:.0f} s; {available_cores()} threads; rankserve auto precision: "
-          f"{mixed.precision}; cpu gemm {fp32.gemm}")
+    print(
+        f"built in {time.perf_counter() - t0:.0f} s; {available_cores()} threads; rankserve auto precision: "
+        f"{mixed.precision}; cpu gemm {fp32.gemm}"
+    )
     gen = torch.Generator().manual_seed(1)
     page_tiles = TilePolicy(size=512, max_tiles=6).tile_count(1700, 2200)
-    cases = [("text passage, 300 tokens", passage(0, 300, gen)), ("image passage, 1 tile (+30 text tokens)", passage(1, 30, gen))]
+    cases = [
+        ("text passage, 300 tokens", passage(0, 300, gen)),
+        ("image passage, 1 tile (+30 text tokens)", passage(1, 30, gen)),
+    ]
     if args.page:
         cases.append((f"letter page 1700x2200, {page_tiles} tiles", passage(page_tiles, 30, gen)))
-    print("| passage | tokens | transformers fp32 s | rankserve fp32 s | vs transformers | rankserve "
-          f"{mixed.precision} s | vs transformers | max abs logit diff (fp32) |")
+    print(
+        "| passage | tokens | transformers fp32 s | rankserve fp32 s | vs transformers | rankserve "
+        f"{mixed.precision} s | vs transformers | max abs logit diff (fp32) |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, item in cases:
         rounds = 1 if item.pixels is not None and item.pixels.shape[0] > 1 else args.rounds
         t_peer, ref = best_of(lambda: peer_logit(peer, item), rounds)
         t_ours, got = best_of(lambda: fp32.forward([item]), rounds)
         t_mixed, _ = best_of(lambda: mixed.forward([item]), rounds)
-        print(f"| {name} | {len(item)} | {t_peer:.2f} | {t_ours:.2f} | {t_peer / t_ours:.2f}x | {t_mixed:.2f} | "
-              f"{t_peer / t_mixed:.2f}x | {abs(float(got[0]) - ref):.1e} |", flush=True)
+        print(
+            f"| {name} | {len(item)} | {t_peer:.2f} | {t_ours:.2f} | {t_peer / t_ours:.2f}x | {t_mixed:.2f} | "
+            f"{t_peer / t_mixed:.2f}x | {abs(float(got[0]) - ref):.1e} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -40,9 +40,17 @@ def roberta_tokenizer(directory: Path) -> int:
 
 
 def bert_config(**kw) -> dict:
-    cfg = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-               intermediate_size=64, max_position_embeddings=128, type_vocab_size=2, hidden_act="gelu",
-               initializer_range=0.3)  # large enough that random scores differ between inputs
+    cfg = dict(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        type_vocab_size=2,
+        hidden_act="gelu",
+        initializer_range=0.3,
+    )  # large enough that random scores differ between inputs
     cfg.update(kw)
     return cfg
 
@@ -64,8 +72,13 @@ def make_xlmr_cross_encoder(directory: Path, seed: int = 0) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     vocab = roberta_tokenizer(directory)
     torch.manual_seed(seed)
-    cfg = XLMRobertaConfig(**bert_config(vocab_size=vocab, max_position_embeddings=130, type_vocab_size=1),
-                           pad_token_id=1, bos_token_id=0, eos_token_id=2, num_labels=1)
+    cfg = XLMRobertaConfig(
+        **bert_config(vocab_size=vocab, max_position_embeddings=130, type_vocab_size=1),
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        num_labels=1,
+    )
     XLMRobertaForSequenceClassification(cfg).eval().save_pretrained(directory, safe_serialization=True)
     return directory
 
@@ -87,13 +100,17 @@ def make_bert_bi_encoder(directory: Path, seed: int = 0, pooling: str = "mean") 
     ]
     (directory / "modules.json").write_text(json.dumps(modules))
     (directory / "1_Pooling").mkdir(exist_ok=True)
-    (directory / "1_Pooling" / "config.json").write_text(json.dumps({
-        "word_embedding_dimension": 32,
-        "pooling_mode_cls_token": pooling == "cls",
-        "pooling_mode_mean_tokens": pooling == "mean",
-        "pooling_mode_max_tokens": False,
-        "pooling_mode_mean_sqrt_len_tokens": False,
-    }))
+    (directory / "1_Pooling" / "config.json").write_text(
+        json.dumps(
+            {
+                "word_embedding_dimension": 32,
+                "pooling_mode_cls_token": pooling == "cls",
+                "pooling_mode_mean_tokens": pooling == "mean",
+                "pooling_mode_max_tokens": False,
+                "pooling_mode_mean_sqrt_len_tokens": False,
+            }
+        )
+    )
     (directory / "2_Normalize").mkdir(exist_ok=True)
     (directory / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64, "do_lower_case": False}))
     return directory
@@ -101,10 +118,26 @@ def make_bert_bi_encoder(directory: Path, seed: int = 0, pooling: str = "mean") 
 
 # v3-like and v2-like DeBERTa configurations (see tests/models/test_deberta_parity.py)
 DEBERTA_SHAPES = {
-    "v3": dict(relative_attention=True, position_buckets=8, max_relative_positions=64, pos_att_type=["p2c", "c2p"],
-               share_att_key=True, norm_rel_ebd="layer_norm", position_biased_input=False, type_vocab_size=0),
-    "v2": dict(relative_attention=True, position_buckets=-1, max_relative_positions=32, pos_att_type="c2p|p2c",
-               share_att_key=False, norm_rel_ebd="none", position_biased_input=True, type_vocab_size=2),
+    "v3": dict(
+        relative_attention=True,
+        position_buckets=8,
+        max_relative_positions=64,
+        pos_att_type=["p2c", "c2p"],
+        share_att_key=True,
+        norm_rel_ebd="layer_norm",
+        position_biased_input=False,
+        type_vocab_size=0,
+    ),
+    "v2": dict(
+        relative_attention=True,
+        position_buckets=-1,
+        max_relative_positions=32,
+        pos_att_type="c2p|p2c",
+        share_att_key=False,
+        norm_rel_ebd="none",
+        position_biased_input=True,
+        type_vocab_size=2,
+    ),
 }
 
 
@@ -113,9 +146,18 @@ def make_deberta(directory, head: str, shape: str, seed: int = 0):
 
     directory.mkdir(parents=True, exist_ok=True)
     bert_tokenizer(directory)
-    config = DebertaV2Config(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                             intermediate_size=96, max_position_embeddings=512, pad_token_id=0, num_labels=1,
-                             layer_norm_eps=1e-7, **DEBERTA_SHAPES[shape])
+    config = DebertaV2Config(
+        vocab_size=30522,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=96,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        num_labels=1,
+        layer_norm_eps=1e-7,
+        **DEBERTA_SHAPES[shape],
+    )
     torch.manual_seed(seed)
     model = (DebertaV2ForSequenceClassification if head == "ce" else DebertaV2Model)(config).eval()
     with torch.no_grad():
@@ -130,11 +172,26 @@ def make_modernbert(directory, head: str, pooling: str = "cls", seed: int = 0):
 
     directory.mkdir(parents=True, exist_ok=True)
     vocab = roberta_tokenizer(directory)
-    config = ModernBertConfig(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
-                              num_attention_heads=4, local_attention=8, global_attn_every_n_layers=2,
-                              max_position_embeddings=512, pad_token_id=1, bos_token_id=0, eos_token_id=2,
-                              cls_token_id=0, sep_token_id=2, classifier_pooling=pooling, num_labels=1,
-                              norm_bias=True, attention_bias=True, classifier_bias=True)
+    config = ModernBertConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        local_attention=8,
+        global_attn_every_n_layers=2,
+        max_position_embeddings=512,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        cls_token_id=0,
+        sep_token_id=2,
+        classifier_pooling=pooling,
+        num_labels=1,
+        norm_bias=True,
+        attention_bias=True,
+        classifier_bias=True,
+    )
     torch.manual_seed(seed)
     model = (ModernBertForSequenceClassification if head == "ce" else ModernBertModel)(config).eval()
     with torch.no_grad():

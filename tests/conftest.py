@@ -7,8 +7,8 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import uvicorn
@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 sys.path.insert(0, str(Path(__file__).parent))
 
 from checkpoints import make_bert_bi_encoder, make_bert_cross_encoder, make_xlmr_cross_encoder  # noqa: E402
+
 from rankserve.api.app import create_app  # noqa: E402
 from rankserve.config import load_config  # noqa: E402
 
@@ -52,8 +53,9 @@ def require(ok: bool, why: str, install: str) -> None:
         return
     ci = os.environ.get("CI", "").strip().lower()
     if ci not in ("", "0", "false"):
-        pytest.fail(f"{why} (CI={os.environ['CI']!r}: prerequisites are required here; install: {install})",
-                    pytrace=False)
+        pytest.fail(
+            f"{why} (CI={os.environ['CI']!r}: prerequisites are required here; install: {install})", pytrace=False
+        )
     pytest.skip(f"{why}: {install}")
 
 
@@ -68,7 +70,7 @@ def wait_ready(client: TestClient, timeout: float = 60) -> None:
 
 # Tests that compare served numbers with a reference (transformers, sentence-transformers) at 1e-5
 # need the exact float32 path; --dtype auto may pick mixed bf16 on a CPU with native bf16 (its own
-# tests: tests/models/test_cpu_bf16.py). A test that wants auto passes dtype="auto".
+# tests: tests/engine/test_cpu_bf16.py). A test that wants auto passes dtype="auto".
 TEST_DTYPE = {"dtype": "float32"}
 
 
@@ -77,8 +79,12 @@ def metric_sum(text: str, name: str, **labels: str) -> float:
     series carry a ``model`` label; summing over it reads a one-model server as before)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
-               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def with_engine(directory, work, **config):
@@ -88,8 +94,9 @@ def with_engine(directory, work, **config):
     from rankserve.engine.engine import Engine
     from rankserve.metrics import Metrics
 
-    engine = Engine.load(load_config({**TEST_DTYPE, "model": str(directory), "warmup": False, **config}, environ={}),
-                         Metrics())
+    engine = Engine.load(
+        load_config({**TEST_DTYPE, "model": str(directory), "warmup": False, **config}, environ={}), Metrics()
+    )
 
     async def go():
         await engine.start()
@@ -149,12 +156,13 @@ class LiveServer:
     def __init__(self, **overrides):
         self.port = free_port()
         config = load_config({**TEST_DTYPE, **overrides, "host": "127.0.0.1", "port": self.port}, environ={})
-        self.server = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=self.port,
-                                                   log_level="warning"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(create_app(config), host="127.0.0.1", port=self.port, log_level="warning")
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.url = f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> "LiveServer":
+    def __enter__(self) -> LiveServer:
         import httpx
 
         self.thread.start()

@@ -12,48 +12,79 @@ import json
 from pathlib import Path
 
 import torch
+from llama_checkpoints import LLAMA3_SPLIT, SENTENCES
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from llama_checkpoints import LLAMA3_SPLIT, SENTENCES
 from rankserve.models.recipes import BGE_GEMMA_PROMPT, MXBAI_PREFIX, MXBAI_TASK, QWEN3_INSTRUCTION, QWEN3_PREFIX
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "<bos>"]
 ANSWERS = ["yes", "no", "Yes", "No", "0", "1"]
-CORPUS = SENTENCES + [QWEN3_PREFIX, QWEN3_INSTRUCTION, BGE_GEMMA_PROMPT, MXBAI_PREFIX, MXBAI_TASK,
-                      "<Instruct>: <Query>: <Document>: A: B: query: document: instruction:"] + [" ".join(ANSWERS)] * 50
+CORPUS = (
+    SENTENCES
+    + [
+        QWEN3_PREFIX,
+        QWEN3_INSTRUCTION,
+        BGE_GEMMA_PROMPT,
+        MXBAI_PREFIX,
+        MXBAI_TASK,
+        "<Instruct>: <Query>: <Document>: A: B: query: document: instruction:",
+    ]
+    + [" ".join(ANSWERS)] * 50
+)
 
 
 def decoder_tokenizer(directory: Path, *, bos: bool = False, model_max_length: int = 512) -> int:
     """Write tokenizer.json (+ tokenizer_config.json); returns the vocabulary size."""
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=SPECIALS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=700,
+        special_tokens=SPECIALS,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(CORPUS, trainer)
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in SPECIALS])
     steps = [processors.ByteLevel(trim_offsets=False)]
     if bos:
-        steps.append(processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B:1",
-                                                   special_tokens=[("<bos>", tok.token_to_id("<bos>"))]))
+        steps.append(
+            processors.TemplateProcessing(
+                single="<bos> $A", pair="<bos> $A $B:1", special_tokens=[("<bos>", tok.token_to_id("<bos>"))]
+            )
+        )
     tok.post_processor = processors.Sequence(steps)
     for word in ANSWERS:
         assert len(tok.encode(word, add_special_tokens=False).ids) == 1, word
     tok.save(str(directory / "tokenizer.json"))
-    (directory / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model_max_length}))
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model_max_length})
+    )
     return tok.get_vocab_size()
 
 
 def hf_decoder_config(family: str, **kw):
     from transformers import GemmaConfig, LlamaConfig, Qwen2Config, Qwen3Config
 
-    base = dict(vocab_size=768, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, rms_norm_eps=1e-6, max_position_embeddings=4096, initializer_range=0.2,
-                bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    base = dict(
+        vocab_size=768,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rms_norm_eps=1e-6,
+        max_position_embeddings=4096,
+        initializer_range=0.2,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
     if family in ("qwen3", "gemma", "llama"):
         base["head_dim"] = 16
     if family == "gemma":
@@ -69,8 +100,9 @@ def hf_class(family: str, head: str):
     return getattr(transformers, prefix + head)
 
 
-def make_decoder(directory: Path, family: str, head: str = "ForCausalLM", *, seed: int = 0, tied: bool = True,
-                 **kw) -> Path:
+def make_decoder(
+    directory: Path, family: str, head: str = "ForCausalLM", *, seed: int = 0, tied: bool = True, **kw
+) -> Path:
     """A random ``{Family}{head}`` (ForCausalLM, ForSequenceClassification, Model) saved by transformers."""
     directory.mkdir(parents=True, exist_ok=True)
     vocab = decoder_tokenizer(directory, bos=family == "gemma")

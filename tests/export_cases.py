@@ -7,13 +7,15 @@ from __future__ import annotations
 import random
 
 import numpy as np
-
 from conftest import app_client, wait_ready
+
 from rankserve.engine.engine import tokenizer_policy
 
-WORDS = ("the a of to in is for list file files directory command print show copy move remove create "
-         "process memory network socket time user system kernel disk search text pattern line sort "
-         "compress archive paris france capital city river banana fruit potassium small animal").split()
+WORDS = (
+    "the a of to in is for list file files directory command print show copy move remove create "
+    "process memory network socket time user system kernel disk search text pattern line sort "
+    "compress archive paris france capital city river banana fruit potassium small animal"
+).split()
 QUERY = "how do i list the files in a directory"
 
 

@@ -70,7 +70,7 @@ class FakeHub:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def __enter__(self) -> "FakeHub":
+    def __enter__(self) -> FakeHub:
         self.thread.start()
         return self
 
@@ -80,8 +80,9 @@ class FakeHub:
         self.server.shutdown()
         self.server.server_close()
 
-    def add(self, repo_id: str, folders: dict[str, Path], refs: dict[str, str] | None = None,
-            token: str | None = None) -> dict[str, str]:
+    def add(
+        self, repo_id: str, folders: dict[str, Path], refs: dict[str, str] | None = None, token: str | None = None
+    ) -> dict[str, str]:
         """Publish ``repo_id``: ``folders`` maps a label to a folder, each one commit; ``main`` points
         at the last unless ``refs`` (ref -> label) says otherwise. Returns label -> commit sha."""
         shas = {label: commit_sha(f"{repo_id}:{label}") for label in folders}
@@ -113,16 +114,28 @@ class FakeHub:
                 sha = self.commit(h, repo, rest[1] if len(rest) > 1 else "main")
                 if sha:
                     files = self.files(repo, sha)
-                    self.json(h, {"id": repo_id, "modelId": repo_id, "sha": sha, "private": False,
-                                  "gated": "manual" if repo.token else False, "tags": [], "downloads": 0, "likes": 0,
-                                  "siblings": [{"rfilename": p} for p in files]})
+                    self.json(
+                        h,
+                        {
+                            "id": repo_id,
+                            "modelId": repo_id,
+                            "sha": sha,
+                            "private": False,
+                            "gated": "manual" if repo.token else False,
+                            "tags": [],
+                            "downloads": 0,
+                            "likes": 0,
+                            "siblings": [{"rfilename": p} for p in files],
+                        },
+                    )
                 return
             if rest[0] == "tree" and len(rest) >= 2:
                 sha = self.commit(h, repo, rest[1])
                 if sha:
                     prefix = "/".join(rest[2:])
-                    self.json(h, [self.entry(repo, p, f) for p, f in self.files(repo, sha).items()
-                                  if p.startswith(prefix)])
+                    self.json(
+                        h, [self.entry(repo, p, f) for p, f in self.files(repo, sha).items() if p.startswith(prefix)]
+                    )
                 return
         if len(parts) >= 5 and parts[2] == "resolve":
             repo_id = "/".join(parts[:2])
@@ -146,8 +159,13 @@ class FakeHub:
             self.error(h, 401, "RepoNotFound", "Repository not found")  # as the Hub: 401 for missing repos
             return None
         if repo.token and h.headers.get("Authorization") != f"Bearer {repo.token}":
-            self.error(h, 401, "GatedRepo", f"Access to model {repo_id} is restricted. You must have access to it "
-                                           "and be authenticated to access it. Please log in.")
+            self.error(
+                h,
+                401,
+                "GatedRepo",
+                f"Access to model {repo_id} is restricted. You must have access to it "
+                "and be authenticated to access it. Please log in.",
+            )
             return None
         return repo
 

@@ -34,8 +34,13 @@ SENTENCES = [
 # Llama-3.2-style RoPE, shrunk so llama3 scaling changes short positions: with head_dim 16 and
 # theta 10000 the wavelengths run 6..20000 tokens, so against an original context of 64 some are
 # kept, some smoothed and some divided by `factor`.
-ROPE_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                "original_max_position_embeddings": 64}
+ROPE_SCALING = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,
+}
 AUTO_MAP = {
     "AutoConfig": "llama_bidirectional_model.LlamaBidirectionalConfig",
     "AutoModel": "llama_bidirectional_model.LlamaBidirectionalModel",
@@ -46,19 +51,27 @@ AUTO_MAP = {
 def llama_tokenizer(directory: Path, model_max_length: int | None = 256) -> int:
     """A small byte-level BPE like Llama 3's: BOS added, no pad token. Returns the vocab size."""
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=[BOS, EOS], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=[BOS, EOS],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(SENTENCES, trainer)
     bos = tok.token_to_id(BOS)
-    tok.post_processor = processors.Sequence([
-        processors.ByteLevel(trim_offsets=False),
-        processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A $B:1", special_tokens=[(BOS, bos)]),
-    ])
+    tok.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A $B:1", special_tokens=[(BOS, bos)]),
+        ]
+    )
     tok.save(str(directory / "tokenizer.json"))
     tok_cfg = {"bos_token": BOS, "eos_token": EOS, "tokenizer_class": "PreTrainedTokenizerFast"}
     if model_max_length is not None:
@@ -69,10 +82,22 @@ def llama_tokenizer(directory: Path, model_max_length: int | None = 256) -> int:
 
 def tiny_config(family: str = "llama", **kw) -> dict:
     """Hidden 64, 2 layers, 4 query / 2 KV heads (GQA), SwiGLU 128, llama3 RoPE scaling for Llama."""
-    cfg = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-               num_attention_heads=4, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-5,
-               max_position_embeddings=8192, initializer_range=0.3, bos_token_id=0, eos_token_id=1,
-               tie_word_embeddings=False, rope_theta=10000.0)
+    cfg = dict(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        rms_norm_eps=1e-5,
+        max_position_embeddings=8192,
+        initializer_range=0.3,
+        bos_token_id=0,
+        eos_token_id=1,
+        tie_word_embeddings=False,
+        rope_theta=10000.0,
+    )
     if family == "llama":
         cfg["rope_scaling"] = dict(ROPE_SCALING)
     cfg.update(kw)
@@ -83,8 +108,18 @@ def hf_config(cfg: dict):
     """The transformers config a directory's config.json describes (NVIDIA extras dropped)."""
     from transformers import LlamaConfig, MistralConfig
 
-    extras = ("architectures", "model_type", "auto_map", "pooling", "temperature", "id2label", "label2id",
-              "transformers_version", "torch_dtype", "dtype")
+    extras = (
+        "architectures",
+        "model_type",
+        "auto_map",
+        "pooling",
+        "temperature",
+        "id2label",
+        "label2id",
+        "transformers_version",
+        "torch_dtype",
+        "dtype",
+    )
     kwargs = {k: v for k, v in cfg.items() if k not in extras}
     return (MistralConfig if str(cfg.get("model_type", "")).startswith("mistral") else LlamaConfig)(**kwargs)
 
@@ -99,7 +134,9 @@ def reference_model(directory: Path):
     model = (MistralModel if config.model_type == "mistral" else LlamaModel)(config).eval()
     state = {}
     index = directory / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    files = (
+        sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    )
     for name in files:
         state.update(load_file(str(directory / name)))
     score = state.pop("score.weight", None)
@@ -120,9 +157,17 @@ def _write_config(directory: Path, cfg: dict) -> None:
     (directory / "config.json").write_text(json.dumps(cfg, indent=2))
 
 
-def make_nvidia_reranker(directory: Path, *, family: str = "llama", seed: int = 0, pooling: str = "avg",
-                         temperature: float | None = 2.0, dtype: torch.dtype = torch.float32,
-                         model_max_length: int | None = 256, **overrides) -> Path:
+def make_nvidia_reranker(
+    directory: Path,
+    *,
+    family: str = "llama",
+    seed: int = 0,
+    pooling: str = "avg",
+    temperature: float | None = 2.0,
+    dtype: torch.dtype = torch.float32,
+    model_max_length: int | None = 256,
+    **overrides,
+) -> Path:
     """LlamaBidirectionalForSequenceClassification (or Mistral): keys ``model.*`` + ``score.weight``."""
     directory.mkdir(parents=True, exist_ok=True)
     vocab = llama_tokenizer(directory, model_max_length)
@@ -133,19 +178,33 @@ def make_nvidia_reranker(directory: Path, *, family: str = "llama", seed: int = 
     state["score.weight"] = (torch.randn(1, cfg["hidden_size"]) * 0.3).to(dtype)
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
     prefix = "Mistral" if family == "mistral" else "Llama"
-    nv = dict(cfg, architectures=[f"{prefix}BidirectionalForSequenceClassification"],
-              model_type=f"{family}_bidirec", auto_map=AUTO_MAP, pooling=pooling,
-              id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0},
-              torch_dtype=str(dtype).removeprefix("torch."))
+    nv = dict(
+        cfg,
+        architectures=[f"{prefix}BidirectionalForSequenceClassification"],
+        model_type=f"{family}_bidirec",
+        auto_map=AUTO_MAP,
+        pooling=pooling,
+        id2label={"0": "LABEL_0"},
+        label2id={"LABEL_0": 0},
+        torch_dtype=str(dtype).removeprefix("torch."),
+    )
     if temperature is not None:
         nv["temperature"] = temperature
     _write_config(directory, nv)
     return directory
 
 
-def make_nvidia_embedder(directory: Path, *, family: str = "llama", seed: int = 1, lm_head: str | None = None,
-                         shard_bytes: int | None = None, dtype: torch.dtype = torch.float32,
-                         model_max_length: int | None = 256, **overrides) -> Path:
+def make_nvidia_embedder(
+    directory: Path,
+    *,
+    family: str = "llama",
+    seed: int = 1,
+    lm_head: str | None = None,
+    shard_bytes: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    model_max_length: int | None = 256,
+    **overrides,
+) -> Path:
     """LlamaBidirectionalModel (mean pooling) written by transformers' save_pretrained: the base
     model (keys without ``model.``), or with ``lm_head`` "tied" / "untied" a causal LM (keys
     ``model.*``; tied drops ``lm_head.weight``, untied keeps one the encoder must ignore);
@@ -165,8 +224,14 @@ def make_nvidia_embedder(directory: Path, *, family: str = "llama", seed: int = 
     kwargs = {"max_shard_size": shard_bytes} if shard_bytes else {}
     model.to(dtype).save_pretrained(directory, safe_serialization=True, **kwargs)
     prefix = "Mistral" if family == "mistral" else "Llama"
-    nv = dict(cfg, architectures=[f"{prefix}BidirectionalModel"], model_type=f"{family}_bidirec",
-              auto_map=AUTO_MAP, pooling="avg", torch_dtype=str(dtype).removeprefix("torch."))
+    nv = dict(
+        cfg,
+        architectures=[f"{prefix}BidirectionalModel"],
+        model_type=f"{family}_bidirec",
+        auto_map=AUTO_MAP,
+        pooling="avg",
+        torch_dtype=str(dtype).removeprefix("torch."),
+    )
     _write_config(directory, nv)
     return directory
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from llama_checkpoints import hf_config, llama_tokenizer, tiny_config
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from tokenizers import AddedToken, Tokenizer
@@ -26,14 +27,21 @@ from torch import nn
 from rankserve.engine.images import image_tiles
 from rankserve.models.loader import load_model
 
-from llama_checkpoints import hf_config, llama_tokenizer, tiny_config
-
 IMG_TOKENS = ("<img>", "</img>", "<IMG_CONTEXT>")
 QUERY = "how do i list files"
 TILE, PATCH = 32, 4
-VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=TILE,
-              patch_size=PATCH, num_channels=3, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6,
-              model_type="siglip_vision_model")
+VISION = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    image_size=TILE,
+    patch_size=PATCH,
+    num_channels=3,
+    hidden_act="gelu_pytorch_tanh",
+    layer_norm_eps=1e-6,
+    model_type="siglip_vision_model",
+)
 
 
 def vl_tokenizer(directory: Path) -> int:
@@ -45,16 +53,18 @@ def vl_tokenizer(directory: Path) -> int:
     return tok.token_to_id("<IMG_CONTEXT>")
 
 
-def make_vl_reranker(directory: Path, *, seed: int = 0, max_tiles: int = 4, temperature: float = 2.0,
-                     thumbnail: bool = True) -> Path:
+def make_vl_reranker(
+    directory: Path, *, seed: int = 0, max_tiles: int = 4, temperature: float = 2.0, thumbnail: bool = True
+) -> Path:
     from transformers import LlamaModel, SiglipVisionConfig, SiglipVisionModel
 
     directory.mkdir(parents=True, exist_ok=True)
     context_id = vl_tokenizer(directory)
     llm = tiny_config("llama")
     torch.manual_seed(seed)
-    vision = SiglipVisionModel(SiglipVisionConfig(**{k: v for k, v in VISION.items() if k != "model_type"},
-                                                  vision_use_head=False)).eval()
+    vision = SiglipVisionModel(
+        SiglipVisionConfig(**{k: v for k, v in VISION.items() if k != "model_type"}, vision_use_head=False)
+    ).eval()
     language = LlamaModel(hf_config({**llm, "model_type": "llama"})).eval()
     wide, hidden = VISION["hidden_size"] * 4, llm["hidden_size"]
     mlp1 = nn.Sequential(nn.LayerNorm(wide), nn.Linear(wide, hidden), nn.GELU(), nn.Linear(hidden, hidden))
@@ -64,12 +74,15 @@ def make_vl_reranker(directory: Path, *, seed: int = 0, max_tiles: int = 4, temp
     state.update({f"model.mlp1.{k}": v for k, v in mlp1.state_dict().items()})
     state.update({f"model.language_model.{k}": v for k, v in language.state_dict().items()})
     state["score.weight"] = torch.randn(1, hidden) * 0.3
-    save_file({k: v.contiguous() for k, v in state.items()}, str(directory / "model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in state.items()}, str(directory / "model.safetensors"), metadata={"format": "pt"}
+    )
     cfg = {
         "architectures": ["LlamaNemotronVLForSequenceClassification"],
         "model_type": "llama_nemotron_vl_rerank",
-        "auto_map": {"AutoModelForSequenceClassification": "modeling_llama_nemotron_vl.LlamaNemotronVLForSequenceClassification"},
+        "auto_map": {
+            "AutoModelForSequenceClassification": "modeling_llama_nemotron_vl.LlamaNemotronVLForSequenceClassification"
+        },
         "llm_config": {**llm, "architectures": ["LlamaBidirectionalModel"], "model_type": "llama_bidirec"},
         "vision_config": VISION,
         "img_context_token_id": context_id,
@@ -99,14 +112,26 @@ class Reference:
         vision_cfg = {k: v for k, v in cfg["vision_config"].items() if k != "model_type"}
         self.vision = SiglipVisionModel(SiglipVisionConfig(**vision_cfg, vision_use_head=False)).eval()
         inner = "vision_model." if next(iter(self.vision.state_dict())).startswith("vision_model.") else ""
-        self.vision.load_state_dict({inner + k.removeprefix("model.vision_model."): v
-                                     for k, v in state.items() if k.startswith("model.vision_model.")})
+        self.vision.load_state_dict(
+            {
+                inner + k.removeprefix("model.vision_model."): v
+                for k, v in state.items()
+                if k.startswith("model.vision_model.")
+            }
+        )
         wide, hidden = vision_cfg["hidden_size"] * 4, cfg["llm_config"]["hidden_size"]
         self.mlp1 = nn.Sequential(nn.LayerNorm(wide), nn.Linear(wide, hidden), nn.GELU(), nn.Linear(hidden, hidden))
-        self.mlp1.load_state_dict({k.removeprefix("model.mlp1."): v for k, v in state.items() if k.startswith("model.mlp1.")})
+        self.mlp1.load_state_dict(
+            {k.removeprefix("model.mlp1."): v for k, v in state.items() if k.startswith("model.mlp1.")}
+        )
         self.language = LlamaModel(hf_config({**cfg["llm_config"], "model_type": "llama"})).eval()
-        self.language.load_state_dict({k.removeprefix("model.language_model."): v for k, v in state.items()
-                                       if k.startswith("model.language_model.")})
+        self.language.load_state_dict(
+            {
+                k.removeprefix("model.language_model."): v
+                for k, v in state.items()
+                if k.startswith("model.language_model.")
+            }
+        )
         self.score = state["score.weight"]
         self.context_id = cfg["img_context_token_id"]
         self.temperature = cfg["temperature"]
@@ -139,8 +164,10 @@ class Reference:
         batch = torch.zeros(len(ids), width, embeds[0].shape[-1])
         real = torch.zeros(len(ids), width, dtype=torch.bool)
         for i, x in enumerate(embeds):
-            batch[i, :len(x)], real[i, :len(x)] = x, True
-        mask = torch.zeros(len(ids), 1, width, width).masked_fill_(~real[:, None, None, :], torch.finfo(torch.float32).min)
+            batch[i, : len(x)], real[i, : len(x)] = x, True
+        mask = torch.zeros(len(ids), 1, width, width).masked_fill_(
+            ~real[:, None, None, :], torch.finfo(torch.float32).min
+        )
         positions = (real.long().cumsum(1) - 1).clamp(min=0)
         hidden = self.language(inputs_embeds=batch, attention_mask=mask, position_ids=positions).last_hidden_state
         pooled = (hidden * real[..., None]).sum(1) / real.sum(1, keepdim=True)

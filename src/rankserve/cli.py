@@ -6,34 +6,63 @@ import argparse
 import asyncio
 import json
 import sys
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any, cast
 
 from rankserve import __version__
-from rankserve.config import (BACKENDS, CHUNK_AGGREGATES, CPU_GEMMS, DTYPES, FIELDS, LOG_FORMATS, LOG_LEVELS, NIM_ENV,
-                              QUANTIZE, RECIPE_NAMES, TRUNCATE_DEFAULTS, ServerConfig, env_name, load_config,
-                              read_config_file, split_entry)
+from rankserve.config import (
+    BACKENDS,
+    CHUNK_AGGREGATES,
+    CPU_GEMMS,
+    DTYPES,
+    FIELDS,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    NIM_BIND_ADDR,
+    NIM_ENV,
+    QUANTIZE,
+    RECIPE_NAMES,
+    TRUNCATE_DEFAULTS,
+    ServerConfig,
+    env_name,
+    load_config,
+    read_config_file,
+    split_entry,
+)
 from rankserve.errors import ConfigError, RankserveError
 
 HELP = {
     "model": "model directory (Hugging Face layout, safetensors) or Hugging Face Hub repo id (org/name, optionally "
-             "@revision; fetched into the HF cache: HF_HOME, HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE), or NAME=MODEL, "
-             "repeatable for several models in one process (requests route by their model field); default: packaged "
-             "all-MiniLM-L6-v2",
+    "@revision; fetched into the HF cache: HF_HOME, HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE), or NAME=MODEL, "
+    "repeatable for several models in one process (requests route by their model field); default: packaged "
+    "all-MiniLM-L6-v2",
+    "host": "address to bind (0.0.0.0: every interface; 127.0.0.1: this machine only)",
+    "port": "HTTP port (NIM's is 8000)",
+    "log_level": "critical | error | warning | info | debug",
+    "max_passages": "passages per ranking request; more is a 400",
+    "max_inputs": "texts per embeddings request; more is a 400",
+    "max_request_bytes": "bytes per request body, checked while it streams in; more is a 413",
+    "truncate_default": "what ranking requests without truncate (and Cohere's rerank) get: END cuts the pair at the "
+    "model's limit, NONE refuses over-long pairs (400), CHUNK scores overlapping windows of long passages",
+    "chunk_aggregate": "a chunked passage's score: max (its best window's) | mean",
+    "warmup": "one short and one long pass at start, before readiness (first requests then pay no kernel set-up); "
+    "--no-warmup skips it",
     "revision": "Hub revision (branch, tag or commit) for a repo id given without @revision; default: main",
     "served_model_name": "model id in /v1/models and requests; default: derived from the model",
     "device": "auto | cpu | cuda | cuda:N",
     "dtype": "auto (CPU: float32, the exact path whose scores never depend on the batch; CUDA: bf16/fp16) "
-             "| float32 | bfloat16 (CPU: mixed bf16, faster where the CPU has native bf16, scores move with load) "
-             "| float16",
+    "| float32 | bfloat16 (CPU: mixed bf16, faster where the CPU has native bf16, scores move with load) "
+    "| float16",
     "backend": "torch | onnxruntime (CPU, float32; int8 with --quantize; needs rankserve[onnx]) | openvino (CPU, "
-               "float32 or bfloat16, the fastest where the CPU has native bf16; needs rankserve[openvino])",
+    "float32 or bfloat16, the fastest where the CPU has native bf16; needs rankserve[openvino])",
     "quantize": "none | int8 (lossy: dynamic int8 weights, --backend onnxruntime only)",
     "threads": "CPU threads for the model; 0 = all cores available",
-    "cpu_gemm": "fp32 linear layers on CPU: auto (time both at start, keep the faster) | torch | onednn",
+    "cpu_gemm": "fp32 linear layers on CPU: auto (time torch's default GEMM and oneDNN at start, keep the faster; "
+    "timed once per machine, cached in ~/.cache/rankserve/cpu-gemm-rates.json) | torch | onednn",
     "max_length": "token limit per sequence; 0 = the model's own",
     "max_batch_tokens": "padded tokens (longest x rows) per forward pass; 0 = 4096 on CPU, 65536 on CUDA",
     "express_lane": "run small interactive requests on a second model thread beside a long pass instead of after "
-                    "it (CPU: torch, onnxruntime backends); --no-express-lane: one pass at a time",
+    "it (CPU: torch, onnxruntime backends); --no-express-lane: one pass at a time",
     "api_key": "require 'Authorization: Bearer <key>' on API routes; several keys comma-separated",
     "api_key_file": "file with one accepted API key per line (with or instead of --api-key)",
     "max_queue_items": "pairs/texts admitted and waiting; beyond it requests get 503 + Retry-After",
@@ -49,12 +78,12 @@ HELP = {
     "ssl_certfile": "PEM certificate chain: serve HTTPS (with --ssl-keyfile)",
     "ssl_keyfile": "PEM private key for --ssl-certfile",
     "log_format": "text | json (one JSON object per line, with request ids)",
-    "cache_size": "passage embeddings cached for bi-encoder ranking; 0 = off",
+    "cache_size": "passage embeddings cached for bi-encoder ranking (an LRU); 0 = off",
     "rerank_template": "single-sequence rerank prompt with {query} and {passage} (Llama rerankers)",
     "query_prefix": "text put before queries (embeddings, bi-encoder ranking)",
     "passage_prefix": "text put before passages (embeddings, bi-encoder ranking)",
     "recipe": "decoder reranker scored by an answer token: qwen3-reranker | bge-reranker-gemma | mxbai-rerank-v2 | "
-              "yes-no (with --rerank-template, --score-tokens); default: what the folder's name implies",
+    "yes-no (with --rerank-template, --score-tokens); default: what the folder's name implies",
     "instruction": "the instruction in a recipe's prompt (qwen3-reranker's default: its model card's)",
     "score_tokens": "POSITIVE[,NEGATIVE] answer tokens for --recipe yes-no, e.g. yes,no",
     "chunk_max_windows": "windows scored per passage under truncate CHUNK (the first N); 0 = all",
@@ -63,8 +92,17 @@ HELP = {
 }
 
 
-CHOICES = {"recipe": RECIPE_NAMES, "dtype": DTYPES, "backend": BACKENDS, "quantize": QUANTIZE, "cpu_gemm": CPU_GEMMS,
-           "log_format": LOG_FORMATS, "log_level": LOG_LEVELS, "truncate_default": TRUNCATE_DEFAULTS, "chunk_aggregate": CHUNK_AGGREGATES}
+CHOICES = {
+    "recipe": RECIPE_NAMES,
+    "dtype": DTYPES,
+    "backend": BACKENDS,
+    "quantize": QUANTIZE,
+    "cpu_gemm": CPU_GEMMS,
+    "log_format": LOG_FORMATS,
+    "log_level": LOG_LEVELS,
+    "truncate_default": TRUNCATE_DEFAULTS,
+    "chunk_aggregate": CHUNK_AGGREGATES,
+}
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -82,6 +120,51 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=name, default=None, type=kind, choices=CHOICES.get(name), help=help_)
 
 
+def config_reference() -> str:
+    """docs/configuration.md: every ``rankserve serve`` option with its env vars, default and help,
+    read from the parser itself (HELP, config.py's fields and env names), so the flags are written
+    down once. ``rankserve config-reference > docs/configuration.md`` regenerates it; a test checks
+    that the committed page is current."""
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr,index]
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated by `rankserve config-reference > docs/configuration.md` from the code (`src/rankserve/cli.py`'s",
+        "help and `config.py`'s fields); do not edit by hand. Precedence: flag > `RANKSERVE_*` env var >",
+        "NIM's env var > `--config FILE` > default.",
+        "",
+        "| flag | env vars | default | what it does |",
+        "|---|---|---|---|",
+    ]
+    others = []
+    for action in serve._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        flags = ", ".join(f"`{f}`" for f in action.option_strings)
+        if action.dest in FIELDS:
+            names = (env_name(action.dest), NIM_ENV.get(action.dest), NIM_BIND_ADDR.get(action.dest))
+            envs = ", ".join(f"`{e}`" for e in names if e)
+            default = FIELDS[action.dest].default
+            what = HELP[action.dest].replace("|", "\\|")
+            lines.append(f"| {flags} | {envs} | `{default!r}` | {what} |")
+        else:
+            others.append(f"| {flags} | {(action.help or '').replace('|', chr(92) + '|')} |")
+    lines += [
+        "",
+        "Options of `rankserve serve` that are not settings (no env var):",
+        "",
+        "| flag | what it does |",
+        "|---|---|",
+        *others,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def cmd_config_reference(args: argparse.Namespace) -> int:
+    print(config_reference(), end="")
+    return 0
+
+
 def config_from(args: argparse.Namespace) -> ServerConfig:
     values = {name: getattr(args, name, None) for name in FIELDS}
     if isinstance(values["model"], list):
@@ -96,8 +179,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         config = config_from(args)
         if config.grpc_port:  # every replica would bind the same port; Ray Serve proxies HTTP only here
-            raise ConfigError("--grpc-port is not supported with --ray (each replica would bind it); serve "
-                              "gRPC from plain `rankserve serve` processes")
+            raise ConfigError(
+                "--grpc-port is not supported with --ray (each replica would bind it); serve "
+                "gRPC from plain `rankserve serve` processes"
+            )
         scaling = Scaling.parse(args.replicas, args.autoscale, args.ray_cpus, args.ray_gpus)
         return run(config, scaling, args.ray_address)
     if any(v is not None for v in (args.replicas, args.autoscale, args.ray_address, args.ray_cpus, args.ray_gpus)):
@@ -111,17 +196,30 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Export every model for its ONNX backend where ``serve`` will look (and, for openvino, compile
     it into OpenVINO's cache), then exit: run it where the cache persists (an image layer, a volume)
     so that every start reads the export without importing torch."""
-    from rankserve.engine.engine import ONNX_BACKENDS, Engine
+    from rankserve.engine.backends import ONNX_BACKENDS, ExportRunner
+    from rankserve.engine.engine import Engine
     from rankserve.metrics import Metrics
 
     config = config_from(args)
     if config.backend not in ONNX_BACKENDS:
-        raise ConfigError(f"export is for --backend {' or '.join(ONNX_BACKENDS)} (the torch backend reads the "
-                          "safetensors folder itself)")
+        raise ConfigError(
+            f"export is for --backend {' or '.join(ONNX_BACKENDS)} (the torch backend reads the "
+            "safetensors folder itself)"
+        )
     for entry in config.model_entries():
-        engine = Engine.load(config.for_model(*entry), Metrics())  # loads and exports; no warm-up pass (start() runs it)
-        print(json.dumps({"model": engine.name, "backend": config.backend, "precision": engine.runner.precision,
-                          "export": str(engine.runner.path.parent)}))
+        # loads and exports; no warm-up pass (start() runs it)
+        engine = Engine.load(config.for_model(*entry), Metrics())
+        runner = cast(ExportRunner, engine.runner)  # an ONNX backend, checked above
+        print(
+            json.dumps(
+                {
+                    "model": engine.name,
+                    "backend": config.backend,
+                    "precision": runner.precision,
+                    "export": str(runner.path.parent),
+                }
+            )
+        )
     return 0
 
 
@@ -187,7 +285,7 @@ def in_steps(texts: list[str], args: argparse.Namespace, unit: str) -> Iterator[
     hidden = True if len(texts) <= STEP or args.progress is False else (False if args.progress else None)
     with tqdm(total=len(texts), unit=unit, file=sys.stderr, disable=hidden, leave=False) as bar:
         for start in range(0, len(texts), STEP):
-            part = texts[start:start + STEP]
+            part = texts[start : start + STEP]
             yield part
             bar.update(len(part))
 
@@ -200,16 +298,22 @@ def cmd_rank(args: argparse.Namespace) -> int:
 
         with Client(args.url, api_key=args.api_key) as client:
             for part in in_steps(passages, args, "passages"):
-                by_index = {r.index: r.logit for r in client.rank(args.query, part, model=args.model,
-                                                                  truncate=args.truncate)}
+                by_index = {
+                    r.index: r.logit for r in client.rank(args.query, part, model=args.model, truncate=args.truncate)
+                }
                 scores += [by_index[i] for i in range(len(part))]
     else:
+
         async def work(engine: Any) -> None:
             for part in in_steps(passages, args, "passages"):
                 scores.extend((await engine.rank(args.query, part, args.truncate)).scores)
 
-        asyncio.run(_with_engine(load_config({"model": args.model, "revision": args.revision, "dtype": args.dtype,
-                                                  "warmup": False}), work))
+        asyncio.run(
+            _with_engine(
+                load_config({"model": args.model, "revision": args.revision, "dtype": args.dtype, "warmup": False}),
+                work,
+            )
+        )
     rankings = sorted(enumerate(scores), key=lambda r: -r[1])
     if args.format == "table":
         print(f"{'rank':>4}  {'logit':>10}  [index] passage")
@@ -228,32 +332,48 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
         with Client(args.url, api_key=args.api_key) as client:
             for part in in_steps(texts, args, "texts"):
-                vectors += client.embed(part, input_type=args.input_type, dimensions=args.dimensions,
-                                        model=args.model, truncate=args.truncate)
+                vectors += client.embed(
+                    part,
+                    input_type=args.input_type,
+                    dimensions=args.dimensions,
+                    model=args.model,
+                    truncate=args.truncate,
+                )
     else:
+
         async def work(engine: Any) -> None:
             for part in in_steps(texts, args, "texts"):
                 result = await engine.embed(part, args.input_type, args.truncate, args.dimensions)
                 vectors.extend(result.vectors.tolist())
 
-        asyncio.run(_with_engine(load_config({"model": args.model, "revision": args.revision, "dtype": args.dtype,
-                                                  "warmup": False}), work))
+        asyncio.run(
+            _with_engine(
+                load_config({"model": args.model, "revision": args.revision, "dtype": args.dtype, "warmup": False}),
+                work,
+            )
+        )
     print(json.dumps({"embeddings": vectors}))
     return 0
 
 
 def add_offline_flags(parser: argparse.ArgumentParser) -> None:
     """What ``rank`` and ``embed`` share: the model, the input file, and a server to ask instead."""
-    parser.add_argument("--model", default=None, help="model folder or Hub repo id (in-process), or the served "
-                                                       "model id (with --url)")
+    parser.add_argument(
+        "--model", default=None, help="model folder or Hub repo id (in-process), or the served model id (with --url)"
+    )
     parser.add_argument("--revision", default=None, help=HELP["revision"])
     parser.add_argument("--file", default=None, help="more texts, one per line or JSON Lines; - reads stdin")
-    parser.add_argument("--url", default=None, help="ask this rankserve / NIM-compatible server instead of "
-                                                     "loading the model here")
+    parser.add_argument(
+        "--url", default=None, help="ask this rankserve / NIM-compatible server instead of loading the model here"
+    )
     parser.add_argument("--api-key", default=None, help="bearer key for --url")
     parser.add_argument("--dtype", choices=DTYPES, default=None, help=HELP["dtype"])
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                        help=f"progress bar on stderr for more than {STEP} texts (default: when stderr is a terminal)")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"progress bar on stderr for more than {STEP} texts (default: when stderr is a terminal)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -263,29 +383,53 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve the HTTP API")
     add_config_flags(serve)
     ray = serve.add_argument_group("Ray Serve (pip install 'rankserve[ray]')")
-    ray.add_argument("--ray", action="store_true", help="serve through Ray Serve replicas (a local cluster unless "
-                                                        "--ray-address)")
+    ray.add_argument(
+        "--ray", action="store_true", help="serve through Ray Serve replicas (a local cluster unless --ray-address)"
+    )
     ray.add_argument("--replicas", type=int, default=None, help="fixed number of replicas (default 1)")
-    ray.add_argument("--autoscale", default=None, metavar="MIN:MAX",
-                     help="autoscale between MIN and MAX replicas on ongoing requests per replica")
+    ray.add_argument(
+        "--autoscale",
+        default=None,
+        metavar="MIN:MAX",
+        help="autoscale between MIN and MAX replicas on ongoing requests per replica",
+    )
     ray.add_argument("--ray-address", default=None, help="join this Ray cluster (e.g. auto, ray://head:10001)")
     ray.add_argument("--ray-cpus", type=float, default=None, help="CPUs each replica reserves (default 1)")
     ray.add_argument("--ray-gpus", type=float, default=None, help="GPUs each replica reserves (default 0)")
-    serve.add_argument("--config", default=None, metavar="FILE",
-                       help="settings from a TOML or YAML file (field names as keys, a [models] table of "
-                            "NAME = PATH); flags and env vars override it")
+    serve.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="settings from a TOML or YAML file (field names as keys, a [models] table of "
+        "NAME = PATH); flags and env vars override it",
+    )
     serve.set_defaults(func=cmd_serve)
 
-    export = sub.add_parser("export", help="export the model(s) to ONNX for --backend onnxruntime|openvino into the "
-                                           "cache serve reads (run once where the cache persists), then exit")
+    reference = sub.add_parser("config-reference", help="print every serve option as Markdown (docs/configuration.md)")
+    reference.set_defaults(func=cmd_config_reference)
+
+    export = sub.add_parser(
+        "export",
+        help="export the model(s) to ONNX for --backend onnxruntime|openvino into the "
+        "cache serve reads (run once where the cache persists), then exit",
+    )
     add_config_flags(export)
-    export.add_argument("--config", default=None, metavar="FILE", help="settings from a TOML or YAML file, as for serve")
+    export.add_argument(
+        "--config", default=None, metavar="FILE", help="settings from a TOML or YAML file, as for serve"
+    )
     export.set_defaults(func=cmd_export)
 
-    download = sub.add_parser("download", help="fetch Hub models into the Hugging Face cache (only what serve loads: "
-                                               "configs, tokenizer, safetensors), print where, and exit")
-    download.add_argument("models", nargs="+", metavar="MODEL",
-                          help="repo id (org/name, optionally @revision), or NAME=MODEL as --model takes it")
+    download = sub.add_parser(
+        "download",
+        help="fetch Hub models into the Hugging Face cache (only what serve loads: "
+        "configs, tokenizer, safetensors), print where, and exit",
+    )
+    download.add_argument(
+        "models",
+        nargs="+",
+        metavar="MODEL",
+        help="repo id (org/name, optionally @revision), or NAME=MODEL as --model takes it",
+    )
     download.add_argument("--revision", default=None, help=HELP["revision"])
     download.set_defaults(func=cmd_download)
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import httpx
 
@@ -43,16 +44,19 @@ def _error(response: httpx.Response) -> ClientError:
     except (ValueError, AttributeError):
         body = {}
     message = body.get("message") if isinstance(body, dict) else None
-    return ClientError(response.status_code, message or response.text[:500] or response.reason_phrase,
-                       body.get("type") if isinstance(body, dict) else None,
-                       body.get("param") if isinstance(body, dict) else None)
+    return ClientError(
+        response.status_code,
+        message or response.text[:500] or response.reason_phrase,
+        body.get("type") if isinstance(body, dict) else None,
+        body.get("param") if isinstance(body, dict) else None,
+    )
 
 
 def _retry_wait(response: httpx.Response, attempt: int) -> float:
     try:
         return min(MAX_RETRY_WAIT, max(0.0, float(response.headers.get("retry-after", ""))))
     except ValueError:
-        return min(MAX_RETRY_WAIT, 0.5 * 2 ** attempt)
+        return min(MAX_RETRY_WAIT, 0.5 * 2**attempt)
 
 
 def _rank_body(query: str, passages: Sequence[str], model: str | None, top_n: int | None, truncate: str) -> dict:
@@ -68,10 +72,14 @@ def _rankings(data: dict, passages: Sequence[str]) -> list[Ranking]:
     return [Ranking(r["index"], r["logit"], passages[r["index"]]) for r in data["rankings"]]
 
 
-def _embed_body(texts: str | Sequence[str], input_type: str | None, dimensions: int | None, model: str | None,
-                truncate: str) -> dict:
-    body: dict[str, Any] = {"input": [texts] if isinstance(texts, str) else list(texts), "encoding_format": "float",
-                            "truncate": truncate}
+def _embed_body(
+    texts: str | Sequence[str], input_type: str | None, dimensions: int | None, model: str | None, truncate: str
+) -> dict:
+    body: dict[str, Any] = {
+        "input": [texts] if isinstance(texts, str) else list(texts),
+        "encoding_format": "float",
+        "truncate": truncate,
+    }
     for key, value in (("input_type", input_type), ("dimensions", dimensions), ("model", model)):
         if value is not None:
             body[key] = value
@@ -89,11 +97,18 @@ def _headers(api_key: str | None) -> dict[str, str]:
 class Client:
     """Blocking client. ``retries``: how many times a 503 is retried (0 = never)."""
 
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", api_key: str | None = None, timeout: float = 120.0,
-                 retries: int = 3, transport: httpx.BaseTransport | None = None):
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        retries: int = 3,
+        transport: httpx.BaseTransport | None = None,
+    ):
         self.retries = retries
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=_headers(api_key), timeout=timeout,
-                                  transport=transport)
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"), headers=_headers(api_key), timeout=timeout, transport=transport
+        )
 
     def _call(self, method: str, path: str, body: dict | None = None) -> Any:
         for attempt in range(self.retries + 1):
@@ -106,15 +121,32 @@ class Client:
             return response.json()
         raise AssertionError("unreachable")
 
-    def rank(self, query: str, passages: Sequence[str], *, model: str | None = None, top_n: int | None = None,
-             truncate: Literal["NONE", "END"] = "END") -> list[Ranking]:
+    def rank(
+        self,
+        query: str,
+        passages: Sequence[str],
+        *,
+        model: str | None = None,
+        top_n: int | None = None,
+        truncate: Literal["NONE", "END"] = "END",
+    ) -> list[Ranking]:
         """Passages best first (``top_n`` of them if given)."""
-        return _rankings(self._call("POST", "/v1/ranking", _rank_body(query, passages, model, top_n, truncate)), passages)
+        return _rankings(
+            self._call("POST", "/v1/ranking", _rank_body(query, passages, model, top_n, truncate)), passages
+        )
 
-    def embed(self, texts: str | Sequence[str], *, input_type: Literal["query", "passage"] | None = None,
-              dimensions: int | None = None, model: str | None = None,
-              truncate: Literal["NONE", "START", "END"] = "END") -> list[list[float]]:
-        return _vectors(self._call("POST", "/v1/embeddings", _embed_body(texts, input_type, dimensions, model, truncate)))
+    def embed(
+        self,
+        texts: str | Sequence[str],
+        *,
+        input_type: Literal["query", "passage"] | None = None,
+        dimensions: int | None = None,
+        model: str | None = None,
+        truncate: Literal["NONE", "START", "END"] = "END",
+    ) -> list[list[float]]:
+        return _vectors(
+            self._call("POST", "/v1/embeddings", _embed_body(texts, input_type, dimensions, model, truncate))
+        )
 
     def models(self) -> list[str]:
         return [m["id"] for m in self._call("GET", "/v1/models")["data"]]
@@ -127,7 +159,7 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -137,11 +169,18 @@ class Client:
 class AsyncClient:
     """The same API for asyncio: ``await client.rank(...)``."""
 
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", api_key: str | None = None, timeout: float = 120.0,
-                 retries: int = 3, transport: httpx.AsyncBaseTransport | None = None):
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        retries: int = 3,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ):
         self.retries = retries
-        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=_headers(api_key), timeout=timeout,
-                                       transport=transport)
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"), headers=_headers(api_key), timeout=timeout, transport=transport
+        )
 
     async def _call(self, method: str, path: str, body: dict | None = None) -> Any:
         for attempt in range(self.retries + 1):
@@ -154,16 +193,30 @@ class AsyncClient:
             return response.json()
         raise AssertionError("unreachable")
 
-    async def rank(self, query: str, passages: Sequence[str], *, model: str | None = None, top_n: int | None = None,
-                   truncate: Literal["NONE", "END"] = "END") -> list[Ranking]:
+    async def rank(
+        self,
+        query: str,
+        passages: Sequence[str],
+        *,
+        model: str | None = None,
+        top_n: int | None = None,
+        truncate: Literal["NONE", "END"] = "END",
+    ) -> list[Ranking]:
         data = await self._call("POST", "/v1/ranking", _rank_body(query, passages, model, top_n, truncate))
         return _rankings(data, passages)
 
-    async def embed(self, texts: str | Sequence[str], *, input_type: Literal["query", "passage"] | None = None,
-                    dimensions: int | None = None, model: str | None = None,
-                    truncate: Literal["NONE", "START", "END"] = "END") -> list[list[float]]:
-        return _vectors(await self._call("POST", "/v1/embeddings",
-                                         _embed_body(texts, input_type, dimensions, model, truncate)))
+    async def embed(
+        self,
+        texts: str | Sequence[str],
+        *,
+        input_type: Literal["query", "passage"] | None = None,
+        dimensions: int | None = None,
+        model: str | None = None,
+        truncate: Literal["NONE", "START", "END"] = "END",
+    ) -> list[list[float]]:
+        return _vectors(
+            await self._call("POST", "/v1/embeddings", _embed_body(texts, input_type, dimensions, model, truncate))
+        )
 
     async def models(self) -> list[str]:
         return [m["id"] for m in (await self._call("GET", "/v1/models"))["data"]]
@@ -174,7 +227,7 @@ class AsyncClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def __aenter__(self) -> "AsyncClient":
+    async def __aenter__(self) -> AsyncClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

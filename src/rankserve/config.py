@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from rankserve.errors import ConfigError
 from rankserve.model_source import ref_problem
@@ -122,10 +123,13 @@ class ServerConfig:
             return [(None, None)]
         return [split_entry(raw) for raw in self.model.split(",")]
 
-    def for_model(self, name: str | None, path: str | None) -> "ServerConfig":
+    def for_model(self, name: str | None, path: str | None) -> ServerConfig:
         """This config narrowed to one of ``model_entries``: what that model's engine loads."""
-        return dataclasses.replace(self, model=path, served_model_name=name or (
-            self.served_model_name if len(self.model_entries()) == 1 else None))
+        return dataclasses.replace(
+            self,
+            model=path,
+            served_model_name=name or (self.served_model_name if len(self.model_entries()) == 1 else None),
+        )
 
     def model_overrides(self) -> dict[str, str]:
         """ModelSpec fields the operator set explicitly (flags beat the model's config files)."""
@@ -149,8 +153,10 @@ class ServerConfig:
         if self.backend == "onnxruntime" and (self.device.startswith("cuda") or self.dtype not in ("auto", "float32")):
             bad("backend", "onnxruntime runs on the CPU in float32 (--device cpu|auto, --dtype auto|float32)")
         if self.backend == "openvino" and (self.device.startswith("cuda") or self.dtype == "float16"):
-            bad("backend", "openvino runs on the CPU in float32 or bfloat16 (--device cpu|auto, "
-                           "--dtype auto|float32|bfloat16)")
+            bad(
+                "backend",
+                "openvino runs on the CPU in float32 or bfloat16 (--device cpu|auto, --dtype auto|float32|bfloat16)",
+            )
         entries = self.model_entries() if self.model is not None else []
         if any(not path for _, path in entries):
             bad("model", "an empty entry: give PATH, or NAME=PATH for each of several models")
@@ -181,17 +187,37 @@ class ServerConfig:
             bad("grpc_port", "must be 1..65535, or 0 for no gRPC listener")
         if self.grpc_port and self.grpc_port == self.port:
             bad("grpc_port", "must differ from port (HTTP)")
-        for name in ("max_passages", "max_inputs", "max_queue_items", "max_request_bytes", "max_text_chars",
-                     "max_request_tokens", "max_image_bytes", "max_image_pixels", "max_request_images"):
+        for name in (
+            "max_passages",
+            "max_inputs",
+            "max_queue_items",
+            "max_request_bytes",
+            "max_text_chars",
+            "max_request_tokens",
+            "max_image_bytes",
+            "max_image_pixels",
+            "max_request_images",
+        ):
             if getattr(self, name) < 1:
                 bad(name, "must be >= 1")
-        for name in ("threads", "max_length", "cache_size", "max_batch_tokens", "max_queue_tokens",
-                     "max_queue_requests", "request_timeout", "drain_timeout"):
+        for name in (
+            "threads",
+            "max_length",
+            "cache_size",
+            "max_batch_tokens",
+            "max_queue_tokens",
+            "max_queue_requests",
+            "request_timeout",
+            "drain_timeout",
+        ):
             if not getattr(self, name) >= 0:  # also refuses NaN
                 bad(name, "must be >= 0")
         if self.max_queue_tokens and self.max_queue_tokens < self.max_request_tokens:
-            bad("max_queue_tokens", f"must be 0 or >= max_request_tokens ({self.max_request_tokens}), "
-                                    "or a request within limits could never be admitted")
+            bad(
+                "max_queue_tokens",
+                f"must be 0 or >= max_request_tokens ({self.max_request_tokens}), "
+                "or a request within limits could never be admitted",
+            )
         if self.api_key_file is not None:
             try:
                 keys = self.api_keys()
@@ -204,10 +230,12 @@ class ServerConfig:
         for name in ("ssl_certfile", "ssl_keyfile"):
             if getattr(self, name) is not None and not os.path.isfile(getattr(self, name)):
                 bad(name, "no such file")
-        if self.rerank_template is not None and not ("{query}" in self.rerank_template and "{passage}" in self.rerank_template):
+        if self.rerank_template is not None and not (
+            "{query}" in self.rerank_template and "{passage}" in self.rerank_template
+        ):
             bad("rerank_template", "must contain {query} and {passage}")
         for _, path in entries:
-            problem = ref_problem(path)
+            problem = ref_problem(path) if path else None
             if problem:
                 raise ConfigError(f"invalid model={path!r}: {problem}")
         if self.revision is not None and not self.revision.strip():
@@ -285,7 +313,7 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
         name = str(key).replace("-", "_")
         if name == "models":
             if not isinstance(value, dict) or not value:
-                raise ConfigError(f"config file {path}: models must be a table of NAME = \"PATH\"")
+                raise ConfigError(f'config file {path}: models must be a table of NAME = "PATH"')
             values["model"] = ",".join(f"{n}={p}" for n, p in value.items())
         elif name not in FIELDS:
             raise ConfigError(f"config file {path}: unknown setting {key!r}")
@@ -296,8 +324,11 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     return values
 
 
-def load_config(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
-                file: Mapping[str, Any] | None = None) -> ServerConfig:
+def load_config(
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    file: Mapping[str, Any] | None = None,
+) -> ServerConfig:
     """Resolve every field by precedence: overrides (CLI flags) > RANKSERVE_* > NIM_* > ``file``
     (a config file's values, ``read_config_file``) > default."""
     environ = os.environ if environ is None else environ

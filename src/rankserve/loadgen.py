@@ -18,8 +18,9 @@ import json
 import random
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import httpx
@@ -60,8 +61,7 @@ def make_requests(n: int, passages: tuple[int, int], tokens: tuple[int, int], se
     for _ in range(n):
         query = " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 12)))
         count = rng.randint(*passages)
-        texts = [" ".join(rng.choice(WORDS) for _ in range(int(lo * (hi / lo) ** rng.random())))
-                 for _ in range(count)]
+        texts = [" ".join(rng.choice(WORDS) for _ in range(int(lo * (hi / lo) ** rng.random()))) for _ in range(count)]
         bodies.append({"query": {"text": query}, "passages": [{"text": t} for t in texts]})
     return bodies
 
@@ -103,8 +103,16 @@ async def run_level(url: str, bodies: list[dict], concurrency: int, model: str |
         await asyncio.gather(*(client(http) for _ in range(concurrency)))
         seconds = time.perf_counter() - start
     ms = [x * 1000 for x in latencies] or [float("nan")]
-    return LevelResult(concurrency, len(latencies), errors, pairs, seconds,
-                       statistics.median(ms), percentile(ms, 0.95), percentile(ms, 0.99))
+    return LevelResult(
+        concurrency,
+        len(latencies),
+        errors,
+        pairs,
+        seconds,
+        statistics.median(ms),
+        percentile(ms, 0.95),
+        percentile(ms, 0.99),
+    )
 
 
 def cache_hits(url: str) -> int | None:
@@ -118,8 +126,12 @@ def cache_hits(url: str) -> int | None:
         return None
     if r.status_code != 200:
         return None
-    found = [s.value for fam in text_string_to_metric_families(r.text) for s in fam.samples
-             if s.name == "rankserve_passage_cache_hits_total"]
+    found = [
+        s.value
+        for fam in text_string_to_metric_families(r.text)
+        for s in fam.samples
+        if s.name == "rankserve_passage_cache_hits_total"
+    ]
     return int(sum(found)) if found else None
 
 
@@ -128,9 +140,18 @@ def level_seed(seed: int, level: int) -> int:
     return seed * 1000 + 2 + level
 
 
-def run(url: str, concurrency: Sequence[int], requests: int, passages: tuple[int, int], tokens: tuple[int, int],
-        seed: int = 0, model: str | None = None, timeout: float = 600, warmup: int = 2,
-        same_passages: bool = False) -> list[LevelResult]:
+def run(
+    url: str,
+    concurrency: Sequence[int],
+    requests: int,
+    passages: tuple[int, int],
+    tokens: tuple[int, int],
+    seed: int = 0,
+    model: str | None = None,
+    timeout: float = 600,
+    warmup: int = 2,
+    same_passages: bool = False,
+) -> list[LevelResult]:
     """Measure each concurrency level (after ``warmup`` unmeasured requests), each with requests of
     its own unless ``same_passages`` (see the module docstring), counting the server's cache hits."""
     if warmup:
@@ -147,17 +168,24 @@ def run(url: str, concurrency: Sequence[int], requests: int, passages: tuple[int
 
 
 def table(results: Sequence[LevelResult]) -> str:
-    rows = ["| clients | requests | errors | req/s | pairs/s | p50 ms | p95 ms | p99 ms | p99/p50 | cache hits |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| clients | requests | errors | req/s | pairs/s | p50 ms | p95 ms | p99 ms | p99/p50 | cache hits |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in results:
         hits = "n/a" if r.cache_hits is None else str(r.cache_hits)
-        rows.append(f"| {r.concurrency} | {r.requests} | {r.errors} | {r.requests_per_s:.2f} | {r.pairs_per_s:.1f} | "
-                    f"{r.p50_ms:.0f} | {r.p95_ms:.0f} | {r.p99_ms:.0f} | {r.p99_ms / r.p50_ms:.2f} | {hits} |")
+        rows.append(
+            f"| {r.concurrency} | {r.requests} | {r.errors} | {r.requests_per_s:.2f} | {r.pairs_per_s:.1f} | "
+            f"{r.p50_ms:.0f} | {r.p95_ms:.0f} | {r.p99_ms:.0f} | {r.p99_ms / r.p50_ms:.2f} | {hits} |"
+        )
     cached = [r for r in results if r.cache_hits]
     if cached:
         rows.append("")
-        rows.append("note: " + "; ".join(f"{r.concurrency} clients: {r.cache_hits} of {r.pairs} pairs" for r in cached)
-                    + " came from the server's passage cache, not the model: those pairs/s are not model throughput.")
+        rows.append(
+            "note: "
+            + "; ".join(f"{r.concurrency} clients: {r.cache_hits} of {r.pairs} pairs" for r in cached)
+            + " came from the server's passage cache, not the model: those pairs/s are not model throughput."
+        )
     if results and all(r.cache_hits is None for r in results):
         rows.append("")
         rows.append("note: the server exposes no rankserve_passage_cache_hits_total: cache hits unknown.")
@@ -165,8 +193,9 @@ def table(results: Sequence[LevelResult]) -> str:
 
 
 def to_json(results: Sequence[LevelResult]) -> str:
-    return json.dumps([{**asdict(r), "requests_per_s": r.requests_per_s, "pairs_per_s": r.pairs_per_s}
-                       for r in results], indent=2)
+    return json.dumps(
+        [{**asdict(r), "requests_per_s": r.requests_per_s, "pairs_per_s": r.pairs_per_s} for r in results], indent=2
+    )
 
 
 def add_command(sub) -> None:  # argparse subparsers
@@ -178,9 +207,12 @@ def add_command(sub) -> None:  # argparse subparsers
     p.add_argument("--passages", default="20-100", help="passages per request, LO-HI")
     p.add_argument("--tokens", default="16-256", help="words per passage, LO-HI (log-uniform)")
     p.add_argument("--seed", type=int, default=0, help="picks the requests: same seed, same requests on any server")
-    p.add_argument("--same-passages", action="store_true",
-                   help="send the same requests at every level (default: fresh passages per level, so no level "
-                        "is answered from a passage cache filled by the one before)")
+    p.add_argument(
+        "--same-passages",
+        action="store_true",
+        help="send the same requests at every level (default: fresh passages per level, so no level "
+        "is answered from a passage cache filled by the one before)",
+    )
     p.add_argument("--json", dest="json_out", default=None, help="also write results as JSON here")
     p.set_defaults(func=_cmd)
 
@@ -191,9 +223,16 @@ def _range(text: str) -> tuple[int, int]:
 
 
 def _cmd(args) -> int:
-    results = run(args.url, [int(c) for c in args.concurrency.split(",")], args.requests,
-                  _range(args.passages), _range(args.tokens), args.seed, args.model,
-                  same_passages=args.same_passages)
+    results = run(
+        args.url,
+        [int(c) for c in args.concurrency.split(",")],
+        args.requests,
+        _range(args.passages),
+        _range(args.tokens),
+        args.seed,
+        args.model,
+        same_passages=args.same_passages,
+    )
     print(table(results))
     if args.json_out:
         with open(args.json_out, "w") as f:

@@ -49,7 +49,7 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         if getattr(record, "request_id", None):
-            entry["request_id"] = record.request_id
+            entry["request_id"] = getattr(record, "request_id")  # noqa: B009 (set by a filter, not declared)
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)

@@ -20,9 +20,10 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from rankserve.errors import ConfigError, ModelLoadError
 
@@ -74,8 +75,10 @@ def ref_problem(ref: str) -> str | None:
         return None
     if os.path.exists(ref):
         return "a file, not a model folder"
-    return ("not a directory, nor a Hugging Face repo id (org/name, optionally @revision); give a "
-            "Hugging Face-style model folder or a repo id such as BAAI/bge-reranker-v2-m3")
+    return (
+        "not a directory, nor a Hugging Face repo id (org/name, optionally @revision); give a "
+        "Hugging Face-style model folder or a repo id such as BAAI/bge-reranker-v2-m3"
+    )
 
 
 def served_id(ref: str) -> str:
@@ -155,7 +158,8 @@ def check_weights(repo_id: str, commit: str, paths: list[str], chosen: list[str]
             "rankserve never loads pickle, because unpickling runs code. Use a revision with safetensors (the "
             "Hub often has an 'Adding safetensors' pull request: --revision refs/pr/N), or convert it yourself: "
             "transformers' AutoModel.from_pretrained(dir).save_pretrained(out, safe_serialization=True), then "
-            "serve that folder")
+            "serve that folder"
+        )
     raise ModelLoadError(f"{where} has no model.safetensors (nor sharded safetensors) at its root: nothing to load")
 
 
@@ -166,8 +170,10 @@ def check_space(repo_id: str, cache: Path, needed: int) -> None:
         probe = probe.parent
     free = shutil.disk_usage(probe).free
     if needed > free:
-        raise ModelLoadError(f"{repo_id!r} needs {needed / 2**20:,.1f} MiB more in the Hugging Face cache {cache}, "
-                             f"which has {free / 2**20:,.1f} MiB free: free some space or set HF_HUB_CACHE elsewhere")
+        raise ModelLoadError(
+            f"{repo_id!r} needs {needed / 2**20:,.1f} MiB more in the Hugging Face cache {cache}, "
+            f"which has {free / 2**20:,.1f} MiB free: free some space or set HF_HUB_CACHE elsewhere"
+        )
 
 
 def missing_bytes(snapshot: Path, files: dict[str, int]) -> int:
@@ -193,8 +199,11 @@ def fetch(repo_id: str, revision: str | None) -> ModelSource:
         commit = resolved.resolved
         tree = cached_tree(repo_id, commit, cache)  # a commit's files never change: list them once
         if tree is None:
-            tree = {f.path: f.size for f in api.list_repo_tree(repo_id, revision=commit, recursive=True)
-                    if isinstance(f, RepoFile)}
+            tree = {
+                f.path: f.size
+                for f in api.list_repo_tree(repo_id, revision=commit, recursive=True)
+                if isinstance(f, RepoFile)
+            }
     except HfHubHTTPError as exc:
         raise hub_error(repo_id, revision, exc) from None
     except Exception as exc:
@@ -207,22 +216,37 @@ def fetch(repo_id: str, revision: str | None) -> ModelSource:
     check_weights(repo_id, commit, list(tree), chosen)
     storage = cache / f"models--{repo_id.replace('/', '--')}"
     check_space(repo_id, cache, missing_bytes(storage / "snapshots" / commit, {p: tree[p] for p in chosen}))
-    log.info("fetching %s@%s (commit %s) from %s: %d files, %.1f MiB, into %s", repo_id, revision or "main", commit,
-             endpoint(), len(chosen), sum(tree[p] for p in chosen) / 2**20, cache)
+    log.info(
+        "fetching %s@%s (commit %s) from %s: %d files, %.1f MiB, into %s",
+        repo_id,
+        revision or "main",
+        commit,
+        endpoint(),
+        len(chosen),
+        sum(tree[p] for p in chosen) / 2**20,
+        cache,
+    )
     try:
-        path = snapshot_download(repo_id, revision=resolved, cache_dir=cache, allow_patterns=chosen,
-                                 endpoint=endpoint(), token=api.token)
+        path = snapshot_download(
+            repo_id, revision=resolved, cache_dir=cache, allow_patterns=chosen, endpoint=endpoint(), token=api.token
+        )
     except HfHubHTTPError as exc:
         raise hub_error(repo_id, revision, exc) from None
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise ModelLoadError(f"{repo_id!r}: the disk holding the Hugging Face cache {cache} is full ({exc}); "
-                                 "the partial download resumes on the next start once there is space") from None
-        raise ModelLoadError(f"{repo_id!r}: the download from {endpoint()} failed ({type(exc).__name__}: {exc}); "
-                             "start again to resume it") from None
+            raise ModelLoadError(
+                f"{repo_id!r}: the disk holding the Hugging Face cache {cache} is full ({exc}); "
+                "the partial download resumes on the next start once there is space"
+            ) from None
+        raise ModelLoadError(
+            f"{repo_id!r}: the download from {endpoint()} failed ({type(exc).__name__}: {exc}); "
+            "start again to resume it"
+        ) from None
     except Exception as exc:  # a connection dropped mid-file: the .incomplete blob resumes next time
-        raise ModelLoadError(f"{repo_id!r}: the download from {endpoint()} failed ({type(exc).__name__}: {exc}); "
-                             "start again to resume it") from None
+        raise ModelLoadError(
+            f"{repo_id!r}: the download from {endpoint()} failed ({type(exc).__name__}: {exc}); "
+            "start again to resume it"
+        ) from None
     log.info("model %s@%s is commit %s in %s", repo_id, revision or "main", commit, path)
     return ModelSource(Path(path), repo_id, revision, commit)
 
@@ -242,7 +266,8 @@ def unreachable(exc: BaseException) -> bool:
     """The Hub could not be reached (no route, refused, timed out, offline mode): the hub client's
     HTTP library raises its own transport errors, which are not ``ConnectionError``s."""
     return isinstance(exc, (ConnectionError, TimeoutError)) or any(
-        c.__name__ == "TransportError" for c in type(exc).__mro__)
+        c.__name__ == "TransportError" for c in type(exc).__mro__
+    )
 
 
 def from_cache(repo_id: str, revision: str | None, cache: Path, why: str) -> ModelSource:
@@ -255,15 +280,19 @@ def from_cache(repo_id: str, revision: str | None, cache: Path, why: str) -> Mod
     # None: filled by another tool (or an older client); the loader then checks what it needs
     patterns = wanted(listed) if listed is not None else None
     try:
-        path = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache, local_files_only=True,
-                                      allow_patterns=patterns))
+        path = Path(
+            snapshot_download(
+                repo_id, revision=revision, cache_dir=cache, local_files_only=True, allow_patterns=patterns
+            )
+        )
     except LocalEntryNotFoundError as exc:
         incomplete = "incomplete" in str(exc)
         raise ModelLoadError(
             f"{repo_id!r}@{revision or 'main'}: {why}, and the Hugging Face cache {cache} "
             f"{'holds only part of it (an interrupted download)' if incomplete else 'does not hold it'}; run "
             f"`rankserve download {repo_id}{'@' + revision if revision else ''}` with network access (or copy a "
-            "filled cache there) first") from None
+            "filled cache there) first"
+        ) from None
     log.info("model %s@%s from the cache (%s): commit %s in %s", repo_id, revision or "main", why, path.name, path)
     return ModelSource(path, repo_id, revision, path.name)
 
@@ -275,14 +304,18 @@ def hub_error(repo_id: str, revision: str | None, exc: Exception) -> ModelLoadEr
     status = getattr(getattr(exc, "response", None), "status_code", None)
     at = endpoint()
     if isinstance(exc, GatedRepoError):
-        return ModelLoadError(f"{repo_id!r} is a gated repo on {at}: accept its terms on the Hub, then set HF_TOKEN "
-                              "to a token of an account with access")
+        return ModelLoadError(
+            f"{repo_id!r} is a gated repo on {at}: accept its terms on the Hub, then set HF_TOKEN "
+            "to a token of an account with access"
+        )
     if isinstance(exc, RevisionNotFoundError):
-        return ModelLoadError(f"revision {revision!r} not found in {repo_id!r} on {at} (give a branch, tag or commit "
-                              "that exists)")
+        return ModelLoadError(
+            f"revision {revision!r} not found in {repo_id!r} on {at} (give a branch, tag or commit that exists)"
+        )
     if isinstance(exc, RepositoryNotFoundError):
-        return ModelLoadError(f"repo {repo_id!r} not found on {at}; if it is private, set HF_TOKEN to a token with "
-                              "access")
+        return ModelLoadError(
+            f"repo {repo_id!r} not found on {at}; if it is private, set HF_TOKEN to a token with access"
+        )
     if status == 401:
         return ModelLoadError(f"{at} refused the token for {repo_id!r} (HTTP 401): check HF_TOKEN")
     return ModelLoadError(f"{repo_id!r}: {at} answered HTTP {status}: {exc}")

@@ -11,8 +11,8 @@ import time
 
 import httpx
 import pytest
-
 from conftest import LiveServer, app_client, metric_sum, wait_ready
+
 from rankserve.loadgen import make_requests
 
 
@@ -102,8 +102,10 @@ def test_concurrent_requests_share_forward_passes_and_equal_sequential(bert_ce_d
 
 
 def test_passage_cache_serves_repeated_passages(default_client):
-    body = {"query": {"text": "cache probe query"},
-            "passages": [{"text": f"cache probe passage number {i}"} for i in range(10)]}
+    body = {
+        "query": {"text": "cache probe query"},
+        "passages": [{"text": f"cache probe passage number {i}"} for i in range(10)],
+    }
     before = default_client.get("/v1/metrics").text
     first = default_client.post("/v1/ranking", json=body).json()
     mid = default_client.get("/v1/metrics").text
@@ -134,8 +136,10 @@ def test_disconnected_client_work_is_dropped(bert_ce_dir):
         try:
             body = json.dumps({"query": {"text": query}, "passages": [{"text": passage}] * 60}).encode()
             with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
-                sock.sendall(b"POST /v1/ranking HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                             b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                sock.sendall(
+                    b"POST /v1/ranking HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n" % len(body) + body
+                )
                 assert forward.started.wait(60), "the request never reached the model"
             # The socket is closed while the first batch is held in the model: the request's 60 items
             # are that batch plus the rest of its job. Wait until the server has answered 499 and every
@@ -143,12 +147,16 @@ def test_disconnected_client_work_is_dropped(bert_ce_dir):
             items = [*engine.batcher._current, *engine.batcher.pending]
             assert len(engine.batcher._current) == per_batch and len(items) == 60
             closed = lambda: app.state.metrics.registry.get_sample_value(  # noqa: E731
-                "rankserve_requests_total", {"route": "/v1/ranking", "status": "499"})
+                "rankserve_requests_total", {"route": "/v1/ranking", "status": "499"}
+            )
             wait_until(lambda: closed() == 1, "the server to notice the disconnect (499)")
             wait_until(lambda: all(it.future.cancelled() for it in items), "the request's items to be cancelled")
             forward.release.set()
-            ok = httpx.post(server.url + "/v1/ranking", json={"query": {"text": query},
-                                                              "passages": [{"text": passage}] * 2}, timeout=60)
+            ok = httpx.post(
+                server.url + "/v1/ranking",
+                json={"query": {"text": query}, "passages": [{"text": passage}] * 2},
+                timeout=60,
+            )
         finally:
             forward.release.set()
         assert ok.status_code == 200 and len(ok.json()["rankings"]) == 2  # the server still serves
@@ -164,11 +172,14 @@ def test_small_request_during_a_big_one_is_answered_first_with_unbatched_scores(
     answered before the big one, and both get exactly the scores each gets alone. Without the express
     lane it waits for the held pass and runs between the big one's later passes; with it, it is
     answered while the big one's pass is still held in the model."""
-    big = {"query": {"text": "list files"},
-           "passages": [{"text": f"list files in a directory number {i % 7} " * (1 + i % 3)} for i in range(48)]}
+    big = {
+        "query": {"text": "list files"},
+        "passages": [{"text": f"list files in a directory number {i % 7} " * (1 + i % 3)} for i in range(48)],
+    }
     small = {"query": {"text": "show disk space"}, "passages": [{"text": "show disk space usage"}, {"text": "banana"}]}
-    with app_client(model=str(bert_ce_dir), max_batch_tokens=128, max_passages=64, warmup=False,
-                    express_lane=express_lane) as client:
+    with app_client(
+        model=str(bert_ce_dir), max_batch_tokens=128, max_passages=64, warmup=False, express_lane=express_lane
+    ) as client:
         wait_ready(client)
         alone = {name: client.post("/v1/ranking", json=body).json() for name, body in (("big", big), ("small", small))}
         batcher = client.app.state.engine.batcher
@@ -190,8 +201,10 @@ def test_small_request_during_a_big_one_is_answered_first_with_unbatched_scores(
                     small_future.result(60)  # answered beside the held pass
                     assert not big_future.done()
                 else:
-                    wait_until(lambda: len(batcher.pending) > 0 and any(len(j.items) == 2 for j in batcher.jobs),
-                               "the small request to queue")
+                    wait_until(
+                        lambda: len(batcher.pending) > 0 and any(len(j.items) == 2 for j in batcher.jobs),
+                        "the small request to queue",
+                    )
             finally:
                 forward.release.set()
             responses = {"big": big_future.result(), "small": small_future.result()}

@@ -17,8 +17,16 @@ def nim(client, **extra):
 
 @pytest.mark.parametrize("path", ["/v1/rerank", "/v2/rerank"])
 def test_cohere_shape_matches_nim_ranking(default_client, path):
-    r = default_client.post(path, json={"model": "sentence-transformers/all-MiniLM-L6-v2", "query": QUERY,
-                                         "documents": DOCS, "top_n": 2, "return_documents": True})
+    r = default_client.post(
+        path,
+        json={
+            "model": "sentence-transformers/all-MiniLM-L6-v2",
+            "query": QUERY,
+            "documents": DOCS,
+            "top_n": 2,
+            "return_documents": True,
+        },
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["id"] and len(body["results"]) == 2
@@ -38,7 +46,9 @@ def test_cross_encoder_relevance_is_sigmoid_of_logit(ce_client):
     ref = nim(ce_client)
     cohere = ce_client.post("/v1/rerank", json={"query": QUERY, "documents": DOCS}).json()["results"]
     tei = ce_client.post("/rerank", json={"query": QUERY, "texts": DOCS}).json()
-    raw = ce_client.post("/rerank", json={"query": QUERY, "texts": DOCS, "raw_scores": True, "return_text": True}).json()
+    raw = ce_client.post(
+        "/rerank", json={"query": QUERY, "texts": DOCS, "raw_scores": True, "return_text": True}
+    ).json()
     for a, b, c, d in zip(ref, cohere, tei, raw):
         assert a["index"] == b["index"] == c["index"] == d["index"]
         sig = 1 / (1 + math.exp(-a["logit"]))
@@ -61,8 +71,11 @@ def test_nvidia_hosted_route(bert_ce_dir):
 
     with app_client(model=str(bert_ce_dir), served_model_name="nvidia/llama-3.2-nv-rerankqa-1b-v2") as client:
         wait_ready(client)
-        body = {"model": "nvidia/llama-3.2-nv-rerankqa-1b-v2", "query": {"text": "q"},
-                "passages": [{"text": "a"}, {"text": "b"}]}
+        body = {
+            "model": "nvidia/llama-3.2-nv-rerankqa-1b-v2",
+            "query": {"text": "q"},
+            "passages": [{"text": "a"}, {"text": "b"}],
+        }
         r = client.post("/v1/retrieval/nvidia/llama-3_2-nv-rerankqa-1b-v2/reranking", json=body)
         assert r.status_code == 200 and len(r.json()["rankings"]) == 2
         wrong = client.post("/v1/retrieval/nvidia/other-model/reranking", json=body)

@@ -6,7 +6,6 @@ import base64
 
 import numpy as np
 import pytest
-
 from conftest import app_client, wait_ready
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -72,17 +71,20 @@ def test_truncate_modes(default_client):
     assert not np.allclose(start, end)  # START keeps the end, END keeps the start
 
 
-@pytest.mark.parametrize("body,status,fragment", [
-    ({"input": []}, 400, "empty list"),
-    ({"input": [""]}, 400, "input[0] is an empty string"),
-    ({"input": ["ok", 3]}, 422, "input"),
-    ({"input": [1, 2, 3]}, 400, "token ids"),
-    ({"input": [[1, 2], [3]]}, 400, "token ids"),
-    ({"input": "x", "input_type": "document"}, 422, "input_type"),
-    ({"input": "x", "encoding_format": "int8"}, 422, "encoding_format"),
-    ({"input": "x", "dimensions": 0}, 422, "dimensions"),
-    ({"input": "x", "model": "text-embedding-3-small"}, 400, "not served here"),
-])
+@pytest.mark.parametrize(
+    "body,status,fragment",
+    [
+        ({"input": []}, 400, "empty list"),
+        ({"input": [""]}, 400, "input[0] is an empty string"),
+        ({"input": ["ok", 3]}, 422, "input"),
+        ({"input": [1, 2, 3]}, 400, "token ids"),
+        ({"input": [[1, 2], [3]]}, 400, "token ids"),
+        ({"input": "x", "input_type": "document"}, 422, "input_type"),
+        ({"input": "x", "encoding_format": "int8"}, 422, "encoding_format"),
+        ({"input": "x", "dimensions": 0}, 422, "dimensions"),
+        ({"input": "x", "model": "text-embedding-3-small"}, 400, "not served here"),
+    ],
+)
 def test_bad_input(default_client, body, status, fragment):
     r = default_client.post("/v1/embeddings", json=body)
     assert r.status_code == status, r.text
@@ -103,8 +105,9 @@ def test_reranker_has_no_embeddings(ce_client):
 
 @pytest.fixture(scope="module")
 def asymmetric_client(bert_bi_dir):
-    with app_client(model=str(bert_bi_dir), served_model_name="tiny-embed",
-                    query_prefix="query: ", passage_prefix="passage: ") as client:
+    with app_client(
+        model=str(bert_bi_dir), served_model_name="tiny-embed", query_prefix="query: ", passage_prefix="passage: "
+    ) as client:
         wait_ready(client)
         yield client
 
@@ -127,7 +130,8 @@ def test_input_type_adds_prefix_and_model_suffix_selects_it(asymmetric_client, b
 
     q, p = vec(input_type="query"), vec(input_type="passage")
     ref_q, ref_p, ref_bare = SentenceTransformer(str(bert_bi_dir), device="cpu").encode(
-        ["query: list files", "passage: list files", "list files"])
+        ["query: list files", "passage: list files", "list files"]
+    )
     for got, ref in ((q, ref_q), (p, ref_p)):
         cos = float(got @ ref / np.linalg.norm(got) / np.linalg.norm(ref))
         print(f"HTTP vs sentence-transformers: cosine {cos:.8f}, max abs diff {np.abs(got - ref).max():.2e}")
@@ -137,5 +141,7 @@ def test_input_type_adds_prefix_and_model_suffix_selects_it(asymmetric_client, b
     assert np.abs(ref_q - ref_p).max() > 1e-2 and np.abs(ref_q - ref_bare).max() > 1e-2
     np.testing.assert_allclose(vec(model="tiny-embed-query"), q, atol=1e-6)
     np.testing.assert_allclose(vec(model="tiny-embed-passage"), p, atol=1e-6)
-    usage_q = asymmetric_client.post("/v1/embeddings", json={"input": ["list files"], "input_type": "query"}).json()["usage"]
+    usage_q = asymmetric_client.post("/v1/embeddings", json={"input": ["list files"], "input_type": "query"}).json()[
+        "usage"
+    ]
     assert usage_q["prompt_tokens"] == 2 + 2 + 2  # [CLS] query : list files [SEP]

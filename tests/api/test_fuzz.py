@@ -14,12 +14,12 @@ import time
 
 import pytest
 import schemathesis
+from conftest import app_client, wait_ready
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.python import asgi
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from conftest import app_client, wait_ready
 from rankserve.api.app import create_app
 from rankserve.config import load_config
 
@@ -92,8 +92,9 @@ def test_truncation_invariants(ce, query, passages):
     policy = ce.app.state.engine.policy
     lengths = [len(policy.tokenizer.encode(query, p).ids) for p in passages]
     end = ce.post("/v1/ranking", json={"query": {"text": query}, "passages": [{"text": p} for p in passages]})
-    none = ce.post("/v1/ranking", json={"query": {"text": query}, "passages": [{"text": p} for p in passages],
-                                        "truncate": "NONE"})
+    none = ce.post(
+        "/v1/ranking", json={"query": {"text": query}, "passages": [{"text": p} for p in passages], "truncate": "NONE"}
+    )
     assert end.status_code == 200, end.text
     assert end.json()["usage"]["prompt_tokens"] == sum(min(n, policy.max_length) for n in lengths)
     over = [i for i, n in enumerate(lengths) if n > policy.max_length]

@@ -7,19 +7,29 @@ import json
 
 import httpx
 import pytest
-
 from conftest import LiveServer
 
 NIM = {"query": {"text": "q"}, "passages": [{"text": "p"}]}
 COHERE = {"query": "q", "documents": ["p"]}
 TEI = {"query": "q", "texts": ["p"]}
 EMBED = {"input": ["p"]}
-ROUTES = {"/v1/ranking": NIM, "/v1/retrieval/sentence-transformers/all-MiniLM-L6-v2/reranking": NIM,
-          "/v1/rerank": COHERE, "/v2/rerank": COHERE, "/rerank": TEI, "/v1/embeddings": EMBED}
+ROUTES = {
+    "/v1/ranking": NIM,
+    "/v1/retrieval/sentence-transformers/all-MiniLM-L6-v2/reranking": NIM,
+    "/v1/rerank": COHERE,
+    "/v2/rerank": COHERE,
+    "/rerank": TEI,
+    "/v1/embeddings": EMBED,
+}
 # The route's own numeric (or, for TEI, flag) fields: where absurd numbers must be refused.
-NUMBERS = {"/v1/ranking": ("top_k", "top_n"), "/v1/retrieval/sentence-transformers/all-MiniLM-L6-v2/reranking": ("top_k",),
-           "/v1/rerank": ("top_n", "max_tokens_per_doc"), "/v2/rerank": ("top_n",), "/rerank": ("raw_scores",),
-           "/v1/embeddings": ("dimensions",)}
+NUMBERS = {
+    "/v1/ranking": ("top_k", "top_n"),
+    "/v1/retrieval/sentence-transformers/all-MiniLM-L6-v2/reranking": ("top_k",),
+    "/v1/rerank": ("top_n", "max_tokens_per_doc"),
+    "/v2/rerank": ("top_n",),
+    "/rerank": ("raw_scores",),
+    "/v1/embeddings": ("dimensions",),
+}
 TEXT_FIELD = {"/v1/rerank": ("query",), "/v2/rerank": ("query",), "/rerank": ("query",), "/v1/embeddings": ("input", 0)}
 
 
@@ -38,7 +48,9 @@ def hostile_bodies(route: str) -> dict[str, bytes]:
     valid = ROUTES[route]
 
     def numbers(raw: bytes) -> bytes:
-        return json.dumps(valid).encode()[:-1] + b"".join(b', "%s": %s' % (k.encode(), raw) for k in NUMBERS[route]) + b"}"
+        return (
+            json.dumps(valid).encode()[:-1] + b"".join(b', "%s": %s' % (k.encode(), raw) for k in NUMBERS[route]) + b"}"
+        )
 
     deep = b"[" * 50_000 + b"]" * 50_000
     return {
@@ -86,11 +98,21 @@ def test_hostile_bodies_are_4xx_and_the_connection_survives(server, route):
 
 @pytest.mark.parametrize("route", list(ROUTES))
 def test_odd_but_valid_text_is_served(server, route):
-    r = httpx.post(server.url + route, content=json.dumps({**ROUTES[route], "ignored": "\udfff"}),
-                   headers={"content-type": "application/json"}, timeout=60)
+    r = httpx.post(
+        server.url + route,
+        content=json.dumps({**ROUTES[route], "ignored": "\udfff"}),
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
     assert r.status_code == 200, r.text[:300]  # unknown fields are ignored, whatever they hold
-    for text in ("NUL \x00 inside", "\u202eRTL override\u202c and \u200f mark", "emoji 🙂👩‍👩‍👧 and 東京",
-                 "\ufeffBOM", "tabs\tand\nnewlines\r\n", "combining e\u0301\u0301\u0301"):
+    for text in (
+        "NUL \x00 inside",
+        "\u202eRTL override\u202c and \u200f mark",
+        "emoji 🙂👩‍👩‍👧 and 東京",
+        "\ufeffBOM",
+        "tabs\tand\nnewlines\r\n",
+        "combining e\u0301\u0301\u0301",
+    ):
         r = httpx.post(server.url + route, json=with_text(route, text), timeout=60)
         assert r.status_code == 200, (text, r.text[:300])
 
@@ -109,9 +131,14 @@ def test_wrong_content_type_and_methods(server):
     assert r.status_code == 404 and r.json()["error"]["code"] == 404
 
 
-@pytest.mark.parametrize("raw, line, column", [(b'{"query": {"text": "q"},\n "passages": [}', 2, 15),
-                                               (b'{"query": {"text": "q"} "passages": []}', 1, 25),
-                                               (b'{"query": ', 1, 11)])
+@pytest.mark.parametrize(
+    "raw, line, column",
+    [
+        (b'{"query": {"text": "q"},\n "passages": [}', 2, 15),
+        (b'{"query": {"text": "q"} "passages": []}', 1, 25),
+        (b'{"query": ', 1, 11),
+    ],
+)
 def test_json_syntax_errors_say_line_and_column(server, raw, line, column):
     r = httpx.post(server.url + "/v1/ranking", content=raw, headers={"content-type": "application/json"}, timeout=30)
     assert r.status_code == 400  # malformed syntax; 422 is for well-formed JSON the schema refuses
@@ -120,10 +147,13 @@ def test_json_syntax_errors_say_line_and_column(server, raw, line, column):
     assert error["message"].startswith("body is not valid JSON") and f"line {line}, column {column}" in error["message"]
 
 
-@pytest.mark.parametrize("body, where, hint", [
-    ({"query": {"text": "q"}, "passages": ["a passage", {"text": "b"}]}, "passages.0", '{"text": "a passage"}'),
-    ({"query": "what is ls", "passages": [{"text": "b"}]}, "query", '{"text": "what is ls"}'),
-])
+@pytest.mark.parametrize(
+    "body, where, hint",
+    [
+        ({"query": {"text": "q"}, "passages": ["a passage", {"text": "b"}]}, "passages.0", '{"text": "a passage"}'),
+        ({"query": "what is ls", "passages": [{"text": "b"}]}, "query", '{"text": "what is ls"}'),
+    ],
+)
 def test_strings_where_text_objects_go_say_the_shape(server, body, where, hint):
     r = httpx.post(server.url + "/v1/ranking", json=body, timeout=30)
     assert r.status_code == 422

@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from conftest import app_client, metric_sum, wait_ready
+
 from rankserve.cli import build_parser, config_from
 from rankserve.config import load_config
 from rankserve.errors import ConfigError
@@ -67,7 +67,9 @@ def test_unknown_model_is_a_400_naming_the_served_ones(two):
 
 
 def test_compat_routes_route_too(two):
-    cohere = two.post("/v1/rerank", json={"model": "emb", "query": QUERY["text"], "documents": [p["text"] for p in PASSAGES]})
+    cohere = two.post(
+        "/v1/rerank", json={"model": "emb", "query": QUERY["text"], "documents": [p["text"] for p in PASSAGES]}
+    )
     assert cohere.status_code == 200
     cosines = logits(two.post("/v1/ranking", json={"query": QUERY, "passages": PASSAGES, "model": "emb"}))
     assert {r["index"]: r["relevance_score"] for r in cohere.json()["results"]} == pytest.approx(cosines, abs=1e-6)
@@ -80,10 +82,16 @@ def test_metrics_carry_the_model_label(two):
     r = two.post("/v1/ranking", json={"query": QUERY, "passages": PASSAGES, "model": "emb"})
     assert r.status_code == 200
     after = two.get("/v1/metrics").text
-    moved = {m: metric_sum(after, "rankserve_tokens_total", model=m) - metric_sum(before, "rankserve_tokens_total", model=m)
-             for m in ("rr", "emb")}
+    moved = {
+        m: metric_sum(after, "rankserve_tokens_total", model=m) - metric_sum(before, "rankserve_tokens_total", model=m)
+        for m in ("rr", "emb")
+    }
     assert moved["rr"] == 0 and moved["emb"] > 0  # only the model that ran counted tokens
-    assert metric_sum(after, "rankserve_runtime_info", model="rr") == 1 == metric_sum(after, "rankserve_runtime_info", model="emb")
+    assert (
+        metric_sum(after, "rankserve_runtime_info", model="rr")
+        == 1
+        == metric_sum(after, "rankserve_runtime_info", model="emb")
+    )
     # HTTP series are the app's: one per route and status, no model label
     assert metric_sum(after, "rankserve_requests_total", route="/v1/ranking", status="200", model="emb") == 0
     assert metric_sum(after, "rankserve_requests_total", route="/v1/ranking", status="200") >= 1
@@ -97,8 +105,15 @@ def test_cli_model_flag_repeats(bert_ce_dir, bert_bi_dir):
     assert single.model_entries() == [(None, str(bert_ce_dir))]  # a bare PATH keeps its meaning
 
 
-@pytest.mark.parametrize("model, why", [("{ce},{bi}", "each needs a name"), ("a={ce},a={bi}", "share a name"),
-                                        ("a={ce},b=", "an empty entry"), ("a={ce},b=/no/such/dir", "not a directory")])
+@pytest.mark.parametrize(
+    "model, why",
+    [
+        ("{ce},{bi}", "each needs a name"),
+        ("a={ce},a={bi}", "share a name"),
+        ("a={ce},b=", "an empty entry"),
+        ("a={ce},b=/no/such/dir", "not a directory"),
+    ],
+)
 def test_bad_model_lists_are_config_errors(bert_ce_dir, bert_bi_dir, model, why):
     with pytest.raises(ConfigError, match=why):
         load_config({"model": model.format(ce=bert_ce_dir, bi=bert_bi_dir)}, environ={})
@@ -134,9 +149,14 @@ def test_config_file_toml_and_yaml_with_models(bert_ce_dir, bert_bi_dir, tmp_pat
     assert from_yaml.model_entries() == [("rr", str(bert_ce_dir))] and from_yaml.max_passages == 5
 
 
-@pytest.mark.parametrize("text, why", [("max_pasages = 3\n", "unknown setting 'max_pasages'"),
-                                       ("port = \n", "cannot read config file"),
-                                       ("models = 3\n", "models must be a table")])
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        ("max_pasages = 3\n", "unknown setting 'max_pasages'"),
+        ("port = \n", "cannot read config file"),
+        ("models = 3\n", "models must be a table"),
+    ],
+)
 def test_bad_config_files_are_config_errors(tmp_path, text, why):
     from rankserve.config import read_config_file
 

@@ -8,25 +8,25 @@ origin (air-gapped deployments), and must log no console errors (a CSP violation
 from __future__ import annotations
 
 import shutil
-from typing import Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
-
+from conftest import TEST_DTYPE, LiveServer, app_client, require
 from playwright.sync_api import expect, sync_playwright
 
-from conftest import TEST_DTYPE, LiveServer, app_client, require
-
 QUERY = "how do I list open files"
-PASSAGES = ["lsof lists open files and the processes that opened them",
-            "the weather in Paris is mild in spring",
-            "ls lists directory contents",
-            "open(2) opens a file and returns a descriptor",
-            "tar stores files in an archive"]
+PASSAGES = [
+    "lsof lists open files and the processes that opened them",
+    "the weather in Paris is mild in spring",
+    "ls lists directory contents",
+    "open(2) opens a file and returns a descriptor",
+    "tar stores files in an archive",
+]
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator["object"]:
+def browser() -> Iterator[object]:
     chromium = shutil.which("chromium")
     require(chromium is not None, "no chromium for the browser test", "apt-get install chromium")
     with sync_playwright() as p:
@@ -48,8 +48,11 @@ class Page:
         self.base = base
 
     def foreign(self) -> list[str]:
-        return [u for u in self.requests if not (u.startswith(self.base + "/") or u.startswith("data:")
-                                                 or u.startswith("blob:"))]
+        return [
+            u
+            for u in self.requests
+            if not (u.startswith(self.base + "/") or u.startswith("data:") or u.startswith("blob:"))
+        ]
 
     def close(self) -> None:
         self.page.close()
@@ -63,8 +66,10 @@ def two_models(bert_ce_dir, bert_bi_dir) -> Iterator[LiveServer]:
 
 def ranked_in_dom(page) -> list[tuple[int, float]]:
     items = page.locator("#results li.result")
-    return [(int(items.nth(i).get_attribute("data-index")), float(items.nth(i).get_attribute("data-logit")))
-            for i in range(items.count())]
+    return [
+        (int(items.nth(i).get_attribute("data-index")), float(items.nth(i).get_attribute("data-logit")))
+        for i in range(items.count())
+    ]
 
 
 def fill_and_rank(page, query: str, passages: list[str]) -> None:
@@ -84,8 +89,10 @@ def test_playground_ranks_with_each_served_model(browser, two_models):
         fill_and_rank(page, QUERY, PASSAGES)
         page.wait_for_selector(f"#results li.result >> nth={len(PASSAGES) - 1}")
         shown = ranked_in_dom(page)
-        api = httpx.post(two_models.url + "/v1/ranking", json={
-            "model": model, "query": {"text": QUERY}, "passages": [{"text": t} for t in PASSAGES]}).json()
+        api = httpx.post(
+            two_models.url + "/v1/ranking",
+            json={"model": model, "query": {"text": QUERY}, "passages": [{"text": t} for t in PASSAGES]},
+        ).json()
         assert [i for i, _ in shown] == [r["index"] for r in api["rankings"]]
         assert [lg for _, lg in shown] == pytest.approx([r["logit"] for r in api["rankings"]], abs=1e-6)
         # each result shows its passage's own text, best first
@@ -95,8 +102,10 @@ def test_playground_ranks_with_each_served_model(browser, two_models):
     # bars: the best passage's bar is full, the worst's is the shortest
     fill_and_rank(page, QUERY, PASSAGES)
     page.wait_for_selector(f"#results li.result >> nth={len(PASSAGES) - 1}")
-    widths = [float(w.rstrip("%")) for w in
-              page.eval_on_selector_all("#results .bar > div", "els => els.map(e => e.style.width)")]
+    widths = [
+        float(w.rstrip("%"))
+        for w in page.eval_on_selector_all("#results .bar > div", "els => els.map(e => e.style.width)")
+    ]
     assert widths[0] == 100.0 and widths[-1] == 5.0 and widths == sorted(widths, reverse=True)
     assert view.foreign() == [] and view.errors == []
     view.close()
@@ -144,10 +153,13 @@ def test_playground_with_api_key(browser, bert_ce_dir):
         view.close()
 
 
-@pytest.mark.parametrize("path, ready, expect", [
-    ("/docs", ".swagger-ui .opblock-summary-path", "/v1/ranking"),
-    ("/redoc", "[role=menuitem], .menu-content li", "ranking"),
-])
+@pytest.mark.parametrize(
+    "path, ready, expect",
+    [
+        ("/docs", ".swagger-ui .opblock-summary-path", "/v1/ranking"),
+        ("/redoc", "[role=menuitem], .menu-content li", "ranking"),
+    ],
+)
 def test_api_docs_render_offline(browser, two_models, path, ready, expect):
     view = Page(browser, two_models.url)
     page = view.page
@@ -159,6 +171,24 @@ def test_api_docs_render_offline(browser, two_models, path, ready, expect):
     assert view.errors == [], view.errors
     # the bundles came from this server
     assert any(u.endswith(".js") and "/ui/vendor/" in u for u in view.requests)
+    view.close()
+
+
+@pytest.mark.parametrize("route", ["/v1/ranking", "/v1/embeddings", "/v1/rerank", "/rerank"])
+def test_swagger_try_it_out_default_body_works(browser, two_models, route):
+    """What a newcomer does first in /docs: open a route, "Try it out", "Execute" with the body as
+    Swagger fills it in. It must answer 200 (it used to send model "string", top_k and top_n 0)."""
+    view = Page(browser, two_models.url)
+    page = view.page
+    page.goto(two_models.url + "/docs")
+    block = page.locator(".opblock-post").filter(has=page.locator(f'.opblock-summary-path[data-path="{route}"]')).first
+    block.locator(".opblock-summary").click()
+    block.locator(".try-out__btn").click()
+    body = block.locator("textarea.body-param__text").input_value()
+    assert "string" not in body, body  # the schema's example, not type placeholders
+    block.locator(".execute").click()
+    status = block.locator(".live-responses-table tr.response td.response-col_status").first
+    expect(status).to_have_text("200", timeout=30_000)
     view.close()
 
 

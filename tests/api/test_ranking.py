@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from checkpoints import WORDS
 from conftest import app_client, wait_ready
 
@@ -14,18 +13,30 @@ REF_TOL = 1e-5
 
 # (query, relevant passage, irrelevant passages): real English, judged by the real default model.
 CASES = [
-    ("How do I list the files in a directory?",
-     "The ls command lists the contents of a directory.",
-     ["Bananas are a good source of potassium.", "Paris is the capital of France.", "The stock market fell today."]),
-    ("What is the capital of France?",
-     "Paris is the capital and largest city of France.",
-     ["The ls command lists the contents of a directory.", "Cats sleep for most of the day.", "Python is a programming language."]),
-    ("Which fruit is rich in potassium?",
-     "Bananas are a good source of potassium.",
-     ["Paris is the capital of France.", "A compiler translates source code.", "The ocean covers most of Earth."]),
-    ("How do I compress a file on Linux?",
-     "gzip compresses files using the Lempel-Ziv coding.",
-     ["The Eiffel Tower is in Paris.", "Bananas are yellow when ripe.", "Football is played with eleven players."]),
+    (
+        "How do I list the files in a directory?",
+        "The ls command lists the contents of a directory.",
+        ["Bananas are a good source of potassium.", "Paris is the capital of France.", "The stock market fell today."],
+    ),
+    (
+        "What is the capital of France?",
+        "Paris is the capital and largest city of France.",
+        [
+            "The ls command lists the contents of a directory.",
+            "Cats sleep for most of the day.",
+            "Python is a programming language.",
+        ],
+    ),
+    (
+        "Which fruit is rich in potassium?",
+        "Bananas are a good source of potassium.",
+        ["Paris is the capital of France.", "A compiler translates source code.", "The ocean covers most of Earth."],
+    ),
+    (
+        "How do I compress a file on Linux?",
+        "gzip compresses files using the Lempel-Ziv coding.",
+        ["The Eiffel Tower is in Paris.", "Bananas are yellow when ripe.", "Football is played with eleven players."],
+    ),
 ]
 
 
@@ -62,8 +73,11 @@ def ce_reference(bert_ce_dir):
 def hf_logit(model, encoding) -> float:
     """transformers' logit for one tokenized (query, passage) pair."""
     with torch.inference_mode():
-        out = model(input_ids=torch.tensor([encoding.ids]), token_type_ids=torch.tensor([encoding.type_ids]),
-                    attention_mask=torch.tensor([encoding.attention_mask]))
+        out = model(
+            input_ids=torch.tensor([encoding.ids]),
+            token_type_ids=torch.tensor([encoding.type_ids]),
+            attention_mask=torch.tensor([encoding.attention_mask]),
+        )
     return out.logits[0, 0].item()
 
 
@@ -117,7 +131,10 @@ def st_default():
 
 def st_cosines(st, query, passages) -> list[float]:
     q, p = st.encode([query]), st.encode(list(passages))  # ends in Normalize: unit vectors
-    q, p = torch.nn.functional.normalize(torch.tensor(q), dim=-1), torch.nn.functional.normalize(torch.tensor(p), dim=-1)
+    q, p = (
+        torch.nn.functional.normalize(torch.tensor(q), dim=-1),
+        torch.nn.functional.normalize(torch.tensor(p), dim=-1),
+    )
     return (p @ q[0]).tolist()
 
 
@@ -135,17 +152,25 @@ def test_default_model_logits_are_sentence_transformers_cosines(default_client, 
     assert diff <= REF_TOL
 
 
-README_PASSAGES = ["Bananas are a good source of potassium.", "The ls command lists the contents of a directory.",
-                   "Paris is the capital of France."]
+README_PASSAGES = [
+    "Bananas are a good source of potassium.",
+    "The ls command lists the contents of a directory.",
+    "Paris is the capital of France.",
+]
 README_OUTPUT = [(1, 0.649397611618042), (2, 0.025144480168819427), (0, -0.0491013377904892)]
 
 
 def test_readme_ranking_example(default_client, st_default):
     """README's curl request returns README's printed output (and sentence-transformers' cosines)."""
     query = "How do I list the files in a directory?"
-    r = default_client.post("/v1/ranking", json={
-        "model": "sentence-transformers/all-MiniLM-L6-v2", "query": {"text": query},
-        "passages": [{"text": p} for p in README_PASSAGES]})
+    r = default_client.post(
+        "/v1/ranking",
+        json={
+            "model": "sentence-transformers/all-MiniLM-L6-v2",
+            "query": {"text": query},
+            "passages": [{"text": p} for p in README_PASSAGES],
+        },
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert [x["index"] for x in body["rankings"]] == [i for i, _ in README_OUTPUT]
@@ -188,17 +213,20 @@ def test_model_mismatch_names_both(default_client):
     assert "nvidia/llama-3.2-nv-rerankqa-1b-v2" in msg and "sentence-transformers/all-MiniLM-L6-v2" in msg
 
 
-@pytest.mark.parametrize("body,where", [
-    ({"query": {"text": ""}, "passages": [{"text": "p"}]}, "query.text"),
-    ({"query": {"text": "   "}, "passages": [{"text": "p"}]}, "query.text"),
-    ({"query": {"text": "q"}, "passages": []}, "passages"),
-    ({"query": {"text": 5}, "passages": [{"text": "p"}]}, "query.text"),
-    ({"query": {"text": "q"}, "passages": [{"text": ["p"]}]}, "passages.0.text"),
-    ({"query": {"text": "q"}, "passages": [{"text": "p"}], "truncate": "START"}, "truncate"),
-    ({"query": "q", "passages": [{"text": "p"}]}, "query"),
-    ({"passages": [{"text": "p"}]}, "query"),
-    ({"query": {"text": "q"}, "passages": [{"text": "p"}], "top_k": 0}, "top_k"),
-])
+@pytest.mark.parametrize(
+    "body,where",
+    [
+        ({"query": {"text": ""}, "passages": [{"text": "p"}]}, "query.text"),
+        ({"query": {"text": "   "}, "passages": [{"text": "p"}]}, "query.text"),
+        ({"query": {"text": "q"}, "passages": []}, "passages"),
+        ({"query": {"text": 5}, "passages": [{"text": "p"}]}, "query.text"),
+        ({"query": {"text": "q"}, "passages": [{"text": ["p"]}]}, "passages.0.text"),
+        ({"query": {"text": "q"}, "passages": [{"text": "p"}], "truncate": "START"}, "truncate"),
+        ({"query": "q", "passages": [{"text": "p"}]}, "query"),
+        ({"passages": [{"text": "p"}]}, "query"),
+        ({"query": {"text": "q"}, "passages": [{"text": "p"}], "top_k": 0}, "top_k"),
+    ],
+)
 def test_schema_errors_are_422_with_field(default_client, body, where):
     r = default_client.post("/v1/ranking", json=body)
     assert r.status_code == 422, r.text
@@ -242,10 +270,14 @@ def test_truncate_end_is_default_and_scores_long_passages(ce_client, ce_referenc
     assert len(full.ids) > limit
     # Reference truncation: tokenizers' own "only_second" strategy (passage tokens only), from the right.
     cut, start_cut = (truncating_tokenizer(bert_ce_dir, limit, side).encode(query, long) for side in ("right", "left"))
-    assert len(cut.ids) == limit and cut.ids[:4] == full.ids[:4] and cut.ids[-1] == full.ids[-1]  # [CLS] q [SEP] .. [SEP]
+    assert (
+        len(cut.ids) == limit and cut.ids[:4] == full.ids[:4] and cut.ids[-1] == full.ids[-1]
+    )  # [CLS] q [SEP] .. [SEP]
     expected, wrong = hf_logit(model, cut), hf_logit(model, start_cut)
-    print(f"long passage: HTTP {got[1]:.7f}, transformers on the END-cut pair {expected:.7f} "
-          f"(passage cut from the start instead: {wrong:.7f})")
+    print(
+        f"long passage: HTTP {got[1]:.7f}, transformers on the END-cut pair {expected:.7f} "
+        f"(passage cut from the start instead: {wrong:.7f})"
+    )
     assert got[1] == pytest.approx(expected, abs=REF_TOL)
     assert abs(wrong - expected) > 100 * REF_TOL  # the check can tell which side was cut
     assert got[0] == pytest.approx(hf_logit(model, tok.encode(query, "short")), abs=REF_TOL)
@@ -256,7 +288,7 @@ def test_truncate_end_is_default_and_scores_long_passages(ce_client, ce_referenc
     assert r.status_code == 200, r.text
     q = tok.encode(long_query, "short")
     cls_id, sep_id = q.ids[0], q.ids[-1]
-    q_ids = q.ids[1:q.type_ids.index(1) - 1]  # the query's own tokens
+    q_ids = q.ids[1 : q.type_ids.index(1) - 1]  # the query's own tokens
     ids = [cls_id, *q_ids[: limit - 3], sep_id, sep_id]
     types = [0] * (limit - 1) + [1]
     with torch.inference_mode():
@@ -266,7 +298,10 @@ def test_truncate_end_is_default_and_scores_long_passages(ce_client, ce_referenc
 
 
 def test_server_keeps_serving_after_errors(default_client):
-    for bad in ({"query": {"text": ""}}, {"query": {"text": "q"}, "passages": [{"text": "x " * 2000}], "truncate": "NONE"}):
+    for bad in (
+        {"query": {"text": ""}},
+        {"query": {"text": "q"}, "passages": [{"text": "x " * 2000}], "truncate": "NONE"},
+    ):
         assert default_client.post("/v1/ranking", json=bad).status_code in (400, 422)
     assert rank(default_client, "q", ["p"]).status_code == 200
 
@@ -283,16 +318,28 @@ def test_api_key_when_configured():
     with app_client(api_key="s3cret") as client:
         wait_ready(client)
         assert rank(client, "q", ["p"]).status_code == 401
-        assert client.post("/v1/ranking", json={"query": {"text": "q"}, "passages": [{"text": "p"}]},
-                           headers={"Authorization": "Bearer wrong"}).status_code == 401
-        ok = client.post("/v1/ranking", json={"query": {"text": "q"}, "passages": [{"text": "p"}]},
-                         headers={"Authorization": "Bearer s3cret"})
+        assert (
+            client.post(
+                "/v1/ranking",
+                json={"query": {"text": "q"}, "passages": [{"text": "p"}]},
+                headers={"Authorization": "Bearer wrong"},
+            ).status_code
+            == 401
+        )
+        ok = client.post(
+            "/v1/ranking",
+            json={"query": {"text": "q"}, "passages": [{"text": "p"}]},
+            headers={"Authorization": "Bearer s3cret"},
+        )
         assert ok.status_code == 200
         assert client.get("/v1/health/live").status_code == 200  # health stays open
 
 
 def test_any_bearer_accepted_without_key(default_client):
     for token in ("NO_API_KEY_PROVIDED", "**********", ""):
-        r = default_client.post("/v1/ranking", json={"query": {"text": "q"}, "passages": [{"text": "p"}]},
-                                headers={"Authorization": f"Bearer {token}"})
+        r = default_client.post(
+            "/v1/ranking",
+            json={"query": {"text": "q"}, "passages": [{"text": "p"}]},
+            headers={"Authorization": f"Bearer {token}"},
+        )
         assert r.status_code == 200

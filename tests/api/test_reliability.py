@@ -10,9 +10,9 @@ import time
 
 import pytest
 import torch
+from conftest import app_client, metric_sum, wait_ready
 from fastapi.testclient import TestClient
 
-from conftest import app_client, metric_sum, wait_ready
 from rankserve.api.app import create_app
 from rankserve.config import load_config
 
@@ -52,12 +52,18 @@ class Gate:
 def ce(bert_ce_dir):
     def make(**overrides):
         return app_client(model=str(bert_ce_dir), warmup=False, **overrides)
+
     return make
 
 
-@pytest.mark.parametrize("limit,what", [({"max_queue_requests": 2}, "requests"),
-                                        ({"max_queue_items": 4}, "items"),
-                                        ({"max_queue_tokens": 40, "max_request_tokens": 20}, "tokens")])
+@pytest.mark.parametrize(
+    "limit,what",
+    [
+        ({"max_queue_requests": 2}, "requests"),
+        ({"max_queue_items": 4}, "items"),
+        ({"max_queue_tokens": 40, "max_request_tokens": 20}, "tokens"),
+    ],
+)
 def test_full_queue_answers_503_at_once_and_admitted_requests_finish(ce, limit, what):
     with ce(**limit) as client, concurrent.futures.ThreadPoolExecutor(4) as pool:
         wait_ready(client)
@@ -163,8 +169,13 @@ def test_several_api_keys_and_a_key_file(ce, tmp_path):
         wait_ready(client)
         for key in ("alpha", "beta", "from-file-1", "from-file-2"):
             assert rank(client, Authorization=f"Bearer {key}").status_code == 200, key
-        for header in ({}, {"Authorization": "Bearer gamma"}, {"Authorization": "Bearer alpha,beta"},
-                       {"Authorization": "Basic alpha"}, {"Authorization": "Bearer "}):
+        for header in (
+            {},
+            {"Authorization": "Bearer gamma"},
+            {"Authorization": "Bearer alpha,beta"},
+            {"Authorization": "Basic alpha"},
+            {"Authorization": "Bearer "},
+        ):
             r = rank(client, **header)
             assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", header
             assert r.json()["error"]["type"] == "authentication_error"
@@ -212,8 +223,10 @@ def test_request_id_is_echoed_or_generated(ce):
 def test_queue_wait_and_batch_fill_are_measured_per_pass(ce):
     with ce() as client:
         wait_ready(client)
-        mixed = {"query": {"text": "list files"},
-                 "passages": [{"text": "list files in a directory " * 4}, {"text": "banana"}]}
+        mixed = {
+            "query": {"text": "list files"},
+            "passages": [{"text": "list files in a directory " * 4}, {"text": "banana"}],
+        }
         for _ in range(3):
             assert rank(client, mixed).status_code == 200
         passes = metric(client, "rankserve_batch_size_count")

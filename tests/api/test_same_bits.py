@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-
 from conftest import LiveServer, free_port, require
+
 from rankserve.api.compat import sigmoid
 
 try:
@@ -26,9 +26,11 @@ except ImportError:  # pragma: no cover - the [dev] extra installs it
     tg = None
 
 QUERY = "how do i list the files in a directory"
-WORDS = ("ls lists directory contents sorted by name with options for long format hidden files and "
-         "recursion df reports file system disk space usage du estimates file space grep prints lines "
-         "matching a pattern find searches for files in a directory hierarchy").split()
+WORDS = (
+    "ls lists directory contents sorted by name with options for long format hidden files and "
+    "recursion df reports file system disk space usage du estimates file space grep prints lines "
+    "matching a pattern find searches for files in a directory hierarchy"
+).split()
 
 
 def passages(count: int, seed: int, longest: int = 40) -> list[str]:
@@ -50,8 +52,11 @@ def server(bert_ce_dir):
 
 
 def nim(url: str, texts: list[str], truncate: str = "END") -> list[float]:
-    r = httpx.post(url + "/v1/ranking", timeout=120, json={
-        "model": "ce", "query": {"text": QUERY}, "passages": [{"text": t} for t in texts], "truncate": truncate})
+    r = httpx.post(
+        url + "/v1/ranking",
+        timeout=120,
+        json={"model": "ce", "query": {"text": QUERY}, "passages": [{"text": t} for t in texts], "truncate": truncate},
+    )
     assert r.status_code == 200, r.text
     logits = [0.0] * len(texts)
     for item in r.json()["rankings"]:

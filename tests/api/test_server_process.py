@@ -13,7 +13,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import free_port, require
 
 SERVE = [sys.executable, "-m", "rankserve.cli", "serve", "--host", "127.0.0.1", "--no-warmup"]
@@ -53,8 +52,9 @@ def broken_models(root: Path, ce_dir: Path) -> dict[str, tuple[Path, str]]:
 
 def test_start_up_failures_exit_1_with_one_clear_line(tmp_path, bert_ce_dir):
     for name, (folder, fragment) in broken_models(tmp_path, bert_ce_dir).items():
-        proc = subprocess.run([*SERVE, "--port", str(free_port()), "--model", str(folder)],
-                              capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [*SERVE, "--port", str(free_port()), "--model", str(folder)], capture_output=True, text=True, timeout=120
+        )
         assert proc.returncode == 1, (name, proc.returncode, proc.stderr[-2000:])
         lines = [line for line in proc.stderr.splitlines() if "cannot serve" in line]
         assert len(lines) == 1 and fragment in lines[0], (name, proc.stderr[-2000:])
@@ -72,8 +72,12 @@ def test_a_port_in_use_is_a_config_error_before_the_model_loads(bert_ce_dir):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", port))
         busy.listen()
-        proc = subprocess.run([*SERVE, "--port", str(port), "--model", str(bert_ce_dir), "--log-level", "info"],
-                              capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [*SERVE, "--port", str(port), "--model", str(bert_ce_dir), "--log-level", "info"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"port {port} on 127.0.0.1 is already in use" in proc.stderr and "--port" in proc.stderr
     assert "loaded " not in proc.stderr and "Traceback" not in proc.stderr
@@ -87,10 +91,14 @@ class Server:
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.log = tmp_path / f"server-{self.port}.log"
         self.verify = verify
-        self.proc = subprocess.Popen([*SERVE, "--port", str(self.port), *args], stdout=subprocess.DEVNULL,
-                                     stderr=self.log.open("w"), env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.proc = subprocess.Popen(
+            [*SERVE, "--port", str(self.port), *args],
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("w"),
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log.read_text()
@@ -128,11 +136,39 @@ def test_https_with_a_certificate(tmp_path, bert_ce_dir):
     openssl = shutil.which("openssl")
     require(openssl is not None, "HTTPS test needs openssl", "apt-get install openssl")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
-    with Server(tmp_path, "--model", str(bert_ce_dir), "--ssl-certfile", str(cert), "--ssl-keyfile", str(key),
-                scheme="https", verify=str(cert)) as server:
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    with Server(
+        tmp_path,
+        "--model",
+        str(bert_ce_dir),
+        "--ssl-certfile",
+        str(cert),
+        "--ssl-keyfile",
+        str(key),
+        scheme="https",
+        verify=str(cert),
+    ) as server:
         body = {"query": {"text": "list files"}, "passages": [{"text": "ls lists files"}]}
         r = httpx.post(server.url + "/v1/ranking", json=body, verify=str(cert))
         assert r.status_code == 200 and len(r.json()["rankings"]) == 1

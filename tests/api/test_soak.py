@@ -35,9 +35,20 @@ def load_bench():
 def soak(tmp_path_factory):
     bench = load_bench()
     opts = bench.Options(
-        clients=16, seconds=8, min_valid=21, min_invalid=6, distinct=32, passage_pool=64, timeout=120,
-        overload_queue=4, overload_requests=24, overload_passages=16, overload_waves=1,
-        sigterm_requests=8, sigterm_passages=24, drain_timeout=30,
+        clients=16,
+        seconds=8,
+        min_valid=21,
+        min_invalid=6,
+        distinct=32,
+        passage_pool=64,
+        timeout=120,
+        overload_queue=4,
+        overload_requests=24,
+        overload_passages=16,
+        overload_waves=1,
+        sigterm_requests=8,
+        sigterm_passages=24,
+        drain_timeout=30,
         log_dir=str(tmp_path_factory.mktemp("soak-logs")),
         serve_args=("--dtype", "float32"),  # answers are checked at 1e-5: the exact path (conftest.TEST_DTYPE)
     )

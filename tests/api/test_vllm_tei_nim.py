@@ -47,12 +47,15 @@ def test_vllm_score_pairs_by_position(ce_client):
     assert got[0] != got[1]  # different queries really paired
 
 
-@pytest.mark.parametrize("body, param", [
-    ({"text_1": ["a", "b"], "text_2": ["x", "y", "z"]}, "text_2"),
-    ({"text_1": [], "text_2": ["x"]}, "text_1"),
-    ({"text_1": "a", "text_2": ["x"], "truncate_prompt_tokens": 5}, "truncate_prompt_tokens"),
-    ({"text_1": "a", "text_2": ["x"], "model": "other"}, "model"),
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"text_1": ["a", "b"], "text_2": ["x", "y", "z"]}, "text_2"),
+        ({"text_1": [], "text_2": ["x"]}, "text_1"),
+        ({"text_1": "a", "text_2": ["x"], "truncate_prompt_tokens": 5}, "truncate_prompt_tokens"),
+        ({"text_1": "a", "text_2": ["x"], "model": "other"}, "model"),
+    ],
+)
 def test_vllm_score_errors_name_the_field(ce_client, body, param):
     r = ce_client.post("/score", json=body)
     assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
@@ -75,9 +78,13 @@ def test_tei_embed_truncation_and_refusals(default_client):
     long_text = "word " * 2000
     assert default_client.post("/embed", json={"inputs": long_text}).status_code == 400  # TEI default: no truncation
     for direction in ("Right", "Left"):
-        r = default_client.post("/embed", json={"inputs": long_text, "truncate": True, "truncation_direction": direction})
+        r = default_client.post(
+            "/embed", json={"inputs": long_text, "truncate": True, "truncation_direction": direction}
+        )
         assert r.status_code == 200 and len(r.json()[0]) == 384
-    assert default_client.post("/embed", json={"inputs": "x", "normalize": False}).json()["error"]["param"] == "normalize"
+    assert (
+        default_client.post("/embed", json={"inputs": "x", "normalize": False}).json()["error"]["param"] == "normalize"
+    )
     assert default_client.post("/embed", json={"inputs": "x", "prompt_name": "nope"}).status_code == 400
     assert default_client.post("/embed", json={"inputs": []}).json()["error"]["param"] == "inputs"
 

@@ -10,8 +10,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-DOCS = ["Bananas are a good source of potassium.", "The ls command lists directory contents.",
-        "Paris is the capital of France."]
+DOCS = [
+    "Bananas are a good source of potassium.",
+    "The ls command lists directory contents.",
+    "Paris is the capital of France.",
+]
 QUERY = "How do I list files in a directory?"
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -32,16 +35,22 @@ def reference(texts):
 
 def served_embeddings(base, texts, input_type):
     """The server's own /v1/embeddings vectors (float), in input order."""
-    r = httpx.post(base + "/embeddings", timeout=60, json={"input": texts, "model": MODEL, "input_type": input_type,
-                                                           "encoding_format": "float"})
+    r = httpx.post(
+        base + "/embeddings",
+        timeout=60,
+        json={"input": texts, "model": MODEL, "input_type": input_type, "encoding_format": "float"},
+    )
     assert r.status_code == 200, r.text
     return np.asarray([d["embedding"] for d in sorted(r.json()["data"], key=lambda d: d["index"])])
 
 
 def served_rankings(base, query, docs):
     """The server's own /v1/ranking answer: [(index, logit)] best first."""
-    r = httpx.post(base + "/ranking", timeout=60,
-                   json={"model": MODEL, "query": {"text": query}, "passages": [{"text": d} for d in docs]})
+    r = httpx.post(
+        base + "/ranking",
+        timeout=60,
+        json={"model": MODEL, "query": {"text": query}, "passages": [{"text": d} for d in docs]},
+    )
     assert r.status_code == 200, r.text
     return [(x["index"], x["logit"]) for x in r.json()["rankings"]]
 
@@ -49,9 +58,14 @@ def served_rankings(base, query, docs):
 def models_listed(base) -> float:
     """How many GET /v1/models the server has answered 200 (its Prometheus counter)."""
     text = httpx.get(base + "/metrics", timeout=30).text
-    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
-               if s.name == "rankserve_requests_total" and s.labels.get("route") == "/v1/models"
-               and s.labels.get("status") == "200")
+    return sum(
+        s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == "rankserve_requests_total"
+        and s.labels.get("route") == "/v1/models"
+        and s.labels.get("status") == "200"
+    )
 
 
 def assert_same_vectors(got, texts):
@@ -68,8 +82,9 @@ def test_openai_sdk_base64_default_and_float(base):
     r = client.embeddings.create(input=DOCS, model=MODEL)  # SDK asks for base64 and decodes it
     assert [d.index for d in r.data] == [0, 1, 2] and r.usage.prompt_tokens > 0
     assert_same_vectors([d.embedding for d in r.data], DOCS)
-    f = client.embeddings.create(input=DOCS[0], model=MODEL, encoding_format="float",
-                                 extra_body={"input_type": "passage", "truncate": "END"})
+    f = client.embeddings.create(
+        input=DOCS[0], model=MODEL, encoding_format="float", extra_body={"input_type": "passage", "truncate": "END"}
+    )
     np.testing.assert_allclose(f.data[0].embedding, r.data[0].embedding, atol=1e-7)
     f2 = client.embeddings.create(input=DOCS[0], model=MODEL, dimensions=64)
     assert len(f2.data[0].embedding) == 64
@@ -100,15 +115,12 @@ def test_langchain_picks_model_from_models_list(base):
         warnings.simplefilter("ignore")
         emb, rr = NVIDIAEmbeddings(base_url=base), NVIDIARerank(base_url=base)
     assert emb.model == rr.model == MODEL
-    np.testing.assert_allclose([emb.embed_query(QUERY)], served_embeddings(base, [QUERY], "query"),
-                               rtol=0, atol=1e-6)
-    np.testing.assert_allclose(emb.embed_documents(DOCS), served_embeddings(base, DOCS, "passage"),
-                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose([emb.embed_query(QUERY)], served_embeddings(base, [QUERY], "query"), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(emb.embed_documents(DOCS), served_embeddings(base, DOCS, "passage"), rtol=0, atol=1e-6)
     out = rr.compress_documents(query=QUERY, documents=[Document(page_content=d) for d in DOCS])
     served = served_rankings(base, QUERY, DOCS)
     assert [d.page_content for d in out] == [DOCS[i] for i, _ in served]
-    np.testing.assert_allclose([d.metadata["relevance_score"] for d in out], [x for _, x in served],
-                               rtol=0, atol=1e-5)
+    np.testing.assert_allclose([d.metadata["relevance_score"] for d in out], [x for _, x in served], rtol=0, atol=1e-5)
 
 
 def test_langchain_rerank(base):
@@ -144,8 +156,9 @@ def test_llama_index_embedding_without_model(base):
     q = emb.get_query_embedding(QUERY)
     assert len(q) == 384
     np.testing.assert_allclose([q], served_embeddings(base, [QUERY], "query"), rtol=0, atol=1e-6)
-    np.testing.assert_allclose(emb.get_text_embedding_batch(DOCS), served_embeddings(base, DOCS, "passage"),
-                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        emb.get_text_embedding_batch(DOCS), served_embeddings(base, DOCS, "passage"), rtol=0, atol=1e-6
+    )
 
 
 def test_llama_index_rerank_without_model(base):
@@ -183,4 +196,5 @@ def test_llama_index_refuses_unlisted_model(base):
 
     with pytest.raises(ValueError, match="not-served/model"):
         NVIDIARerank(base_url=base, model="not-served/model").postprocess_nodes(
-            [NodeWithScore(node=TextNode(text=DOCS[0]))], query_str=QUERY)
+            [NodeWithScore(node=TextNode(text=DOCS[0]))], query_str=QUERY
+        )

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import app_client, require, wait_ready
+
 from rankserve.config import ServerConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,16 +39,22 @@ def test_dockerfile_is_multistage_non_root_and_probes_readiness(name):
     assert re.search(r"^HEALTHCHECK .*\n?.*/v1/health/ready", text, re.M)
     assert re.search(r"^ENTRYPOINT \[\"rankserve\", \"serve\"\]", text, re.M)
     installs = re.findall(r"pip install [^\n]*", text)
-    assert any("torch==" in line and "--index-url" in line for line in installs)  # never the default CUDA bundle by accident
-    assert not any("[" in line.split("pip install", 1)[1] for line in installs if "torch" not in line)  # no extras: no eval deps
+    assert any(
+        "torch==" in line and "--index-url" in line for line in installs
+    )  # never the default CUDA bundle by accident
+    assert not any(
+        "[" in line.split("pip install", 1)[1] for line in installs if "torch" not in line
+    )  # no extras: no eval deps
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".git" in ignored
 
 
 def test_serving_import_path_has_no_evaluation_dependencies():
     # (not tqdm: torch.hub imports it whenever it is installed, and works without it)
-    code = ("import sys, rankserve.cli, rankserve.api.server; "
-            "print(sorted(m for m in ('bm25s', 'matplotlib', 'Stemmer') if m in sys.modules))")
+    code = (
+        "import sys, rankserve.cli, rankserve.api.server; "
+        "print(sorted(m for m in ('bm25s', 'matplotlib', 'Stemmer') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -107,8 +113,15 @@ def test_every_metric_on_the_dashboard_is_exported(bert_bi_dir):
     with app_client(model=str(bert_bi_dir)) as client:
         wait_ready(client)
         assert client.post("/v1/ranking", json={"query": {"text": "q"}, "passages": [{"text": "p"}]}).status_code == 200
-        assert client.post("/v1/ranking", json={"model": "nope", "query": {"text": "q"},
-                                                "passages": [{"text": "p"}]}).status_code == 400
-        exported = {line.split("{")[0].split(" ")[0] for line in client.get("/v1/metrics").text.splitlines()
-                    if line.startswith("rankserve_")}
+        assert (
+            client.post(
+                "/v1/ranking", json={"model": "nope", "query": {"text": "q"}, "passages": [{"text": "p"}]}
+            ).status_code
+            == 400
+        )
+        exported = {
+            line.split("{")[0].split(" ")[0]
+            for line in client.get("/v1/metrics").text.splitlines()
+            if line.startswith("rankserve_")
+        }
     assert wanted <= exported, sorted(wanted - exported)

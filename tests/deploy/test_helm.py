@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import require
+
 from rankserve.config import FIELDS, NIM_ENV, ServerConfig, env_name
 from rankserve.model_source import HUB_ENV
 
@@ -25,8 +25,11 @@ except ImportError:  # pragma: no cover - the dev extra installs both
 
 @pytest.fixture(autouse=True)
 def tools():
-    require(helm_python is not None and kubernetes_validate is not None, "helm-python-sdk / kubernetes-validate missing",
-            "pip install helm-python-sdk kubernetes-validate")
+    require(
+        helm_python is not None and kubernetes_validate is not None,
+        "helm-python-sdk / kubernetes-validate missing",
+        "pip install helm-python-sdk kubernetes-validate",
+    )
 
 
 def render(values: dict | None = None) -> dict[str, dict]:
@@ -66,7 +69,10 @@ def test_defaults_render_a_probed_autoscaled_cpu_deployment():
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert pod["terminationGracePeriodSeconds"] > float(env["RANKSERVE_DRAIN_TIMEOUT"])  # drain before SIGKILL
     assert "replicas" not in objects["Deployment"]["spec"]  # the HPA owns the count
-    assert objects["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["name"] == objects["Deployment"]["metadata"]["name"]
+    assert (
+        objects["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["name"]
+        == objects["Deployment"]["metadata"]["name"]
+    )
     selector = objects["Service"]["spec"]["selector"]
     assert selector.items() <= objects["Deployment"]["spec"]["template"]["metadata"]["labels"].items()
     assert objects["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"] == selector
@@ -74,11 +80,23 @@ def test_defaults_render_a_probed_autoscaled_cpu_deployment():
 
 def test_every_environment_variable_is_a_rankserve_setting():
     known = {env_name(f) for f in FIELDS} | set(NIM_ENV.values()) | set(HUB_ENV)
-    for model in ({"path": "/model", "servedName": "rr"},
-                  {"repo": "BAAI/bge-reranker-v2-m3", "revision": "v1", "endpoint": "http://mirror:8080",
-                   "hfToken": {"existingSecret": "hf"}}):
-        objects = render({"env": {"RANKSERVE_DTYPE": "float32"}, "model": model, "gpu": {"enabled": True},
-                          "apiKey": {"existingSecret": "keys"}})
+    for model in (
+        {"path": "/model", "servedName": "rr"},
+        {
+            "repo": "BAAI/bge-reranker-v2-m3",
+            "revision": "v1",
+            "endpoint": "http://mirror:8080",
+            "hfToken": {"existingSecret": "hf"},
+        },
+    ):
+        objects = render(
+            {
+                "env": {"RANKSERVE_DTYPE": "float32"},
+                "model": model,
+                "gpu": {"enabled": True},
+                "apiKey": {"existingSecret": "keys"},
+            }
+        )
         pod = objects["Deployment"]["spec"]["template"]["spec"]
         for c in pod["containers"] + pod.get("initContainers", []):
             names = [e["name"] for e in c["env"]]
@@ -87,8 +105,15 @@ def test_every_environment_variable_is_a_rankserve_setting():
 
 
 def test_a_hub_model_is_fetched_by_an_init_container_into_the_cache_then_served_offline():
-    objects = render({"model": {"repo": "nvidia/llama-3.2-nv-rerankqa-1b-v2", "revision": "abc123",
-                                "hfToken": {"existingSecret": "hf-token"}}})
+    objects = render(
+        {
+            "model": {
+                "repo": "nvidia/llama-3.2-nv-rerankqa-1b-v2",
+                "revision": "abc123",
+                "hfToken": {"existingSecret": "hf-token"},
+            }
+        }
+    )
     pod = objects["Deployment"]["spec"]["template"]["spec"]
     (init,) = pod["initContainers"]
     assert init["command"] == ["rankserve", "download", "nvidia/llama-3.2-nv-rerankqa-1b-v2", "--revision", "abc123"]
@@ -107,7 +132,8 @@ def test_a_hub_model_is_fetched_by_an_init_container_into_the_cache_then_served_
     assert pod["securityContext"]["fsGroup"] == 10001  # the non-root init container can write the volume
     shared = render({"model": {"repo": "org/name", "cache": {"persistentVolumeClaim": "hf-cache"}}})
     assert shared["Deployment"]["spec"]["template"]["spec"]["volumes"] == [
-        {"name": "model-cache", "persistentVolumeClaim": {"claimName": "hf-cache"}}]
+        {"name": "model-cache", "persistentVolumeClaim": {"claimName": "hf-cache"}}
+    ]
     assert "--revision" not in shared["Deployment"]["spec"]["template"]["spec"]["initContainers"][0]["command"]
 
 
@@ -117,9 +143,14 @@ def test_repo_and_path_together_are_refused():
 
 
 def test_gpu_model_volume_and_existing_secret():
-    objects = render({"gpu": {"enabled": True, "count": 1}, "image": {"tag": "cuda"},
-                      "model": {"path": "/model", "persistentVolumeClaim": "models"},
-                      "apiKey": {"existingSecret": "rankserve-keys"}})
+    objects = render(
+        {
+            "gpu": {"enabled": True, "count": 1},
+            "image": {"tag": "cuda"},
+            "model": {"path": "/model", "persistentVolumeClaim": "models"},
+            "apiKey": {"existingSecret": "rankserve-keys"},
+        }
+    )
     assert "Secret" not in objects  # the key stays in the Secret the operator made
     c = container(objects)
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
@@ -132,8 +163,14 @@ def test_gpu_model_volume_and_existing_secret():
 
 
 def test_api_key_value_creates_a_secret_and_fixed_replicas_without_autoscaling():
-    objects = render({"apiKey": {"value": "s3cret"}, "autoscaling": {"enabled": False}, "replicaCount": 3,
-                      "podDisruptionBudget": {"enabled": False}})
+    objects = render(
+        {
+            "apiKey": {"value": "s3cret"},
+            "autoscaling": {"enabled": False},
+            "replicaCount": 3,
+            "podDisruptionBudget": {"enabled": False},
+        }
+    )
     assert set(objects) == {"Deployment", "Service", "Secret"}
     ref = {e["name"]: e for e in container(objects)["env"]}["RANKSERVE_API_KEY"]["valueFrom"]["secretKeyRef"]
     assert ref["name"] == objects["Secret"]["metadata"]["name"]
@@ -146,6 +183,6 @@ def test_api_key_value_creates_a_secret_and_fixed_replicas_without_autoscaling()
 def test_strict_validation_catches_a_bad_object():
     """The validator this file relies on rejects what Kubernetes would (the check can fail)."""
     bad = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"}, "spec": {"ports": [{"port": "http"}]}}
-    with pytest.raises(Exception):
+    with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(bad, KUBERNETES, strict=True)
     assert ServerConfig().drain_timeout == 30  # values.yaml's drainTimeoutSeconds mirrors the default

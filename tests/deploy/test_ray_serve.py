@@ -10,22 +10,30 @@ import time
 
 import httpx
 import pytest
-
 from conftest import app_client, free_port, require, wait_ready
+
 from rankserve.config import load_config
 from rankserve.errors import ConfigError
 
-BODY = {"query": {"text": "how do I list files"}, "passages": [{"text": "ls lists directory contents"},
-                                                                {"text": "bananas are yellow"}, {"text": "paris"}]}
+BODY = {
+    "query": {"text": "how do I list files"},
+    "passages": [{"text": "ls lists directory contents"}, {"text": "bananas are yellow"}, {"text": "paris"}],
+}
 
 
 def test_scaling_flags():
     from rankserve.deploy.ray_serve import TARGET_ONGOING, Scaling
 
-    assert Scaling.parse(3, None, 0.5, None).options() == {"num_replicas": 3,
-                                                           "ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0.0}}
+    assert Scaling.parse(3, None, 0.5, None).options() == {
+        "num_replicas": 3,
+        "ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0.0},
+    }
     auto = Scaling.parse(None, "1:4", None, 1).options()
-    assert auto["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": TARGET_ONGOING}
+    assert auto["autoscaling_config"] == {
+        "min_replicas": 1,
+        "max_replicas": 4,
+        "target_ongoing_requests": TARGET_ONGOING,
+    }
     assert auto["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 1}
     for args in ((2, "1:2", None, None), (None, "4:1", None, None), (None, "x", None, None), (0, None, None, None)):
         with pytest.raises(ConfigError):

@@ -15,23 +15,31 @@ import random
 import numpy as np
 import pytest
 import torch
-
 from checkpoints import make_bert_bi_encoder, make_deberta, make_modernbert
 from decoder_checkpoints import make_decoder
 from llama_checkpoints import make_nvidia_embedder, make_nvidia_reranker
-from rankserve.engine.runner import TorchRunner
+
+from rankserve.engine.backends.torch_runner import TorchRunner
 from rankserve.engine.tokenize import Encoded
 from rankserve.models.loader import load_model
-from rankserve.models.recipes import RecipeChoice
 from rankserve.models.model_dir import default_model_dir
+from rankserve.models.recipes import RecipeChoice
 
 CPU = torch.device("cpu")
 PROBE_LENGTHS = [3, 9, 17, 40, 41, 64, 120]  # short (a few GEMM rows) to several attention blocks
 
 
-
-FAMILIES = ["bert-ce", "xlmr-ce", "bert-embedder", "minilm-real", "llama-rr", "llama-embedder", "qwen3-rr",
-            "modernbert-ce", "deberta-ce"]
+FAMILIES = [
+    "bert-ce",
+    "xlmr-ce",
+    "bert-embedder",
+    "minilm-real",
+    "llama-rr",
+    "llama-embedder",
+    "qwen3-rr",
+    "modernbert-ce",
+    "deberta-ce",
+]
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -79,8 +87,9 @@ def test_scores_do_not_depend_on_the_batch(family_dir):
     with_types = name in ("bert-ce", "bert-embedder", "minilm-real", "deberta-ce")
     probes = sequences(PROBE_LENGTHS, vocab, with_types, seed=1, limit=spec.max_length - 1)
     alone = [runner.forward([p]) for p in probes]
-    others = sequences([5, 12, 17, 33, 40, 58, 90, 129, 131, 200] * 3, vocab, with_types, seed=2,
-                       limit=spec.max_length - 1)
+    others = sequences(
+        [5, 12, 17, 33, 40, 58, 90, 129, 131, 200] * 3, vocab, with_types, seed=2, limit=spec.max_length - 1
+    )
     rng = random.Random(3)
     shapes = {
         "together": longest_first(probes),

@@ -47,6 +47,7 @@ def echo_forward(calls):
     def forward(items):
         calls.append([len(i) for i in items])
         return torch.tensor([float(i.ids[0]) for i in items])
+
     return forward
 
 

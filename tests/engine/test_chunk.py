@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 import numpy as np
-
+import pytest
 from conftest import app_client, metric_sum, wait_ready
+
 from rankserve.config import load_config
 from rankserve.engine.engine import Engine
 from rankserve.engine.tokenize import CHUNK_OVERLAP, TokenizerPolicy
@@ -21,8 +21,9 @@ ANSWER = "To list the files in a directory use the ls command, which prints dire
 
 
 def engine(directory=None, **overrides) -> Engine:
-    config = load_config({"model": str(directory) if directory else None, "dtype": "float32", "cache_size": 0,
-                          **overrides}, environ={})
+    config = load_config(
+        {"model": str(directory) if directory else None, "dtype": "float32", "cache_size": 0, **overrides}, environ={}
+    )
     return Engine.load(config, Metrics())
 
 
@@ -51,10 +52,10 @@ def test_windows_cover_the_passage_and_keep_the_query(bert_ce_dir):
     bodies = []
     for w in (w for w, o in zip(windows, owners) if o == 0):
         assert len(w) <= policy.max_length
-        assert w.ids[1:1 + len(query_ids)] == query_ids and w.ids[0] == full.ids[0] and w.ids[-1] == full.ids[-1]
-        bodies.append(w.ids[2 + len(query_ids):-1])
+        assert w.ids[1 : 1 + len(query_ids)] == query_ids and w.ids[0] == full.ids[0] and w.ids[-1] == full.ids[-1]
+        bodies.append(w.ids[2 + len(query_ids) : -1])
     # window k holds passage tokens [k * step, k * step + room): overlapping, and the last reaches the end
-    assert bodies == [passage_ids[k * step:k * step + room] for k in range(len(bodies))]
+    assert bodies == [passage_ids[k * step : k * step + room] for k in range(len(bodies))]
     assert (len(bodies) - 1) * step + room >= len(passage_ids) > (len(bodies) - 2) * step + room
 
 

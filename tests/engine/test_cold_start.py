@@ -4,6 +4,7 @@ pass sized by compute (bench/cold_start.py measures the time to ready)."""
 from __future__ import annotations
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from rankserve.config import load_config
@@ -11,7 +12,6 @@ from rankserve.engine import engine as engine_module
 from rankserve.engine.engine import Engine
 from rankserve.metrics import Metrics
 from rankserve.models.loader import INIT_FUNCTIONS, load_model
-from safetensors.torch import load_file
 
 
 def test_loading_assigns_the_checkpoint_and_leaves_torch_init_as_it_was(bert_ce_dir):

@@ -95,15 +95,15 @@ def test_without_the_express_lane_the_small_request_waits_for_the_pass():
 def test_batch_priority_and_jobs_over_one_pass_wait_for_the_main_lane():
     over_one_pass = [enc(10, 200 + i) for i in range(5)]  # 5 x 10 > 40 tokens: not small
     held, results, _, calls, express_passes = run_with_big_pass(
-        True, [([enc(10, 100)], "batch"), (over_one_pass, "interactive")])
+        True, [([enc(10, 100)], "batch"), (over_one_pass, "interactive")]
+    )
     assert held == [False, False] and express_passes == 0
     assert [int(x) for x in results[0]] == [100]
     assert [int(x) for x in results[1]] == list(range(200, 205))
 
 
 def test_a_failing_express_pass_fails_only_its_job():
-    held, results, big_out, _, express_passes = run_with_big_pass(
-        True, [([enc(10, 7)], "interactive")], fail_tag=7)
+    held, results, big_out, _, express_passes = run_with_big_pass(True, [([enc(10, 7)], "interactive")], fail_tag=7)
     assert held == [True] and express_passes == 1
     assert isinstance(results[0], ModelFailure) and "boom" in str(results[0])
     assert [int(x) for x in big_out] == list(range(1000, 1016))

@@ -13,8 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from rankserve.engine.images import TilePolicy, decode, image_tiles
+from rankserve.engine.images import decode, image_tiles
 from rankserve.errors import InvalidRequest
+from rankserve.models.nemotron_vl import TilePolicy
 
 S = 32
 POLICY = TilePolicy(size=S, max_tiles=4)
@@ -34,16 +35,19 @@ def raw_url(raw: bytes, media: str = "png") -> str:
 # -- grids: (image size) -> (cols, rows), worked by hand with S = 32, 1..4 tiles ----------------
 # candidates by tile count: (1,1) (1,2) (2,1) (1,3) (3,1) (1,4) (2,2) (4,1); factor =
 # min(cols*rows*1024 / (W*H), 0.6) * min(r_grid / r, r / r_grid); the first maximum wins.
-@pytest.mark.parametrize("size, grid, why", [
-    ((32, 32), (1, 1), "square: (1,1) and (2,2) both 0.6, the first wins"),
-    ((8, 8), (1, 1), "small: more tiles only upscale, size factor capped at 0.6"),
-    ((64, 32), (2, 1), "2:1 wide: (2,1) 0.6 beats (1,1) 0.5*0.5 and (4,1) 0.6*0.5"),
-    ((32, 96), (1, 3), "1:3 tall: (1,3) 0.6 exactly"),
-    ((48, 32), (2, 1), "3:2: (2,1) 0.6*0.75 = 0.45 beats (1,1) 0.6*0.667 = 0.4"),
-    ((100, 10), (4, 1), "10:1 strip: widest grid allowed, 0.6*0.4"),
-    ((1000, 1000), (2, 2), "big square: (2,2) keeps 4x the detail of (1,1), both far under the 0.6 cap"),
-    ((1000, 500), (2, 1), "big 2:1: (2,1) 0.0041 beats (1,1) 0.0010 and (2,2) 0.0082*0.5"),
-])
+@pytest.mark.parametrize(
+    "size, grid, why",
+    [
+        ((32, 32), (1, 1), "square: (1,1) and (2,2) both 0.6, the first wins"),
+        ((8, 8), (1, 1), "small: more tiles only upscale, size factor capped at 0.6"),
+        ((64, 32), (2, 1), "2:1 wide: (2,1) 0.6 beats (1,1) 0.5*0.5 and (4,1) 0.6*0.5"),
+        ((32, 96), (1, 3), "1:3 tall: (1,3) 0.6 exactly"),
+        ((48, 32), (2, 1), "3:2: (2,1) 0.6*0.75 = 0.45 beats (1,1) 0.6*0.667 = 0.4"),
+        ((100, 10), (4, 1), "10:1 strip: widest grid allowed, 0.6*0.4"),
+        ((1000, 1000), (2, 2), "big square: (2,2) keeps 4x the detail of (1,1), both far under the 0.6 cap"),
+        ((1000, 500), (2, 1), "big 2:1: (2,1) 0.0041 beats (1,1) 0.0010 and (2,2) 0.0082*0.5"),
+    ],
+)
 def test_grid_by_hand(size, grid, why):
     assert POLICY.grid(*size) == grid, why
 
@@ -100,8 +104,10 @@ def test_transparency_is_white_and_modes_become_rgb():
 
 def bomb_png(width: int, height: int) -> bytes:
     """A valid 1-bit PNG of width x height, all zeros: a few kB that claim a huge canvas."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     row = b"\x00" + b"\x00" * ((width + 7) // 8)
     body = zlib.compress(row * height, 9)
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
@@ -114,18 +120,21 @@ def png_bytes() -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("value, reason", [
-    ("https://example.com/page.png", "not a base64 image data URL"),
-    ("data:text/plain;base64,aGVsbG8=", "not a base64 image data URL"),
-    ("data:image/svg+xml;base64,PHN2Zz48L3N2Zz4=", "image/svg+xml is not supported"),
-    ("data:image/png;base64,@@not base64@@", "not valid base64"),
-    (raw_url(b"definitely not an image, just text"), "not a PNG, JPEG, WebP, GIF, BMP or TIFF"),
-    (raw_url(b"P6\n4 4\n255\n" + bytes(48)), "not a PNG, JPEG, WebP, GIF, BMP or TIFF"),  # PPM: not accepted
-    (raw_url(png_bytes()[:120]), "cannot be decoded"),  # truncated after the header
-    (raw_url(bomb_png(10_000, 10_000)), "100,000,000 pixels; the limit is 4,194,304"),
-    (raw_url(bomb_png(20_000, 20_000)), "the limit is 4,194,304 (max_image_pixels)"),  # past Pillow's own refusal
-    (raw_url(png_bytes() + bytes(2 << 20)), "the limit is 1,048,576 (max_image_bytes)"),
-])
+@pytest.mark.parametrize(
+    "value, reason",
+    [
+        ("https://example.com/page.png", "not a base64 image data URL"),
+        ("data:text/plain;base64,aGVsbG8=", "not a base64 image data URL"),
+        ("data:image/svg+xml;base64,PHN2Zz48L3N2Zz4=", "image/svg+xml is not supported"),
+        ("data:image/png;base64,@@not base64@@", "not valid base64"),
+        (raw_url(b"definitely not an image, just text"), "not a PNG, JPEG, WebP, GIF, BMP or TIFF"),
+        (raw_url(b"P6\n4 4\n255\n" + bytes(48)), "not a PNG, JPEG, WebP, GIF, BMP or TIFF"),  # PPM: not accepted
+        (raw_url(png_bytes()[:120]), "cannot be decoded"),  # truncated after the header
+        (raw_url(bomb_png(10_000, 10_000)), "100,000,000 pixels; the limit is 4,194,304"),
+        (raw_url(bomb_png(20_000, 20_000)), "the limit is 4,194,304 (max_image_pixels)"),  # past Pillow's own refusal
+        (raw_url(png_bytes() + bytes(2 << 20)), "the limit is 1,048,576 (max_image_bytes)"),
+    ],
+)
 def test_bad_images_are_400s_naming_the_passage(value, reason):
     with pytest.raises(InvalidRequest) as info:
         decode(value, "passages[3].image", **LIMITS)

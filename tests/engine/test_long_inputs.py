@@ -13,9 +13,9 @@ from __future__ import annotations
 import random
 
 import pytest
+from llama_checkpoints import llama_tokenizer
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from llama_checkpoints import llama_tokenizer
 from rankserve.engine.tokenize import BOUND_MARGIN, TokenizerPolicy
 from rankserve.errors import InputTooLong
 from rankserve.models.model_dir import default_model_dir
@@ -23,19 +23,23 @@ from rankserve.models.model_dir import default_model_dir
 LIMIT = 48
 TEMPLATE = "question:{query}\n\npassage:{passage}"
 TEMPLATE_AROUND = "Query: {query}\nDocument: {passage}\nRelevant:"  # text after the passage too
-EN = ("the ls command lists directory contents and df reports disk space while grep searches for "
-      "lines matching a pattern in files").split()
+EN = (
+    "the ls command lists directory contents and df reports disk space while grep searches for "
+    "lines matching a pattern in files"
+).split()
 
 
 def unigram_tokenizer(path) -> str:
     tok = Tokenizer(models.Unigram())
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(vocab_size=300, special_tokens=["<s>", "</s>", "<unk>"], unk_token="<unk>",
-                                      show_progress=False)
+    trainer = trainers.UnigramTrainer(
+        vocab_size=300, special_tokens=["<s>", "</s>", "<unk>"], unk_token="<unk>", show_progress=False
+    )
     tok.train_from_iterator([" ".join(EN), "文件目录列表磁盘空间搜索模式" * 3, "naïve café ☕ 🙂"], trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> </s> $B:1 </s>",
-                                                       special_tokens=[("<s>", 0), ("</s>", 1)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B:1 </s>", special_tokens=[("<s>", 0), ("</s>", 1)]
+    )
     tok.save(str(path))
     return str(path)
 
@@ -68,7 +72,9 @@ def both(policy: TokenizerPolicy, monkeypatch, call):
     """``call(policy)`` as it is, then with ``bound`` off (every text tokenized whole)."""
     got = call(policy)
     with monkeypatch.context() as m:
-        m.setattr(TokenizerPolicy, "bound", lambda self, texts, tokens, keep_end=False: (list(texts), [False] * len(texts)))
+        m.setattr(
+            TokenizerPolicy, "bound", lambda self, texts, tokens, keep_end=False: (list(texts), [False] * len(texts))
+        )
         expected = call(policy)
     return got, expected
 
@@ -116,8 +122,9 @@ class SpyTokenizer:
 
 
 def test_a_long_text_is_tokenized_as_a_bounded_prefix():
-    p = TokenizerPolicy(str(default_model_dir() / "tokenizer.json"), max_length=LIMIT, rerank_template=None,
-                        with_type_ids=True)
+    p = TokenizerPolicy(
+        str(default_model_dir() / "tokenizer.json"), max_length=LIMIT, rerank_template=None, with_type_ids=True
+    )
     p.tokenizer = spy = SpyTokenizer(p.tokenizer)
     english = long_texts()["english"]
     (short_end,), (cut,) = p.bound([english], LIMIT)
@@ -137,6 +144,8 @@ def test_none_still_refuses_a_long_text_with_its_exact_length(tokenizer_file):
     p = TokenizerPolicy(tokenizer_file, max_length=LIMIT, rerank_template=None, with_type_ids=True)
     english = long_texts()["english"]
     exact = len(p.tokenizer.encode("list files", english).ids)
-    with pytest.raises(InputTooLong, match=rf"passages\[1\]: input length {exact} tokens exceeds the maximum allowed {LIMIT}"):
+    with pytest.raises(
+        InputTooLong, match=rf"passages\[1\]: input length {exact} tokens exceeds the maximum allowed {LIMIT}"
+    ):
         p.pairs("list files", ["short", english], "NONE")
     assert BOUND_MARGIN > 0

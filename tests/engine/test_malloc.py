@@ -11,14 +11,14 @@ import types
 
 import pytest
 
-from rankserve.engine import malloc
-from rankserve.engine.malloc import retain_freed_memory
+from rankserve.engine.backends import malloc
+from rankserve.engine.backends.malloc import retain_freed_memory
 
 # A MiniLM-size MLP slice of varying row counts, the allocation pattern of a forward pass; prints
 # the minor page faults of 20 repeats after one warm-up.
 SCRIPT = """
 import resource, sys, torch
-from rankserve.engine.malloc import retain_freed_memory
+from rankserve.engine.backends.malloc import retain_freed_memory
 if sys.argv[1] == "tuned":
     assert retain_freed_memory()
 torch.set_num_threads(1)
@@ -128,7 +128,7 @@ def test_not_glibc_reports_false_without_calling_mallopt(fake_libc, monkeypatch)
 
 
 def test_periodic_trim_runs_at_most_once_per_interval(monkeypatch):
-    from rankserve.engine import malloc
+    from rankserve.engine.backends import malloc
 
     trims = []
     clock = iter([100.0, 100.0, 104.0, 111.0, 112.0, 121.5])
@@ -145,7 +145,7 @@ def test_periodic_trim_returns_memory_to_the_os():
     """A process that freed a large heap gets most of it back out of its RSS after one trim."""
     script = """
 import ctypes, sys
-from rankserve.engine.malloc import PeriodicTrim, retain_freed_memory
+from rankserve.engine.backends.malloc import PeriodicTrim, retain_freed_memory
 assert retain_freed_memory()
 rss = lambda: next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS"))
 blocks = [bytearray(4 << 20) for _ in range(64)]  # 256 MiB from the heap (below the raised mmap threshold)

@@ -17,14 +17,23 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 
 from conftest import app_client, wait_ready  # noqa: E402
-from export_cases import (QUERY, WORDS, assert_ranks_alike, encode, max_diff, min_cosine, passages,  # noqa: E402
-                          served_embeddings_vs_torch)
+from export_cases import (  # noqa: E402
+    QUERY,
+    WORDS,
+    assert_ranks_alike,
+    encode,
+    max_diff,
+    min_cosine,
+    passages,
+    served_embeddings_vs_torch,
+)
+
 from rankserve.config import load_config  # noqa: E402
-from rankserve.engine.onnx_runner import OnnxRunner, exported_model  # noqa: E402
-from rankserve.engine.engine import make_runner  # noqa: E402
-from rankserve.engine.runner import TorchRunner  # noqa: E402
+from rankserve.engine.backends import make_runner  # noqa: E402
+from rankserve.engine.backends.cpu_gemm import onednn_available  # noqa: E402
+from rankserve.engine.backends.onnx_runner import OnnxRunner, exported_model  # noqa: E402
+from rankserve.engine.backends.torch_runner import TorchRunner  # noqa: E402
 from rankserve.errors import ConfigError  # noqa: E402
-from rankserve.models.cpu_gemm import onednn_available  # noqa: E402
 from rankserve.models.loader import load_model  # noqa: E402
 
 FP32_TOL = 1e-4  # |onnxruntime fp32 - torch fp32|, logits and normalized vectors
@@ -41,10 +50,11 @@ def cache(export_cache):
 def models(bert_ce_dir, xlmr_ce_dir, bert_bi_dir):
     return {"bert-ce": load_model(bert_ce_dir), "xlmr-ce": load_model(xlmr_ce_dir), "bert-bi": load_model(bert_bi_dir)}
 
+
 @pytest.mark.parametrize("gemm", ["torch", "onednn"])
 @pytest.mark.parametrize("name", ["bert-ce", "xlmr-ce", "bert-bi"])
 def test_fp32_equals_torch(models, cache, name, gemm, tmp_path):
-    """Also: exporting a module whose linear layers were swapped to oneDNN (models/cpu_gemm.py)."""
+    """Also: exporting a module whose linear layers were swapped to oneDNN (engine/backends/cpu_gemm.py)."""
     if gemm == "onednn" and not onednn_available():
         pytest.skip("this torch build has no oneDNN linear kernel")
     spec = models[name]
@@ -62,6 +72,25 @@ def test_fp32_equals_torch(models, cache, name, gemm, tmp_path):
     assert max_diff(onnx_runner.forward(encoded[:1]), expected[:1]) <= FP32_TOL
     same = [e for e in encoded if len(e) == len(encoded[0])] * 3
     assert max_diff(onnx_runner.forward(same), torch_runner.forward(same)) <= FP32_TOL
+
+
+@pytest.mark.parametrize("shape", ["v2", "v3"])
+def test_deberta_fp32_equals_torch(tmp_path, cache, shape):
+    """DeBERTa under ONNX scores as under torch: v2's token type embeddings (type_vocab_size 2) get
+    the pair's type ids in both backends (one ``ModelSpec.token_types``, set by the builder), v3
+    (type_vocab_size 0) gets none in either; relative attention exports with its position buckets."""
+    from checkpoints import make_deberta
+
+    directory, _ = make_deberta(tmp_path / f"deberta-{shape}", "ce", shape)
+    spec = load_model(directory)
+    assert spec.token_types == (shape == "v2")
+    encoded = encode(spec, passages(12, seed=2))
+    assert all((e.type_ids is not None) == spec.token_types for e in encoded)
+    if spec.token_types:
+        assert any(1 in e.type_ids for e in encoded)  # the passage half is typed 1: a wrong feed would show
+    expected = TorchRunner(spec, torch.device("cpu"), threads=1, dtype="float32").forward(encoded)
+    got = OnnxRunner(spec, threads=1, cache_dir=cache[1]).forward(encoded)
+    assert max_diff(got, expected) <= FP32_TOL
 
 
 def test_fp32_mean_pooling_repeats_exactly_multithreaded(cache):
@@ -106,16 +135,21 @@ def test_make_runner_picks_backend(models, cache, monkeypatch):
     spec = models["bert-ce"]
     cpu = "cpu"
     assert isinstance(make_runner(spec, cpu, load_config({"threads": 1, "dtype": "float32"}, environ={})), TorchRunner)
-    runner = make_runner(spec, cpu, load_config({"backend": "onnxruntime", "quantize": "int8", "threads": 1}, environ={}))
+    runner = make_runner(
+        spec, cpu, load_config({"backend": "onnxruntime", "quantize": "int8", "threads": 1}, environ={})
+    )
     assert isinstance(runner, OnnxRunner) and runner.quantize == "int8" and runner.path.is_relative_to(cache[1])
 
 
-@pytest.mark.parametrize("overrides,word", [
-    ({"quantize": "int4"}, "quantize"),
-    ({"quantize": "int8"}, "quantize"),  # int8 needs backend onnxruntime
-    ({"backend": "onnxruntime", "dtype": "bfloat16"}, "backend"),
-    ({"backend": "onnxruntime", "device": "cuda"}, "backend"),
-])
+@pytest.mark.parametrize(
+    "overrides,word",
+    [
+        ({"quantize": "int4"}, "quantize"),
+        ({"quantize": "int8"}, "quantize"),  # int8 needs backend onnxruntime
+        ({"backend": "onnxruntime", "dtype": "bfloat16"}, "backend"),
+        ({"backend": "onnxruntime", "device": "cuda"}, "backend"),
+    ],
+)
 def test_invalid_backend_settings(overrides, word):
     with pytest.raises(ConfigError, match=word):
         load_config(overrides, environ={})

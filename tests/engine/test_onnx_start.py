@@ -22,14 +22,15 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 from export_cases import QUERY, passages  # noqa: E402
+
 from rankserve.cli import main  # noqa: E402
 from rankserve.config import load_config  # noqa: E402
+from rankserve.engine.backends.onnx_graph import INPUTS, graph_inputs  # noqa: E402
+from rankserve.engine.backends.onnx_runner import cache_key, cached_spec, exported_model  # noqa: E402
 from rankserve.engine.engine import Engine  # noqa: E402
-from rankserve.engine.onnx_graph import INPUTS, graph_inputs  # noqa: E402
-from rankserve.engine.onnx_runner import cache_key, cached_spec, exported_model  # noqa: E402
 from rankserve.engine.tokenize import Encoded  # noqa: E402
-from rankserve.engine.types import Batch  # noqa: E402
 from rankserve.metrics import Metrics  # noqa: E402
+from rankserve.models.batch import Batch  # noqa: E402
 from rankserve.models.loader import load_model  # noqa: E402
 from rankserve.models.recipes import RecipeChoice  # noqa: E402
 from rankserve.models.spec import from_json, to_json, with_flags  # noqa: E402
@@ -39,13 +40,21 @@ from rankserve.models.spec import from_json, to_json, with_flags  # noqa: E402
 @pytest.mark.parametrize("lengths", [(7, 1, 12, 12, 3), (4, 4, 4), (9,)])
 def test_graph_inputs_equal_the_packed_batch(with_types, lengths):
     rng = random.Random(sum(lengths))
-    items = [Encoded([rng.randrange(5, 90) for _ in range(n)], [rng.randrange(2) for _ in range(n)] if with_types else None)
-             for n in lengths]
+    items = [
+        Encoded([rng.randrange(5, 90) for _ in range(n)], [rng.randrange(2) for _ in range(n)] if with_types else None)
+        for n in lengths
+    ]
     got = graph_inputs(items)
     p = Batch.from_sequences([it.ids for it in items], [it.type_ids for it in items] if with_types else None).packed()
-    expected = dict(input_ids=p.input_ids, token_type_ids=p.token_type_ids if with_types else torch.zeros_like(p.input_ids),
-                    position_ids=p.position_ids, indices=p.indices, cu_seqlens=p.cu_seqlens, lengths=p.lengths,
-                    key_mask=p.key_mask)
+    expected = dict(
+        input_ids=p.input_ids,
+        token_type_ids=p.token_type_ids if with_types else torch.zeros_like(p.input_ids),
+        position_ids=p.position_ids,
+        indices=p.indices,
+        cu_seqlens=p.cu_seqlens,
+        lengths=p.lengths,
+        key_mask=p.key_mask,
+    )
     assert list(got) == list(INPUTS)
     for name in INPUTS:
         want = expected[name].numpy()
@@ -125,19 +134,33 @@ def test_cached_export_serves_without_torch(request, backend, model, export_cach
         pytest.importorskip("openvino")
     directory = request.getfixturevalue(model)
     texts = passages(5, seed=7)
-    settings = {"model": str(directory), "backend": backend, "dtype": "float32", "threads": 1, "warmup": False,
-                "cache_size": 0, "max_length": 48}
+    settings = {
+        "model": str(directory),
+        "backend": backend,
+        "dtype": "float32",
+        "threads": 1,
+        "warmup": False,
+        "cache_size": 0,
+        "max_length": 48,
+    }
     env = {**os.environ, "XDG_CACHE_HOME": str(export_cache[0])}
     spec = load_model(directory)
     exported_model(spec, cache_dir=export_cache[1])  # what a first start does (or already cached)
-    run = subprocess.run([sys.executable, "-c", SERVE_SCRIPT, json.dumps(settings), QUERY, json.dumps(texts)],
-                         env=env, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-c", SERVE_SCRIPT, json.dumps(settings), QUERY, json.dumps(texts)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     served = json.loads(run.stdout.strip().splitlines()[-1])
     assert served["torch"] == []
     assert served["max_length"] == 48 != spec.max_length  # the flag, over the cached spec's own value
-    assert json.loads((exported_model(spec, cache_dir=export_cache[1]).parent / "spec.json").read_text())[
-        "max_length"] == spec.max_length  # the saved spec stays the model's
+    assert (
+        json.loads((exported_model(spec, cache_dir=export_cache[1]).parent / "spec.json").read_text())["max_length"]
+        == spec.max_length
+    )  # the saved spec stays the model's
     # The same answers as the torch engine with the same flags.
     engine = Engine.load(load_config({**settings, "backend": "torch"}, environ={}), Metrics())
 

@@ -16,15 +16,17 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 
 from conftest import app_client, wait_ready  # noqa: E402
-from export_cases import (QUERY, assert_ranks_alike, encode, max_diff, min_cosine, passages,  # noqa: E402
-                          served_embeddings_vs_torch)
+from export_cases import QUERY, assert_ranks_alike, encode, max_diff, min_cosine, passages, served_embeddings_vs_torch  # noqa: E402
+
 from rankserve.config import load_config  # noqa: E402
-from rankserve.engine import openvino_runner  # noqa: E402
-from rankserve.engine.engine import make_runner  # noqa: E402
-from rankserve.engine.openvino_runner import OpenVinoRunner, choose_precision  # noqa: E402
-from rankserve.engine.runner import TorchRunner  # noqa: E402
+from rankserve.engine.backends import (
+    make_runner,  # noqa: E402
+    openvino_runner,  # noqa: E402
+)
+from rankserve.engine.backends.cpu_bf16 import bf16_native  # noqa: E402
+from rankserve.engine.backends.openvino_runner import OpenVinoRunner, choose_precision  # noqa: E402
+from rankserve.engine.backends.torch_runner import TorchRunner  # noqa: E402
 from rankserve.errors import ConfigError  # noqa: E402
-from rankserve.models.cpu_bf16 import bf16_native  # noqa: E402
 from rankserve.models.loader import load_model  # noqa: E402
 
 FP32_TOL = 1e-4  # |openvino fp32 - torch fp32|, logits and normalized vectors
@@ -85,11 +87,14 @@ def test_bf16_close_and_ranks_alike(models, cache, name):
     assert_ranks_alike(spec.kind, fp32, bf16, BF16_REL, BF16_TAU)
 
 
-@pytest.mark.parametrize("native,capabilities", [
-    (True, ["BF16", "FP32", "INT8"]),
-    (False, ["FP32", "INT8"]),
-    (True, ["FP32", "INT8"]),
-])
+@pytest.mark.parametrize(
+    "native,capabilities",
+    [
+        (True, ["BF16", "FP32", "INT8"]),
+        (False, ["FP32", "INT8"]),
+        (True, ["FP32", "INT8"]),
+    ],
+)
 def test_auto_precision_is_float32_on_every_cpu(monkeypatch, native, capabilities):
     """auto is the exact path even where bf16 is native; bf16 is opt-in (docs/batch-invariance.md)."""
     monkeypatch.setattr(openvino_runner, "bf16_native", lambda: native)
@@ -108,8 +113,9 @@ def test_compiled_model_is_cached(models, cache):
 
 
 def test_make_runner_picks_openvino(models, cache):
-    runner = make_runner(models["bert-ce"], "cpu",
-                         load_config({"backend": "openvino", "dtype": "float32", "threads": 1}, environ={}))
+    runner = make_runner(
+        models["bert-ce"], "cpu", load_config({"backend": "openvino", "dtype": "float32", "threads": 1}, environ={})
+    )
     assert isinstance(runner, OpenVinoRunner) and runner.precision == "float32"
     assert runner.path.is_relative_to(cache[1])
 
@@ -119,7 +125,9 @@ def test_missing_package_is_a_config_error(models, monkeypatch, tmp_path):
 
     real = importlib.util.find_spec
     for missing, words in (("openvino", r"rankserve\[openvino\]"), ("onnxscript", r"onnxscript.*rankserve\[onnx\]")):
-        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, gone=missing: None if name == gone else real(name, *a))
+        monkeypatch.setattr(
+            importlib.util, "find_spec", lambda name, *a, gone=missing: None if name == gone else real(name, *a)
+        )
         with pytest.raises(ConfigError, match=words):  # onnxscript: only to export (no cached export in tmp_path)
             OpenVinoRunner(models["bert-ce"], threads=1, dtype="float32", cache_dir=tmp_path)
 
@@ -130,16 +138,22 @@ def test_cached_export_needs_no_exporter(models, cache, monkeypatch):
 
     OpenVinoRunner(models["bert-ce"], threads=1, dtype="float32", cache_dir=cache[1])  # exported (or cached)
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("onnx", "onnxscript") else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in ("onnx", "onnxscript") else real(name, *a)
+    )
     assert OpenVinoRunner(models["bert-ce"], threads=1, dtype="float32", cache_dir=cache[1]).forward(
-        encode(models["bert-ce"], passages(3))).shape == (3,)
+        encode(models["bert-ce"], passages(3))
+    ).shape == (3,)
 
 
-@pytest.mark.parametrize("overrides", [
-    {"backend": "openvino", "device": "cuda"},
-    {"backend": "openvino", "dtype": "float16"},
-    {"backend": "openvino", "quantize": "int8"},  # int8 is onnxruntime's
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"backend": "openvino", "device": "cuda"},
+        {"backend": "openvino", "dtype": "float16"},
+        {"backend": "openvino", "quantize": "int8"},  # int8 is onnxruntime's
+    ],
+)
 def test_invalid_openvino_settings(overrides):
     with pytest.raises(ConfigError):
         load_config(overrides, environ={})

@@ -46,7 +46,9 @@ def test_pair_none_raises_with_index_length_limit():
     p = policy(8)
     with pytest.raises(InputTooLong) as info:
         p.pairs("q", ["short", "one two three four five six seven"], "NONE")
-    assert "passages[1]" in info.value.message and "length 11 tokens" in info.value.message and "8" in info.value.message
+    assert (
+        "passages[1]" in info.value.message and "length 11 tokens" in info.value.message and "8" in info.value.message
+    )
 
 
 def test_texts_end_keeps_start_and_start_keeps_end():

@@ -31,21 +31,44 @@ def rankserve(*argv: str) -> int:
 @pytest.fixture(scope="module")
 def man_slice(tmp_path_factory) -> Path:
     """English and German->English man pages, 12 of each (built from the installed man tree)."""
-    require((MAN / "man1" / "ls.1.gz").is_file() and (MAN / "de" / "man1").is_dir(),
-            f"English and German man pages not installed under {MAN}",
-            "apt-get install manpages manpages-dev manpages-de groff-base")
-    require(bool(shutil.which("groff") or shutil.which("mandoc")), "no man renderer (groff or mandoc) on PATH",
-            "apt-get install groff-base")
+    require(
+        (MAN / "man1" / "ls.1.gz").is_file() and (MAN / "de" / "man1").is_dir(),
+        f"English and German man pages not installed under {MAN}",
+        "apt-get install manpages manpages-dev manpages-de groff-base",
+    )
+    require(
+        bool(shutil.which("groff") or shutil.which("mandoc")),
+        "no man renderer (groff or mandoc) on PATH",
+        "apt-get install groff-base",
+    )
     out = tmp_path_factory.mktemp("manpages")
-    assert rankserve("data", "manpages", "--langs", "en", "--cross", "de", "--max-pages", "12", "--granularity",
-                     "pages", "--out", out, "--no-progress") == 0
+    assert (
+        rankserve(
+            "data",
+            "manpages",
+            "--langs",
+            "en",
+            "--cross",
+            "de",
+            "--max-pages",
+            "12",
+            "--granularity",
+            "pages",
+            "--out",
+            out,
+            "--no-progress",
+        )
+        == 0
+    )
     return out / "pages"
 
 
 @pytest.fixture(scope="module")
 def in_process(man_slice, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("eval-local")
-    assert rankserve("eval", "--dataset", man_slice, "--output", out, "--cache-dir", out / "cache", "--no-progress") == 0
+    assert (
+        rankserve("eval", "--dataset", man_slice, "--output", out, "--cache-dir", out / "cache", "--no-progress") == 0
+    )
     return out
 
 
@@ -59,7 +82,7 @@ def md_table(md: str, header_start: str) -> tuple[list[str], dict[str, list[floa
     at = next(i for i, line in enumerate(lines) if line.startswith(header_start))
     header = [c.strip() for c in lines[at].strip("|").split("|")]
     body = {}
-    for line in lines[at + 2:]:
+    for line in lines[at + 2 :]:
         if not line.startswith("|"):
             break
         label, *cells = [c.strip() for c in line.strip("|").split("|")]
@@ -82,7 +105,7 @@ def bar_heights(png: Path, color: str) -> list[int]:
         if run and (c is None or c != run[-1] + 1):
             column_heights = []
             for x in run:  # contiguous pixels upward from the baseline
-                rows = mask[:baseline + 1, x][::-1]
+                rows = mask[: baseline + 1, x][::-1]
                 column_heights.append(int(np.argmin(rows)) if not rows.all() else len(rows))
             heights.append(max(column_heights))
             run = []
@@ -127,8 +150,9 @@ def test_outputs(in_process):
                 value = table[pipeline][metric] if label == "avg" else datasets[label]["metrics"][pipeline][metric]
                 assert shown == pytest.approx(100 * value, abs=0.05 + 1e-9), (metric, pipeline, label)
     _, sizes = md_table(md, "| Dataset | documents |")
-    assert sizes == {name: [float(d["sizes"][k]) for k in ("documents", "pages", "queries")]
-                     for name, d in datasets.items()}
+    assert sizes == {
+        name: [float(d["sizes"][k]) for k in ("documents", "pages", "queries")] for name, d in datasets.items()
+    }
 
     png = in_process / "results.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -139,8 +163,10 @@ def test_outputs(in_process):
     # One bar per dataset and one for the average, per pipeline (colours C0..C4), each as tall as its Recall@5.
     groups = [*details["rows"], "avg"]  # report.chart: the rows, then their average
     heights = {p: bar_heights(png, f"C{i}") for i, p in enumerate(PIPELINES)}
-    values = {p: [100 * (table[p]["Recall@5"] if g == "avg" else datasets[g]["metrics"][p]["Recall@5"])
-                  for g in groups] for p in PIPELINES}
+    values = {
+        p: [100 * (table[p]["Recall@5"] if g == "avg" else datasets[g]["metrics"][p]["Recall@5"]) for g in groups]
+        for p in PIPELINES
+    }
     px_per_pct = max(max(h) for h in heights.values()) / max(max(v) for v in values.values())
     assert px_per_pct > 1.0  # at least 100 pixels for 100 %
     for p in PIPELINES:
@@ -159,8 +185,12 @@ def read_slice(path: Path) -> tuple[dict[str, str], dict[str, str], dict[str, di
     return corpus, queries, qrels
 
 
-MEASURES = {"Recall@5": ir_measures.R @ 5, "Recall@10": ir_measures.R @ 10, "nDCG@10": ir_measures.nDCG @ 10,
-            "MRR@10": ir_measures.RR @ 10}
+MEASURES = {
+    "Recall@5": ir_measures.R @ 5,
+    "Recall@10": ir_measures.R @ 10,
+    "nDCG@10": ir_measures.nDCG @ 10,
+    "MRR@10": ir_measures.RR @ 10,
+}
 
 
 def ir_eval(run, qrels) -> dict[str, float]:
@@ -173,9 +203,12 @@ def chance(qrels: dict[str, dict[str, int]], n_docs: int) -> dict[str, float]:
     its rank is uniform on 1..n_docs."""
     assert all(sum(r >= 1 for r in rels.values()) == 1 for rels in qrels.values())
     ranks = range(1, n_docs + 1)
-    return {"Recall@5": sum(r <= 5 for r in ranks) / n_docs, "Recall@10": sum(r <= 10 for r in ranks) / n_docs,
-            "nDCG@10": sum(1 / np.log2(r + 1) for r in ranks if r <= 10) / n_docs,
-            "MRR@10": sum(1 / r for r in ranks if r <= 10) / n_docs}
+    return {
+        "Recall@5": sum(r <= 5 for r in ranks) / n_docs,
+        "Recall@10": sum(r <= 10 for r in ranks) / n_docs,
+        "nDCG@10": sum(1 / np.log2(r + 1) for r in ranks if r <= 10) / n_docs,
+        "MRR@10": sum(1 / r for r in ranks if r <= 10) / n_docs,
+    }
 
 
 def test_real_retrieval_quality(in_process, man_slice):
@@ -242,8 +275,9 @@ def test_metrics_agree_with_ir_measures_on_the_written_runs(in_process, man_slic
     for pipeline in PIPELINES:
         path = in_process / "runs" / "en" / f"{pipeline}.trec"
         ours = evaluate(read_run(path), qrels)
-        theirs = ir_measures.calc_aggregate([ir_measures.R @ 5, ir_measures.nDCG @ 10], qrels,
-                                            ir_measures.read_trec_run(str(path)))
+        theirs = ir_measures.calc_aggregate(
+            [ir_measures.R @ 5, ir_measures.nDCG @ 10], qrels, ir_measures.read_trec_run(str(path))
+        )
         assert ours["Recall@5"] == pytest.approx(theirs[ir_measures.R @ 5], abs=1e-9)
         assert ours["nDCG@10"] == pytest.approx(theirs[ir_measures.nDCG @ 10], abs=1e-9)
         stored = json.loads((in_process / "details.json").read_text())["datasets"]["en"]["metrics"][pipeline]
@@ -251,8 +285,19 @@ def test_metrics_agree_with_ir_measures_on_the_written_runs(in_process, man_slic
 
 
 def test_second_run_reads_embeddings_from_the_cache(in_process, man_slice, tmp_path):
-    assert rankserve("eval", "--dataset", man_slice / "en", "--output", tmp_path, "--cache-dir", in_process / "cache",
-                     "--no-progress") == 0
+    assert (
+        rankserve(
+            "eval",
+            "--dataset",
+            man_slice / "en",
+            "--output",
+            tmp_path,
+            "--cache-dir",
+            in_process / "cache",
+            "--no-progress",
+        )
+        == 0
+    )
     details = json.loads((tmp_path / "details.json").read_text())
     assert details["datasets"]["en"]["cached"] == {"embed corpus": True, "embed queries": True}
     assert results(tmp_path) == json.loads((in_process / "details.json").read_text())["datasets"]["en"]["metrics"]
@@ -260,8 +305,22 @@ def test_second_run_reads_embeddings_from_the_cache(in_process, man_slice, tmp_p
 
 def test_over_http_matches_in_process(in_process, man_slice, live_default, tmp_path):
     """Same default model behind /v1/embeddings and /v1/ranking: the same table."""
-    assert rankserve("eval", "--dataset", man_slice, "--output", tmp_path, "--embed-url", live_default.url,
-                     "--rerank-url", live_default.url + "/v1", "--no-cache", "--no-progress") == 0
+    assert (
+        rankserve(
+            "eval",
+            "--dataset",
+            man_slice,
+            "--output",
+            tmp_path,
+            "--embed-url",
+            live_default.url,
+            "--rerank-url",
+            live_default.url + "/v1",
+            "--no-cache",
+            "--no-progress",
+        )
+        == 0
+    )
     details = json.loads((tmp_path / "details.json").read_text())
     assert details["settings"]["embedder"] == f"http:{live_default.url}:sentence-transformers/all-MiniLM-L6-v2"
     local, remote = results(in_process), results(tmp_path)
@@ -278,9 +337,16 @@ def test_over_http_matches_in_process(in_process, man_slice, live_default, tmp_p
 
 def write_toy(path: Path) -> None:
     """Eight pages, each cut in two passages (``metadata.page``), four queries."""
-    topics = ["list directory contents", "copy files and directories", "print the system date and time",
-              "show disk space usage", "search text for a pattern", "compress an archive", "count lines in files",
-              "remove files or directories"]
+    topics = [
+        "list directory contents",
+        "copy files and directories",
+        "print the system date and time",
+        "show disk space usage",
+        "search text for a pattern",
+        "compress an archive",
+        "count lines in files",
+        "remove files or directories",
+    ]
     corpus = []
     for i, t in enumerate(topics):
         corpus.append({"_id": f"p{i}#0", "text": f"This command can {t}.", "metadata": {"page": f"p{i}"}})
@@ -292,8 +358,22 @@ def write_toy(path: Path) -> None:
 def test_cross_encoder_reranker_and_passages(bert_ce_dir, tmp_path):
     data, out = tmp_path / "toy", tmp_path / "out"
     write_toy(data)
-    assert rankserve("eval", "--dataset", data, "--output", out, "--reranker", bert_ce_dir, "--top-k", "20",
-                     "--no-cache", "--no-progress") == 0
+    assert (
+        rankserve(
+            "eval",
+            "--dataset",
+            data,
+            "--output",
+            out,
+            "--reranker",
+            bert_ce_dir,
+            "--top-k",
+            "20",
+            "--no-cache",
+            "--no-progress",
+        )
+        == 0
+    )
     details = json.loads((out / "details.json").read_text())
     assert details["settings"]["reranker"].startswith("local:bert:cross-encoder:")
     assert details["datasets"]["toy"]["sizes"] == {"documents": 16, "pages": 8, "queries": 4}
@@ -316,8 +396,16 @@ def test_cross_encoder_reranker_and_passages(bert_ce_dir, tmp_path):
 
     q0 = reranked["q0"]
     page = ranking(q0)[0]
-    both = asyncio.run(score("list directory contents", [c["text"] for c in map(json.loads, (data / "corpus.jsonl")
-                                                          .read_text().splitlines()) if c["metadata"]["page"] == page]))
+    both = asyncio.run(
+        score(
+            "list directory contents",
+            [
+                c["text"]
+                for c in map(json.loads, (data / "corpus.jsonl").read_text().splitlines())
+                if c["metadata"]["page"] == page
+            ],
+        )
+    )
     assert q0[page] == pytest.approx(max(both), abs=1e-5)
 
 
@@ -331,6 +419,10 @@ def test_unreachable_server_is_one_line_error(tmp_path, capsys):
 
     write_toy(tmp_path / "toy")
     url = f"http://127.0.0.1:{free_port()}"
-    assert rankserve("eval", "--dataset", tmp_path / "toy", "--output", tmp_path / "out", "--embed-url", url,
-                     "--no-progress") == 2
+    assert (
+        rankserve(
+            "eval", "--dataset", tmp_path / "toy", "--output", tmp_path / "out", "--embed-url", url, "--no-progress"
+        )
+        == 2
+    )
     assert f"{url}/v1/models: ConnectError" in capsys.readouterr().err

@@ -41,8 +41,10 @@ def through_file(tmp_path, run):
 
 def ir_measures_values(path, qrels, names):
     measures = [ir_measures.parse_measure(MEASURES[n]) for n in names]
-    values = {(m.query_id, str(m.measure)): m.value
-              for m in ir_measures.iter_calc(measures, qrels, ir_measures.read_trec_run(str(path)))}
+    values = {
+        (m.query_id, str(m.measure)): m.value
+        for m in ir_measures.iter_calc(measures, qrels, ir_measures.read_trec_run(str(path)))
+    }
     aggregate = ir_measures.calc_aggregate(measures, qrels, ir_measures.read_trec_run(str(path)))
     return values, {n: aggregate[ir_measures.parse_measure(MEASURES[n])] for n in names}
 
@@ -172,13 +174,19 @@ def test_paired_p_value_equals_the_exact_permutation_test():
     b = {q: v - 0.15 + 0.3 * rng.random() for q, v in a.items()}
     qs = sorted(a)
     exact = scipy_stats.permutation_test(
-        (np.array([a[q] for q in qs]), np.array([b[q] for q in qs])), lambda x, y: np.mean(x - y),
-        permutation_type="samples", alternative="two-sided", n_resamples=np.inf).pvalue
+        (np.array([a[q] for q in qs]), np.array([b[q] for q in qs])),
+        lambda x, y: np.mean(x - y),
+        permutation_type="samples",
+        alternative="two-sided",
+        n_resamples=np.inf,
+    ).pvalue
     assert metrics.paired_p_value(a, b, rounds=20_000) == pytest.approx(exact, abs=0.015)
     assert metrics.paired_p_value(a, a) == 1.0
     # 40 queries all one point better: only 2 of 2^40 sign patterns reach it
-    assert metrics.paired_p_value({f"q{i}": 1.0 for i in range(40)}, {f"q{i}": 0.0 for i in range(40)},
-                                  rounds=999) == 1 / 1000
+    assert (
+        metrics.paired_p_value({f"q{i}": 1.0 for i in range(40)}, {f"q{i}": 0.0 for i in range(40)}, rounds=999)
+        == 1 / 1000
+    )
 
 
 def test_rerank_lift_reports_the_difference_and_its_p_value():

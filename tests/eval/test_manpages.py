@@ -18,15 +18,20 @@ MAN = Path("/usr/share/man")
 
 @pytest.fixture
 def man_renderer() -> None:
-    require(bool(shutil.which("groff") or shutil.which("mandoc")), "no man renderer (groff or mandoc) on PATH",
-            "apt-get install groff-base")
+    require(
+        bool(shutil.which("groff") or shutil.which("mandoc")),
+        "no man renderer (groff or mandoc) on PATH",
+        "apt-get install groff-base",
+    )
 
 
 @pytest.fixture
 def man_tree_installed() -> None:
-    require((MAN / "man1" / "ls.1.gz").is_file() and (MAN / "de" / "man1" / "ls.1.gz").is_file(),
-            f"English and German man pages not installed under {MAN}",
-            "apt-get install manpages manpages-dev manpages-de manpages-fr groff-base")
+    require(
+        (MAN / "man1" / "ls.1.gz").is_file() and (MAN / "de" / "man1" / "ls.1.gz").is_file(),
+        f"English and German man pages not installed under {MAN}",
+        "apt-get install manpages manpages-dev manpages-de manpages-fr groff-base",
+    )
 
 
 # Skipped locally with the install line when missing; a failure when CI is set (conftest.require).
@@ -34,8 +39,19 @@ needs_groff = pytest.mark.usefixtures("man_renderer")
 needs_tree = pytest.mark.usefixtures("man_tree_installed")
 
 
-@pytest.mark.parametrize("ci, outcome", [(None, "skip"), ("", "skip"), ("0", "skip"), ("false", "skip"),
-                                         ("False", "skip"), ("true", "fail"), ("1", "fail"), ("yes", "fail")])
+@pytest.mark.parametrize(
+    "ci, outcome",
+    [
+        (None, "skip"),
+        ("", "skip"),
+        ("0", "skip"),
+        ("false", "skip"),
+        ("False", "skip"),
+        ("true", "fail"),
+        ("1", "fail"),
+        ("yes", "fail"),
+    ],
+)
 def test_require_skips_locally_and_fails_in_ci(monkeypatch, ci, outcome):
     if ci is None:
         monkeypatch.delenv("CI", raising=False)
@@ -46,6 +62,7 @@ def test_require_skips_locally_and_fails_in_ci(monkeypatch, ci, outcome):
         require(False, "no frobnicator", "apt-get install frob")
     assert "no frobnicator" in str(info.value) and "apt-get install frob" in str(info.value)
     require(True, "never shown", "never run")  # a met prerequisite neither skips nor fails
+
 
 RENDERED = """LS(1)                         User Commands                        LS(1)
 
@@ -69,12 +86,15 @@ def test_parse_splits_name_line_from_the_rest():
     assert "NAME" not in page.text and "GNU coreutils" not in page.text and "LS(1)" not in page.text
 
 
-@pytest.mark.parametrize("name_line, expected", [
-    ("cp, mv - copy and move files", "copy and move files"),
-    ("ssh \u2014 OpenSSH remote login client", "OpenSSH remote login client"),
-    ("git-commit - Record changes - to the repository", "Record changes - to the repository"),
-    ("nodescription", None),
-])
+@pytest.mark.parametrize(
+    "name_line, expected",
+    [
+        ("cp, mv - copy and move files", "copy and move files"),
+        ("ssh \u2014 OpenSSH remote login client", "OpenSSH remote login client"),
+        ("git-commit - Record changes - to the repository", "Record changes - to the repository"),
+        ("nodescription", None),
+    ],
+)
 def test_parse_name_variants(name_line, expected):
     page = parse("x.1", RENDERED.replace("ls - list directory contents", name_line))
     assert (page.description if page else None) == expected
@@ -90,8 +110,10 @@ def test_chunker_keeps_every_word_within_the_token_limit():
 
 
 def roff(name: str, heading: str, description: str, body: str) -> bytes:
-    return (f'.TH {name.upper()} 1 "2024" "test" "User Commands"\n.SH {heading}\n{name} \\- {description}\n'
-            f".SH SYNOPSIS\n.B {name}\n[\\fIOPTION\\fR]\n.SH DESCRIPTION\n{body}\n").encode()
+    return (
+        f'.TH {name.upper()} 1 "2024" "test" "User Commands"\n.SH {heading}\n{name} \\- {description}\n'
+        f".SH SYNOPSIS\n.B {name}\n[\\fIOPTION\\fR]\n.SH DESCRIPTION\n{body}\n"
+    ).encode()
 
 
 @pytest.fixture
@@ -99,12 +121,21 @@ def man_tree(tmp_path) -> Path:
     """A tiny man tree: English and German pages, an alias symlink and a .so stub (both skipped)."""
     root = tmp_path / "man"
     pages = {
-        "frob": ("frobnicate the widgets", "Widgets frobnizieren",
-                 "Frobnicates every widget found in the current directory, recursively."),
-        "blink": ("make the lights blink", "die Lichter blinken lassen",
-                  "Blinks the keyboard lights a number of times given on the command line."),
-        "tally": ("count lines in files", "Zeilen in Dateien zählen",
-                  "Counts the lines of each file and prints a total at the end."),
+        "frob": (
+            "frobnicate the widgets",
+            "Widgets frobnizieren",
+            "Frobnicates every widget found in the current directory, recursively.",
+        ),
+        "blink": (
+            "make the lights blink",
+            "die Lichter blinken lassen",
+            "Blinks the keyboard lights a number of times given on the command line.",
+        ),
+        "tally": (
+            "count lines in files",
+            "Zeilen in Dateien zählen",
+            "Counts the lines of each file and prints a total at the end.",
+        ),
     }
     for lang, heading in (("en", "NAME"), ("de", "BEZEICHNUNG")):
         folder = (root if lang == "en" else root / lang) / "man1"
@@ -124,8 +155,15 @@ def test_list_pages_skips_aliases(man_tree):
 @needs_groff
 def test_build_synthetic_tree(man_tree, tmp_path):
     out = tmp_path / "out"
-    opts = BuildOptions(langs=["en", "de"], cross=["de"], sections=["1"], max_pages=0, passage_tokens=16,
-                        man_root=man_tree, progress=False)
+    opts = BuildOptions(
+        langs=["en", "de"],
+        cross=["de"],
+        sections=["1"],
+        max_pages=0,
+        passage_tokens=16,
+        man_root=man_tree,
+        progress=False,
+    )
     manifest = build(out, opts)
     assert set(manifest["variants"]) == {f"{g}/{v}" for g in ("pages", "passages") for v in ("en", "de", "de-en")}
     en = beir.load(out / "pages" / "en")
@@ -149,15 +187,28 @@ def test_build_synthetic_tree(man_tree, tmp_path):
 @needs_groff
 def test_duplicate_descriptions_are_not_queries(man_tree, tmp_path):
     (man_tree / "man1" / "twin.1.gz").write_bytes(gzip.compress(roff("twin", "NAME", "count lines in files", "Twin.")))
-    build(tmp_path / "out", BuildOptions(langs=["en"], cross=[], sections=["1"], max_pages=0, granularity=["pages"],
-                                         man_root=man_tree, english="all", progress=False))
+    build(
+        tmp_path / "out",
+        BuildOptions(
+            langs=["en"],
+            cross=[],
+            sections=["1"],
+            max_pages=0,
+            granularity=["pages"],
+            man_root=man_tree,
+            english="all",
+            progress=False,
+        ),
+    )
     ds = beir.load(tmp_path / "out" / "pages" / "en")
     assert "twin.1" in ds.doc_ids and "en:twin.1" not in ds.query_ids and "en:tally.1" not in ds.query_ids
 
 
 @needs_groff
 @needs_tree
-@pytest.mark.parametrize("lang, description", [("en", "list directory contents"), ("de", "Verzeichnisinhalte auflisten")])
+@pytest.mark.parametrize(
+    "lang, description", [("en", "list directory contents"), ("de", "Verzeichnisinhalte auflisten")]
+)
 def test_real_ls_page(lang, description):
     root = MAN if lang == "en" else MAN / lang
     page = parse("ls.1", render(root / "man1" / "ls.1.gz", renderer()))
@@ -203,11 +254,23 @@ def test_build_with_a_test_split(man_tree, tmp_path):
     pages = {"blink.1", "frob.1", "tally.1"}
     seed = next(s for s in range(100) if 0 < sum(held_out(p, 0.5, s) for p in pages) < 3)
     out = tmp_path / "out"
-    manifest = build(out, BuildOptions(langs=["en", "de"], cross=["de"], sections=["1"], max_pages=0,
-                                       passage_tokens=16, man_root=man_tree, progress=False, seed=seed,
-                                       test_fraction=0.5))
-    assert set(manifest["variants"]) == {f"{g}/{v}-{s}" for g in ("pages", "passages") for v in ("en", "de", "de-en")
-                                         for s in ("train", "test")}
+    manifest = build(
+        out,
+        BuildOptions(
+            langs=["en", "de"],
+            cross=["de"],
+            sections=["1"],
+            max_pages=0,
+            passage_tokens=16,
+            man_root=man_tree,
+            progress=False,
+            seed=seed,
+            test_fraction=0.5,
+        ),
+    )
+    assert set(manifest["variants"]) == {
+        f"{g}/{v}-{s}" for g in ("pages", "passages") for v in ("en", "de", "de-en") for s in ("train", "test")
+    }
     for variant in ("en", "de", "de-en"):
         train, test = beir.load(out / "pages" / f"{variant}-train"), beir.load(out / "pages" / f"{variant}-test")
         assert set(train.doc_ids).isdisjoint(test.doc_ids) and set(train.doc_ids) | set(test.doc_ids) == pages
@@ -230,8 +293,15 @@ def test_split_pages_keeps_each_page_whole_on_one_side():
     out = [p for p in pages if held_out(p, 0.3, seed)]
     kept = [p for p in pages if not held_out(p, 0.3, seed)]
     qrels["both"] = {out[0]: 1, kept[0]: 1}
-    ds = Dataset("d", docs, [f"text {d}" for d in docs], list(qrels), [f"query {q}" for q in qrels], qrels,
-                 {d: d.split("#")[0] for d in docs})
+    ds = Dataset(
+        "d",
+        docs,
+        [f"text {d}" for d in docs],
+        list(qrels),
+        [f"query {q}" for q in qrels],
+        qrels,
+        {d: d.split("#")[0] for d in docs},
+    )
     rest, val, dropped = ds.split_pages(0.3, seed)
     assert dropped == 1 and "both" not in rest.query_ids + val.query_ids
     assert {d.split("#")[0] for d in val.doc_ids} == set(out) and {d.split("#")[0] for d in rest.doc_ids} == set(kept)

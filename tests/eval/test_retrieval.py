@@ -33,12 +33,19 @@ def test_tokenize_cjk_as_bigrams():
 
 
 def test_bm25_ranks_matching_documents_and_drops_non_matching():
-    docs = {"ls": "ls lists directory contents, files and directories",
-            "cp": "cp copies files and directories",
-            "date": "date prints the system date and time"}
-    run = bm25_search(list(docs), [tokenize(t) for t in docs.values()], ["q1", "q2", "q3"],
-                      [tokenize("list directory contents"), tokenize("print the time"), tokenize("the")],
-                      k=10, progress=False)
+    docs = {
+        "ls": "ls lists directory contents, files and directories",
+        "cp": "cp copies files and directories",
+        "date": "date prints the system date and time",
+    }
+    run = bm25_search(
+        list(docs),
+        [tokenize(t) for t in docs.values()],
+        ["q1", "q2", "q3"],
+        [tokenize("list directory contents"), tokenize("print the time"), tokenize("the")],
+        k=10,
+        progress=False,
+    )
     assert ranking(run["q1"])[0] == "ls"
     assert list(run["q2"]) == ["date"]  # cp and ls share no term with the query: not retrieved
     assert run["q3"] == {}  # only a stopword
@@ -49,7 +56,9 @@ def test_dense_search_is_exact_cosine_top_k():
     docs, queries = rng.normal(size=(300, 16)), rng.normal(size=(37, 16))
     doc_ids = [f"d{i}" for i in range(300)]
     run = dense_search(doc_ids, docs, [f"q{i}" for i in range(37)], queries, k=10, batch=8, progress=False)
-    cos = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ (docs / np.linalg.norm(docs, axis=1, keepdims=True)).T
+    cos = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ (
+        docs / np.linalg.norm(docs, axis=1, keepdims=True)
+    ).T
     for i in range(37):
         expected = [doc_ids[j] for j in np.argsort(-cos[i])[:10]]
         assert ranking(run[f"q{i}"]) == expected
@@ -112,7 +121,9 @@ def test_rerank_scores_each_candidate_once_for_both_runs():
     assert out[1] == {"q": {"bb": 2.0, "dddd": 4.0}}
 
 
-@pytest.mark.parametrize("url", ["http://h:8000", "http://h:8000/", "http://h:8000/v1", "http://h:8000/v1/ranking",
-                                 "http://h:8000/v1/embeddings"])
+@pytest.mark.parametrize(
+    "url",
+    ["http://h:8000", "http://h:8000/", "http://h:8000/v1", "http://h:8000/v1/ranking", "http://h:8000/v1/embeddings"],
+)
 def test_base_url(url):
     assert base_url(url) == "http://h:8000"

@@ -10,9 +10,9 @@ import pytest
 import torch
 from llama_checkpoints import make_nvidia_reranker
 
-from rankserve.engine.runner import TorchRunner
+from rankserve.engine.backends.torch_runner import TorchRunner
 from rankserve.engine.tokenize import Encoded
-from rankserve.engine.types import Batch
+from rankserve.models.batch import Batch
 from rankserve.models.loader import load_model
 
 LENGTHS = [61, 60, 58, 44, 43, 30, 29, 28, 9, 8, 3]  # longest first, as the engine cuts batches

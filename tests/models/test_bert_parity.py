@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rankserve.engine.backends.cpu_gemm import onednn_available, use_cpu_gemm
 from rankserve.engine.tokenize import TokenizerPolicy
-from rankserve.engine.types import Batch
-from rankserve.models.cpu_gemm import onednn_available, use_cpu_gemm
+from rankserve.models.batch import Batch
 from rankserve.models.loader import load_model
 
 TOL = 1e-5
@@ -24,8 +24,9 @@ PASSAGES = [
 
 
 def encode(spec, query, passages):
-    policy = TokenizerPolicy(str(spec.tokenizer_file), max_length=spec.max_length, rerank_template=None,
-                             with_type_ids=True)
+    policy = TokenizerPolicy(
+        str(spec.tokenizer_file), max_length=spec.max_length, rerank_template=None, with_type_ids=True
+    )
     return policy.pairs(query, passages, "END")
 
 
@@ -53,8 +54,9 @@ def test_cross_encoder_matches_transformers(fixture, rows, gemm, request, monkey
     batch = Batch.from_sequences([e.ids for e in encoded], [e.type_ids for e in encoded], pad_id=spec.pad_id)
     ref = AutoModelForSequenceClassification.from_pretrained(directory).eval()
     with torch.inference_mode():
-        expected = ref(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                       token_type_ids=batch.token_type_ids).logits
+        expected = ref(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, token_type_ids=batch.token_type_ids
+        ).logits
     got = ours(spec, encoded)
     assert got.shape == expected.shape == (len(PASSAGES), 1)
     assert (got - expected).abs().max().item() <= TOL
@@ -73,8 +75,9 @@ def test_bi_encoder_matches_sentence_transformers(bert_bi_dir):
     spec = load_model(bert_bi_dir)
     assert (spec.kind, spec.pooling, spec.normalize, spec.max_length) == ("embedder", "mean", True, 64)
     texts = [QUERY, *PASSAGES]
-    policy = TokenizerPolicy(str(spec.tokenizer_file), max_length=spec.max_length, rerank_template=None,
-                             with_type_ids=True)
+    policy = TokenizerPolicy(
+        str(spec.tokenizer_file), max_length=spec.max_length, rerank_template=None, with_type_ids=True
+    )
     encoded = policy.texts(texts, "END")
     got = torch.nn.functional.normalize(ours(spec, encoded), dim=-1)
     expected = torch.tensor(SentenceTransformer(str(bert_bi_dir), device="cpu").encode(texts))
@@ -110,8 +113,9 @@ def test_default_model_matches_sentence_transformers():
 
     spec = load_model(default_model_dir())
     texts = ["A man is eating food.", "The ls command lists directory contents, sorted by name by default."]
-    policy = TokenizerPolicy(str(spec.tokenizer_file), max_length=spec.max_length, rerank_template=None,
-                             with_type_ids=True)
+    policy = TokenizerPolicy(
+        str(spec.tokenizer_file), max_length=spec.max_length, rerank_template=None, with_type_ids=True
+    )
     got = torch.nn.functional.normalize(ours(spec, policy.texts(texts, "END")), dim=-1)
     expected = torch.tensor(SentenceTransformer(str(default_model_dir()), device="cpu").encode(texts))
     assert (got - expected).abs().max().item() <= TOL

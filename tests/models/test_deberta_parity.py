@@ -9,21 +9,19 @@ DebertaV2ForSequenceClassification / DebertaV2Model on a padded batch. Tolerance
 
 from __future__ import annotations
 
-
 import pytest
 import torch
+from checkpoints import WORDS, make_deberta
+from conftest import with_engine
 from tokenizers import Tokenizer
 
-from checkpoints import DEBERTA_SHAPES as SHAPES, WORDS, make_deberta
-from conftest import with_engine
 from rankserve.errors import ModelLoadError
 from rankserve.models.deberta import bucket
 from rankserve.models.loader import load_model
 
 QUERY = "how do i list the files in a directory"
-PASSAGES = [" ".join(WORDS[i:i + n]) for i, n in ((0, 30), (20, 8), (40, 36), (5, 3), (60, 25))]
+PASSAGES = [" ".join(WORDS[i : i + n]) for i, n in ((0, 30), (20, 8), (40, 36), (5, 3), (60, 25))]
 TOL = 1e-4
-
 
 
 def tokenizer(directory) -> Tokenizer:
@@ -39,8 +37,11 @@ def padded(encodings) -> dict[str, torch.Tensor]:
     def pad(rows, value):
         return torch.tensor([r + [value] * (width - len(r)) for r in rows])
 
-    return {"input_ids": pad([e.ids for e in encodings], 0), "token_type_ids": pad([e.type_ids for e in encodings], 0),
-            "attention_mask": pad([[1] * len(e.ids) for e in encodings], 0)}
+    return {
+        "input_ids": pad([e.ids for e in encodings], 0),
+        "token_type_ids": pad([e.type_ids for e in encodings], 0),
+        "attention_mask": pad([[1] * len(e.ids) for e in encodings], 0),
+    }
 
 
 @pytest.mark.parametrize("shape", ["v3", "v2"])

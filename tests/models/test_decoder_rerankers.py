@@ -12,10 +12,10 @@ import shutil
 
 import pytest
 import torch
-from tokenizers import Tokenizer
-
 from conftest import LiveServer, with_engine
 from decoder_checkpoints import make_decoder, reference
+from tokenizers import Tokenizer
+
 from rankserve.config import RECIPE_NAMES, load_config
 from rankserve.engine.engine import Engine
 from rankserve.errors import ModelLoadError
@@ -24,11 +24,13 @@ from rankserve.models.loader import load_model
 from rankserve.models.recipes import QWEN3_INSTRUCTION, QWEN3_PREFIX, RECIPES, RecipeChoice
 
 QUERY = "how do i list files in a directory"
-PASSAGES = ["the ls command lists directory contents, sorted by name",
-            "paris is the capital and largest city of france",
-            "show disk space usage with df and du",
-            "banana is a fruit rich in potassium; a small yellow fruit",
-            "ls"]
+PASSAGES = [
+    "the ls command lists directory contents, sorted by name",
+    "paris is the capital and largest city of france",
+    "show disk space usage with df and du",
+    "banana is a fruit rich in potassium; a small yellow fruit",
+    "ls",
+]
 TOL = 1e-4
 
 
@@ -92,8 +94,11 @@ def test_qwen3_instruction_and_folder_name_detection(tmp_path):
     assert QWEN3_INSTRUCTION not in RECIPES["qwen3-reranker"].template(task, None)
 
     def prompt(q: str, p: str) -> str:  # Qwen3-Reranker's model card, written out
-        return (QWEN3_PREFIX + f"<Instruct>: {task}\n<Query>: {q}\n<Document>: {p}"
-                + "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n")
+        return (
+            QWEN3_PREFIX
+            + f"<Instruct>: {task}\n<Query>: {q}\n<Document>: {p}"
+            + "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+        )
 
     expected = reference_scores(directory, "qwen3", prompt, "yes", "no")
     assert engine_scores(directory, instruction=task) == pytest.approx(expected, abs=TOL)
@@ -105,12 +110,23 @@ def test_long_passages_are_cut_inside_the_passage_never_the_prompt(tmp_path):
     long = " ".join(PASSAGES * 40)
     tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
     suffix_ids = tok.encode("<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n").ids
-    e = Engine.load(load_config({"model": str(directory), "dtype": "float32", "warmup": False, "max_length": 200,
-                                 "recipe": "qwen3-reranker"}, environ={}), Metrics())
+    e = Engine.load(
+        load_config(
+            {
+                "model": str(directory),
+                "dtype": "float32",
+                "warmup": False,
+                "max_length": 200,
+                "recipe": "qwen3-reranker",
+            },
+            environ={},
+        ),
+        Metrics(),
+    )
     [encoded] = e.policy.pairs(QUERY, [long], "END")
-    assert len(encoded.ids) == 200 and list(encoded.ids[-len(suffix_ids):]) == suffix_ids
+    assert len(encoded.ids) == 200 and list(encoded.ids[-len(suffix_ids) :]) == suffix_ids
     prefix_ids = tok.encode(spec_template.split("\n<Query>")[0]).ids  # up to a pre-token boundary
-    assert list(encoded.ids[:len(prefix_ids)]) == prefix_ids
+    assert list(encoded.ids[: len(prefix_ids)]) == prefix_ids
     # and the score is the LM's on exactly those ids
     with torch.no_grad():
         z = reference(directory, "qwen3")(input_ids=torch.tensor([list(encoded.ids)])).logits[0, -1]
@@ -126,8 +142,9 @@ def test_yes_no_recipe_with_a_custom_prompt_on_a_llama_causal_lm(tmp_path):
     got = engine_scores(directory, recipe="yes-no", rerank_template=template, score_tokens="yes,no")
     assert got == pytest.approx(expected, abs=TOL)
     only_yes = reference_scores(directory, "llama", template, "Yes", None)
-    assert engine_scores(directory, recipe="yes-no", rerank_template=template,
-                         score_tokens="Yes") == pytest.approx(only_yes, abs=TOL)
+    assert engine_scores(directory, recipe="yes-no", rerank_template=template, score_tokens="Yes") == pytest.approx(
+        only_yes, abs=TOL
+    )
 
 
 @pytest.mark.parametrize("family", ["qwen2", "qwen3", "gemma"])
@@ -138,8 +155,10 @@ def test_sequence_classification_folders_equal_transformers(tmp_path, family):
     tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
     model = reference(directory, family, "ForSequenceClassification")
     with torch.no_grad():
-        expected = [float(model(input_ids=torch.tensor([tok.encode(template.format(query=QUERY, passage=p)).ids]))
-                          .logits[0, 0]) for p in PASSAGES]
+        expected = [
+            float(model(input_ids=torch.tensor([tok.encode(template.format(query=QUERY, passage=p)).ids])).logits[0, 0])
+            for p in PASSAGES
+        ]
     assert engine_scores(directory, rerank_template=template) == pytest.approx(expected, abs=TOL)
     with pytest.raises(ModelLoadError, match="give its prompt with --recipe"):
         load_model(directory)  # no NVIDIA default prompt for these families
@@ -159,24 +178,29 @@ def test_base_models_embed_like_transformers_last_token(tmp_path, family):
     texts = PASSAGES[:3]
     got = torch.as_tensor(with_engine(directory, lambda e: _vectors(e, texts)))
     with torch.no_grad():
-        expected = torch.stack([model(input_ids=torch.tensor([tok.encode(t).ids])).last_hidden_state[0, -1]
-                                for t in texts])
+        expected = torch.stack(
+            [model(input_ids=torch.tensor([tok.encode(t).ids])).last_hidden_state[0, -1] for t in texts]
+        )
     expected = torch.nn.functional.normalize(expected, dim=-1)
     assert (got - expected).abs().max() <= TOL
 
 
-@pytest.mark.parametrize("config, message", [
-    ({}, "is a causal LM: serve it as a reranker with --recipe"),
-    ({"recipe": "yes-no", "score_tokens": "yes,no"}, "needs --rerank-template"),
-    ({"recipe": "yes-no", "rerank_template": "{query} {passage}"}, "needs --score-tokens"),
-    ({"recipe": "bge-reranker-gemma", "instruction": "x"}, "takes no --instruction"),
-    ({"recipe": "qwen3-reranker", "rerank_template": "{query} {passage}"}, "has its own prompt"),
-    ({"recipe": "yes-no", "rerank_template": "{query} {passage}", "score_tokens": "yes,no,maybe"}, "POSITIVE"),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({}, "is a causal LM: serve it as a reranker with --recipe"),
+        ({"recipe": "yes-no", "score_tokens": "yes,no"}, "needs --rerank-template"),
+        ({"recipe": "yes-no", "rerank_template": "{query} {passage}"}, "needs --score-tokens"),
+        ({"recipe": "bge-reranker-gemma", "instruction": "x"}, "takes no --instruction"),
+        ({"recipe": "qwen3-reranker", "rerank_template": "{query} {passage}"}, "has its own prompt"),
+        ({"recipe": "yes-no", "rerank_template": "{query} {passage}", "score_tokens": "yes,no,maybe"}, "POSITIVE"),
+    ],
+)
 def test_recipe_mistakes_are_clear_load_errors(tmp_path, config, message):
     directory = make_decoder(tmp_path / "m", "llama")
-    choice = RecipeChoice(config.get("recipe"), config.get("instruction"), config.get("score_tokens"),
-                          config.get("rerank_template"))
+    choice = RecipeChoice(
+        config.get("recipe"), config.get("instruction"), config.get("score_tokens"), config.get("rerank_template")
+    )
     with pytest.raises(ModelLoadError, match=message):
         load_model(directory, choice=choice)
 
@@ -200,8 +224,9 @@ def test_served_over_http_with_the_recipe_flag(tmp_path):
     import httpx
 
     with LiveServer(model=str(directory), recipe="mxbai-rerank-v2") as server:
-        body = httpx.post(server.url + "/v1/ranking", json={
-            "query": {"text": QUERY}, "passages": [{"text": p} for p in PASSAGES]}).json()
+        body = httpx.post(
+            server.url + "/v1/ranking", json={"query": {"text": QUERY}, "passages": [{"text": p} for p in PASSAGES]}
+        ).json()
     by_index = {x["index"]: x["logit"] for x in body["rankings"]}
     assert [by_index[i] for i in range(len(PASSAGES))] == pytest.approx(expected, abs=TOL)
     assert [x["index"] for x in body["rankings"]] == sorted(range(len(PASSAGES)), key=lambda i: -expected[i])

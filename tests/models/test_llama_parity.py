@@ -16,18 +16,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from llama_checkpoints import (
     make_hf_llama_classifier,
     make_nvidia_embedder,
     make_nvidia_reranker,
     reference_model,
 )
-from rankserve.engine.runner import TorchRunner
+
+from rankserve.engine.backends.cpu_gemm import onednn_available, use_cpu_gemm
+from rankserve.engine.backends.torch_runner import TorchRunner
 from rankserve.engine.tokenize import TokenizerPolicy
-from rankserve.engine.types import Batch
 from rankserve.errors import InputTooLong
-from rankserve.models.cpu_gemm import onednn_available, use_cpu_gemm
+from rankserve.models.batch import Batch
 from rankserve.models.loader import load_model
 
 TOL = 1e-4
@@ -61,8 +61,9 @@ def llama_emb(tmp_path_factory):
 
 
 def policy(spec) -> TokenizerPolicy:
-    return TokenizerPolicy(str(spec.tokenizer_file), max_length=spec.max_length,
-                           rerank_template=spec.rerank_template, with_type_ids=False)
+    return TokenizerPolicy(
+        str(spec.tokenizer_file), max_length=spec.max_length, rerank_template=spec.rerank_template, with_type_ids=False
+    )
 
 
 def ours(spec, ids, left=False) -> torch.Tensor:
@@ -99,6 +100,7 @@ def reference_logits(directory, ids, mode="mean", left=False, dtype=torch.float3
 
 
 # -- rerankers ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("gemm", ["torch", "onednn"])
 @pytest.mark.parametrize("rows", [None, 5], ids=["whole-mlp", "mlp-in-5-row-slices"])
@@ -184,6 +186,7 @@ def test_hf_llama_classifier_is_causal_last_token(tmp_path):
 
 # -- embedders ---------------------------------------------------------------------------------
 
+
 def embed_check(directory, dtype=torch.float32, tol=TOL) -> tuple[float, float | None]:
     """Max abs diff of our unit vectors vs transformers' fp32 ones (asserted <= tol), and for a
     non-fp32 dtype transformers' own error in that dtype (None for fp32)."""
@@ -211,10 +214,17 @@ def test_embedder_matches_transformers(llama_emb):
     embed_check(llama_emb)
 
 
-@pytest.mark.parametrize("variant", [
-    dict(lm_head="tied"), dict(lm_head="untied"), dict(shard_bytes=40_000),
-    dict(dtype=torch.bfloat16), dict(dtype=torch.float16), dict(family="mistral", shard_bytes=60_000),
-])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        dict(lm_head="tied"),
+        dict(lm_head="untied"),
+        dict(shard_bytes=40_000),
+        dict(dtype=torch.bfloat16),
+        dict(dtype=torch.float16),
+        dict(family="mistral", shard_bytes=60_000),
+    ],
+)
 def test_checkpoint_layouts_load(variant, tmp_path):
     """Tied / untied LM head, sharded safetensors, bf16 and fp16 files: same numbers as transformers."""
     directory = make_nvidia_embedder(tmp_path, **variant)
@@ -232,13 +242,17 @@ def test_embedder_bf16_within_bound(llama_emb):
 
 # -- prompts and truncation (byte-level BPE offsets) ---------------------------------------------
 
+
 def test_template_reaches_tokenizer_with_real_newlines(llama_rr):
     spec = load_model(llama_rr)
     assert spec.rerank_template == "question:{query} \n \n passage:{passage}"
     (enc,) = policy(spec).pairs("list files", ["the ls command"], "END")
     tok = policy(spec).tokenizer
     assert enc.ids == tok.encode("question:list files \n \n passage:the ls command").ids
-    assert tok.decode(enc.ids, skip_special_tokens=False) == "<|begin_of_text|>question:list files \n \n passage:the ls command"
+    assert (
+        tok.decode(enc.ids, skip_special_tokens=False)
+        == "<|begin_of_text|>question:list files \n \n passage:the ls command"
+    )
     assert "\\n" not in tok.decode(enc.ids) and tok.token_to_id("Ċ") in enc.ids  # byte-level "\n"
 
 
@@ -251,7 +265,7 @@ def test_truncate_end_cuts_passage_first(llama_rr):
     text = pol.tokenizer.decode(enc.ids)
     head = f"question:{QUERY} \n \n passage:"
     assert text.startswith(head)  # template and the whole query survive
-    kept = text[len(head):]
+    kept = text[len(head) :]
     assert 0 < len(kept) < len(passage) and passage.startswith(kept.rstrip("\ufffd"))  # a passage prefix
     # A query too long as well: the passage goes entirely, then the query is cut from the right.
     (enc,) = pol.pairs(QUERY * 8, ["short passage"], "END")
@@ -262,6 +276,7 @@ def test_truncate_end_cuts_passage_first(llama_rr):
 
 
 # -- loader: defaults, overrides, errors ---------------------------------------------------------
+
 
 def test_max_length_defaults(tmp_path):
     from rankserve.models import llama
@@ -289,7 +304,8 @@ def test_prompts_from_sentence_transformers_config(tmp_path):
 
     directory = make_nvidia_embedder(tmp_path)
     (directory / "config_sentence_transformers.json").write_text(
-        json.dumps({"prompts": {"query": "Q> ", "passage": "P> "}}))
+        json.dumps({"prompts": {"query": "Q> ", "passage": "P> "}})
+    )
     spec = load_model(directory)
     assert (spec.query_prefix, spec.passage_prefix) == ("Q> ", "P> ")
 
@@ -298,12 +314,29 @@ def test_nvidia_embedder_dimensions_and_pad_id():
     """llama-3.2-nv-embedqa-1b-v2's config (hidden 2048) -> its Matryoshka sizes; built on meta."""
     from rankserve.models import llama
 
-    cfg = dict(architectures=["LlamaBidirectionalModel"], model_type="llama_bidirec", vocab_size=128256,
-               hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-               num_key_value_heads=8, head_dim=64, rope_theta=500000.0, pooling="avg",
-               rope_scaling=dict(factor=32.0, high_freq_factor=4.0, low_freq_factor=1.0,
-                                 original_max_position_embeddings=8192, rope_type="llama3"),
-               bos_token_id=128000, eos_token_id=[128001, 128008, 128009], max_position_embeddings=131072)
+    cfg = dict(
+        architectures=["LlamaBidirectionalModel"],
+        model_type="llama_bidirec",
+        vocab_size=128256,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        rope_theta=500000.0,
+        pooling="avg",
+        rope_scaling=dict(
+            factor=32.0,
+            high_freq_factor=4.0,
+            low_freq_factor=1.0,
+            original_max_position_embeddings=8192,
+            rope_type="llama3",
+        ),
+        bos_token_id=128000,
+        eos_token_id=[128001, 128008, 128009],
+        max_position_embeddings=131072,
+    )
     from pathlib import Path
 
     with torch.device("meta"):
@@ -319,11 +352,24 @@ def test_rope_matches_transformers():
 
     from rankserve.models.llama import LlamaConfig, rope_inv_freq
 
-    raw = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-               num_attention_heads=32, num_key_value_heads=8, head_dim=64, rope_theta=500000.0,
-               max_position_embeddings=131072,
-               rope_scaling=dict(factor=32.0, high_freq_factor=4.0, low_freq_factor=1.0,
-                                 original_max_position_embeddings=8192, rope_type="llama3"))
+    raw = dict(
+        vocab_size=128256,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        rope_theta=500000.0,
+        max_position_embeddings=131072,
+        rope_scaling=dict(
+            factor=32.0,
+            high_freq_factor=4.0,
+            low_freq_factor=1.0,
+            original_max_position_embeddings=8192,
+            rope_type="llama3",
+        ),
+    )
     expected, scaling = ROPE_INIT_FUNCTIONS["llama3"](HFConfig(**raw), "cpu")
     got = rope_inv_freq(LlamaConfig.from_hf(raw))
     assert scaling == 1.0 and torch.equal(got, expected)
@@ -336,12 +382,15 @@ def test_rope_matches_transformers():
     assert torch.equal(linear, plain / 4.0)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope type 'yarn' is not supported"),
-    ({"hidden_act": "gelu"}, "hidden_act 'gelu' is not supported"),
-    ({"pooling": "max"}, "unknown pooling 'max'"),
-    ({"architectures": ["LlamaForCausalLM"]}, "is a causal LM: serve it as a reranker with --recipe"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope type 'yarn' is not supported"),
+        ({"hidden_act": "gelu"}, "hidden_act 'gelu' is not supported"),
+        ({"pooling": "max"}, "unknown pooling 'max'"),
+        ({"architectures": ["LlamaForCausalLM"]}, "is a causal LM: serve it as a reranker with --recipe"),
+    ],
+)
 def test_unsupported_configs_fail_clearly(change, message, tmp_path):
     import json
 
@@ -365,17 +414,21 @@ def test_model_type_without_architectures(tmp_path):
     assert (spec.architecture, spec.kind, spec.family) == ("LlamaBidirectionalModel", "embedder", "llama")
 
 
-@pytest.mark.parametrize("arch, extra, causal, pooling", [
-    ("LlamaBidirectionalForSequenceClassification", {"model_type": "llama_bidirec"}, False, "mean"),
-    ("LlamaForSequenceClassification", {"model_type": "llama_bidirec"}, False, "mean"),
-    ("MistralForSequenceClassification", {"model_type": "mistral", "pooling": "avg"}, False, "mean"),
-    ("LlamaForSequenceClassification", {"model_type": "llama"}, True, "last"),
-    ("LlamaModel", {"model_type": "llama"}, False, "mean"),
-    ("LlamaBidirectionalModel", {"model_type": "llama_bidirec", "is_causal": True}, True, "last"),
-])
+@pytest.mark.parametrize(
+    "arch, extra, causal, pooling",
+    [
+        ("LlamaBidirectionalForSequenceClassification", {"model_type": "llama_bidirec"}, False, "mean"),
+        ("LlamaForSequenceClassification", {"model_type": "llama_bidirec"}, False, "mean"),
+        ("MistralForSequenceClassification", {"model_type": "mistral", "pooling": "avg"}, False, "mean"),
+        ("LlamaForSequenceClassification", {"model_type": "llama"}, True, "last"),
+        ("LlamaModel", {"model_type": "llama"}, False, "mean"),
+        ("LlamaBidirectionalModel", {"model_type": "llama_bidirec", "is_causal": True}, True, "last"),
+    ],
+)
 def test_causality_rules(arch, extra, causal, pooling, tmp_path):
     """Bidirectional for NVIDIA layouts and base models; HF classifier heads stay causal."""
     from llama_checkpoints import tiny_config
+
     from rankserve.models import llama
 
     fields = llama.build(tmp_path, {**tiny_config(), "architectures": [arch], **extra}, arch)

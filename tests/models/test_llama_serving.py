@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import app_client, wait_ready
 from llama_checkpoints import make_nvidia_embedder, make_nvidia_reranker
+
 from rankserve.engine.tokenize import TokenizerPolicy
-from rankserve.engine.types import Batch
+from rankserve.models.batch import Batch
 from rankserve.models.loader import load_model
 
 TOL = 1e-5
@@ -21,8 +21,9 @@ PASSAGES = ["banana is a fruit rich in potassium", "the ls command lists directo
 
 
 def direct(spec, texts=None, pairs=None) -> torch.Tensor:
-    policy = TokenizerPolicy(str(spec.tokenizer_file), max_length=spec.max_length,
-                             rerank_template=spec.rerank_template, with_type_ids=False)
+    policy = TokenizerPolicy(
+        str(spec.tokenizer_file), max_length=spec.max_length, rerank_template=spec.rerank_template, with_type_ids=False
+    )
     encoded = policy.pairs(*pairs, "END") if pairs else policy.texts(texts, "END")
     batch = Batch.from_sequences([e.ids for e in encoded], pad_id=spec.pad_id)
     with torch.inference_mode():
@@ -35,8 +36,15 @@ def test_nvidia_reranker_serves_ranking(tmp_path):
     expected = direct(spec, pairs=(QUERY, PASSAGES))[:, 0] / 2.0
     with app_client(model=str(directory)) as c:
         wait_ready(c)
-        r = c.post("/v1/ranking", json={"model": "llama-3.2-nv-rerankqa-1b-v2", "query": {"text": QUERY},
-                                        "passages": [{"text": p} for p in PASSAGES], "truncate": "END"})
+        r = c.post(
+            "/v1/ranking",
+            json={
+                "model": "llama-3.2-nv-rerankqa-1b-v2",
+                "query": {"text": QUERY},
+                "passages": [{"text": p} for p in PASSAGES],
+                "truncate": "END",
+            },
+        )
         assert r.status_code == 200, r.text
         rankings = r.json()["rankings"]
         assert [x["index"] for x in rankings] == expected.argsort(descending=True).tolist()

@@ -44,8 +44,11 @@ def smollm2(tmp_path_factory):
     """(the bench module, SmolLM2 converted once to a safetensors folder)."""
     bench = load_bench()
     missing = missing_prerequisites(bench)
-    require(not missing, "SmolLM2 parity needs " + ", ".join(what for what, _ in missing),
-            " && ".join(line for _, line in missing))
+    require(
+        not missing,
+        "SmolLM2 parity needs " + ", ".join(what for what, _ in missing),
+        " && ".join(line for _, line in missing),
+    )
     return bench, bench.convert(bench.gguf_path(), tmp_path_factory.mktemp("smollm2"))
 
 

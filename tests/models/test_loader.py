@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from checkpoints import make_bert_cross_encoder
 from conftest import app_client, wait_ready
+from safetensors.torch import load_file
+
 from rankserve.errors import ModelLoadError
 from rankserve.models.loader import load_model
 
@@ -31,7 +31,7 @@ PICKLE_NAMES = ["pytorch_model.bin", "model.pt", "model.ckpt"]
 
 # A module that, when executed (imported by transformers' dynamic-module loader, exec'd, ...),
 # creates RAN_<its stem> in the folder above its own folder.
-EVIL_CODE = '''\
+EVIL_CODE = """\
 from pathlib import Path
 
 _here = Path(__file__).resolve()
@@ -48,7 +48,7 @@ class EvilModel:
 
 class EvilTokenizer:
     pass
-'''
+"""
 EVIL_FILES = ("modeling_evil.py", "configuration_evil.py", "tokenization_evil.py")
 
 
@@ -132,8 +132,9 @@ def test_safetensors_is_loaded_and_a_pickle_beside_it_is_not(tiny_ce, tmp_path):
     spec = load_model(folder)
     assert not marker.exists()
     assert spec.kind == "cross-encoder"
-    torch.testing.assert_close(spec.module.state_dict()["classifier.weight"], state["classifier.weight"],
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        spec.module.state_dict()["classifier.weight"], state["classifier.weight"], rtol=0, atol=0
+    )
 
 
 def test_index_naming_a_pickle_shard_is_refused_and_never_unpickled(tiny_ce, tmp_path):
@@ -142,7 +143,8 @@ def test_index_naming_a_pickle_shard_is_refused_and_never_unpickled(tiny_ce, tmp
     folder, marker = pickle_only_folder(tiny_ce, tmp_path, "pytorch_model.bin")
     state = load_file(str(tiny_ce / "model.safetensors"))
     (folder / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {}, "weight_map": {k: "pytorch_model.bin" for k in state}}))
+        json.dumps({"metadata": {}, "weight_map": {k: "pytorch_model.bin" for k in state}})
+    )
     with pytest.raises(ModelLoadError, match="pytorch_model.bin"):
         load_model(folder)
     assert not marker.exists()
@@ -162,22 +164,28 @@ def test_auto_map_code_in_the_folder_is_never_run(tiny_ce, tmp_path):
     }
     cfg["trust_remote_code"] = True
     (folder / "config.json").write_text(json.dumps(cfg))
-    (folder / "tokenizer_config.json").write_text(json.dumps(
-        {"auto_map": {"AutoTokenizer": ["tokenization_evil.EvilTokenizer", None]}, "model_max_length": 128}))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"auto_map": {"AutoTokenizer": ["tokenization_evil.EvilTokenizer", None]}, "model_max_length": 128})
+    )
     markers = [tmp_path / ("RAN_" + Path(name).stem) for name in EVIL_FILES]
 
     spec = load_model(folder)
     assert spec.architecture == "BertForSequenceClassification" and spec.kind == "cross-encoder"
     state = load_file(str(folder / "model.safetensors"))
-    torch.testing.assert_close(spec.module.state_dict()["classifier.weight"], state["classifier.weight"],
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        spec.module.state_dict()["classifier.weight"], state["classifier.weight"], rtol=0, atol=0
+    )
 
     # The whole serving path too: config, engine, tokenizer, warm-up, a ranking request.
     with app_client(model=str(folder), served_model_name="tiny-ce-auto-map") as client:
         wait_ready(client)
-        r = client.post("/v1/ranking", json={"query": {"text": "how do i list files"},
-                                             "passages": [{"text": "the ls command lists files"},
-                                                          {"text": "banana is a fruit"}]})
+        r = client.post(
+            "/v1/ranking",
+            json={
+                "query": {"text": "how do i list files"},
+                "passages": [{"text": "the ls command lists files"}, {"text": "banana is a fruit"}],
+            },
+        )
         assert r.status_code == 200, r.text
         assert sorted(x["index"] for x in r.json()["rankings"]) == [0, 1]
 
@@ -190,9 +198,8 @@ def test_label_count_comes_from_the_head_weights_not_id2label(tmp_path):
     rows is refused whatever the config says."""
     import json
 
-    from safetensors.torch import load_file, save_file
-
     from llama_checkpoints import make_nvidia_reranker
+    from safetensors.torch import load_file, save_file
 
     directory = make_nvidia_reranker(tmp_path / "m")
     cfg = json.loads((directory / "config.json").read_text())

@@ -12,14 +12,14 @@ import json
 
 import pytest
 import torch
-from tokenizers import Tokenizer
-
 from checkpoints import WORDS, make_modernbert
 from conftest import with_engine
+from tokenizers import Tokenizer
+
 from rankserve.models.loader import load_model
 
 QUERY = "how do i list the files in a directory"
-PASSAGES = [" ".join(WORDS[i:i + n]) for i, n in ((0, 30), (20, 8), (40, 38), (5, 3), (60, 25))]
+PASSAGES = [" ".join(WORDS[i : i + n]) for i, n in ((0, 30), (20, 8), (40, 38), (5, 3), (60, 25))]
 TOL = 1e-4
 
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tokenizers import Tokenizer
-
 from conftest import with_engine
+from tokenizers import Tokenizer
+from vl_checkpoints import QUERY, make_vl_reranker, picture, reference_scores
+
 from rankserve.errors import ConfigError, InputTooLong, ModelLoadError
 from rankserve.models.loader import load_model
-from vl_checkpoints import QUERY, make_vl_reranker, picture, reference_scores
 
 TOL = 1e-4
 
@@ -24,6 +24,7 @@ def vl_dir(tmp_path_factory):
 def ours(directory, texts, images, **config):
     async def work(engine):
         return await engine.rank(QUERY, texts, "END", images=images)
+
     return with_engine(directory, work, **config)
 
 
@@ -31,8 +32,10 @@ CASES = {
     "text-only": (["the ls command lists files"], [None]),
     "image-only": ([""], [picture(64, 32, 1)]),  # 2 tiles + thumbnail
     "text+image": (["a chart of disk usage"], [picture(40, 30, 2)]),  # 1 tile
-    "mixed batch": (["the ls command lists files", "", "a chart of disk usage", "paris is the capital"],
-                    [None, picture(64, 32, 1), picture(32, 96, 3), picture(20, 20, 4)]),
+    "mixed batch": (
+        ["the ls command lists files", "", "a chart of disk usage", "paris is the capital"],
+        [None, picture(64, 32, 1), picture(32, 96, 3), picture(20, 20, 4)],
+    ),
 }
 
 
@@ -68,8 +71,10 @@ def test_truncation_cuts_text_never_image_tokens(vl_dir):
     result = ours(vl_dir, [long_text], [picture(64, 32, 1)], max_length=120)
     assert result.token_counts == [120]
     with pytest.raises(InputTooLong):
+
         async def work(engine):
             return await engine.rank(QUERY, [long_text], "NONE", images=[picture(64, 32, 1)])
+
         with_engine(vl_dir, work, max_length=120)
 
 
@@ -109,6 +114,7 @@ def test_context_id_must_match_the_tokenizer(vl_dir, tmp_path):
 def test_onnxruntime_backend_is_refused_clearly(vl_dir):
     async def work(engine):
         return None
+
     with pytest.raises(ConfigError, match="onnxruntime exports text models only"):
         with_engine(vl_dir, work, backend="onnxruntime")
 

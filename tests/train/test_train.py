@@ -9,16 +9,27 @@ import random
 
 import pytest
 import torch
-
-from checkpoints import WORDS, make_bert_bi_encoder
+from checkpoints import WORDS
 from conftest import app_client, require, wait_ready
+
 from rankserve.cli import main
 from rankserve.eval import beir
 from rankserve.models.loader import load_model
 
-TOPICS = ["files directory list", "network socket connect", "disk space usage", "process memory kill",
-          "password user group", "archive compress extract", "date time print", "text pattern search",
-          "sort unique lines", "kernel module load", "copy move remove", "count words lines"]
+TOPICS = [
+    "files directory list",
+    "network socket connect",
+    "disk space usage",
+    "process memory kill",
+    "password user group",
+    "archive compress extract",
+    "date time print",
+    "text pattern search",
+    "sort unique lines",
+    "kernel module load",
+    "copy move remove",
+    "count words lines",
+]
 
 
 def synthetic_beir(path, passages_per_page: int = 2, seed: int = 0):
@@ -63,13 +74,39 @@ def test_mined_negatives_never_include_a_relevant_page(tmp_path):
 
 @pytest.mark.parametrize("loss", ["bce", "listwise"])
 def test_train_loss_falls_and_the_folder_serves_the_trained_logits(tmp_path, bert_bi_dir, loss):
-    require(all(__import__("importlib").util.find_spec(m) for m in ("bm25s", "datasets", "sentence_transformers")),
-            "training needs the [train] extra", "pip install 'rankserve[train]'")
+    require(
+        all(__import__("importlib").util.find_spec(m) for m in ("bm25s", "datasets", "sentence_transformers")),
+        "training needs the [train] extra",
+        "pip install 'rankserve[train]'",
+    )
     data = synthetic_beir(tmp_path / "train")
     out = tmp_path / "model"
-    common = ["train", "--dataset", str(data), "--output", str(out), "--base", str(bert_bi_dir), "--mine", "bm25",
-              "--negatives", "3", "--batch-size", "8", "--learning-rate", "2e-3", "--max-length", "48",
-              "--save-steps", "5", "--loss", loss, "--no-progress", "--cache-dir", str(tmp_path / "cache")]
+    common = [
+        "train",
+        "--dataset",
+        str(data),
+        "--output",
+        str(out),
+        "--base",
+        str(bert_bi_dir),
+        "--mine",
+        "bm25",
+        "--negatives",
+        "3",
+        "--batch-size",
+        "8",
+        "--learning-rate",
+        "2e-3",
+        "--max-length",
+        "48",
+        "--save-steps",
+        "5",
+        "--loss",
+        loss,
+        "--no-progress",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     heldout = synthetic_beir(tmp_path / "test", seed=1)
     assert main(common + ["--max-steps", "30", "--eval-dataset", str(heldout), "--eval-top-k", "5"]) == 0
     record = json.loads((out / "training.json").read_text())
@@ -85,12 +122,16 @@ def test_train_loss_falls_and_the_folder_serves_the_trained_logits(tmp_path, ber
     assert spec.kind == "cross-encoder" and spec.family == "bert"
     from sentence_transformers.cross_encoder import CrossEncoder
 
-    pairs = [("how do i disk space usage", "disk space usage shown per folder"), ("how do i disk space usage", "sort lines")]
+    pairs = [
+        ("how do i disk space usage", "disk space usage shown per folder"),
+        ("how do i disk space usage", "sort lines"),
+    ]
     trained = CrossEncoder(str(out), device="cpu").predict(pairs, activation_fn=torch.nn.Identity())
     with app_client(model=str(out)) as client:
         wait_ready(client)
-        body = client.post("/v1/ranking", json={"query": {"text": pairs[0][0]},
-                                                "passages": [{"text": p} for _, p in pairs]}).json()
+        body = client.post(
+            "/v1/ranking", json={"query": {"text": pairs[0][0]}, "passages": [{"text": p} for _, p in pairs]}
+        ).json()
     served = {r["index"]: r["logit"] for r in body["rankings"]}
     assert [served[0], served[1]] == pytest.approx([float(x) for x in trained], abs=1e-5)
 
@@ -103,15 +144,47 @@ def test_train_loss_falls_and_the_folder_serves_the_trained_logits(tmp_path, ber
 def test_validation_pages_choose_the_fusion_weight_that_eval_applies(tmp_path, bert_bi_dir):
     """--validation-fraction: validation pages are left out of training, the rerank weight chosen on
     them is recorded, and `rankserve eval --rerank-weight trained` reproduces the fused held-out table."""
-    require(all(__import__("importlib").util.find_spec(m) for m in ("bm25s", "datasets", "sentence_transformers")),
-            "training needs the [train] extra", "pip install 'rankserve[train]'")
+    require(
+        all(__import__("importlib").util.find_spec(m) for m in ("bm25s", "datasets", "sentence_transformers")),
+        "training needs the [train] extra",
+        "pip install 'rankserve[train]'",
+    )
     data = synthetic_beir(tmp_path / "train")
     heldout = synthetic_beir(tmp_path / "test", seed=1)
     out = tmp_path / "model"
-    assert main(["train", "--dataset", str(data), "--output", str(out), "--base", str(bert_bi_dir), "--mine", "bm25",
-                 "--negatives", "2", "--batch-size", "8", "--max-length", "48", "--max-steps", "4",
-                 "--validation-fraction", "0.4", "--eval-dataset", str(heldout), "--eval-top-k", "5",
-                 "--no-progress", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                str(data),
+                "--output",
+                str(out),
+                "--base",
+                str(bert_bi_dir),
+                "--mine",
+                "bm25",
+                "--negatives",
+                "2",
+                "--batch-size",
+                "8",
+                "--max-length",
+                "48",
+                "--max-steps",
+                "4",
+                "--validation-fraction",
+                "0.4",
+                "--eval-dataset",
+                str(heldout),
+                "--eval-top-k",
+                "5",
+                "--no-progress",
+                "--cache-dir",
+                str(tmp_path / "cache"),
+            ]
+        )
+        == 0
+    )
     record = json.loads((out / "training.json").read_text())
     rest, validation, dropped = beir.load(data).split_pages(0.4, "validation:0")
     assert dropped == 0 and 0 < len(validation.query_ids) < len(TOPICS)
@@ -125,13 +198,48 @@ def test_validation_pages_choose_the_fusion_weight_that_eval_applies(tmp_path, b
     assert record["heldout"]["rerank_weight"] == val["rerank_weight"]
 
     results = tmp_path / "eval"
-    assert main(["eval", "--dataset", str(heldout), "--output", str(results), "--reranker", str(out),
-                 "--rerank-weight", "trained", "--top-k", "5", "--no-progress", "--no-cache"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--dataset",
+                str(heldout),
+                "--output",
+                str(results),
+                "--reranker",
+                str(out),
+                "--rerank-weight",
+                "trained",
+                "--top-k",
+                "5",
+                "--no-progress",
+                "--no-cache",
+            ]
+        )
+        == 0
+    )
     table = json.loads((results / "results.json").read_text())
     for pipeline in ("Dense+Rerank", "Dense+Sparse+Rerank", "Dense+Sparse"):
         assert table[pipeline] == pytest.approx(fused[pipeline], abs=1e-6)
     # a folder without a chosen weight, or a weight outside [0, 1], is a one-line usage error
-    assert main(["eval", "--dataset", str(heldout), "--output", str(results), "--reranker", str(bert_bi_dir),
-                 "--rerank-weight", "trained", "--no-progress"]) == 2
-    assert main(["eval", "--dataset", str(heldout), "--output", str(results), "--rerank-weight", "1.5",
-                 "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--dataset",
+                str(heldout),
+                "--output",
+                str(results),
+                "--reranker",
+                str(bert_bi_dir),
+                "--rerank-weight",
+                "trained",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
+    assert (
+        main(["eval", "--dataset", str(heldout), "--output", str(results), "--rerank-weight", "1.5", "--no-progress"])
+        == 2
+    )

@@ -16,22 +16,31 @@ from prometheus_client.parser import text_string_to_metric_families
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 QUERY = "How do I list the files in a directory?"
-PASSAGES = ["Bananas are a good source of potassium.", "Paris is the capital of France.",
-            "The ls command lists the contents of a directory.", "Tea is brewed from dried leaves."]
+PASSAGES = [
+    "Bananas are a good source of potassium.",
+    "Paris is the capital of France.",
+    "The ls command lists the contents of a directory.",
+    "Tea is brewed from dried leaves.",
+]
 RELEVANT = 2
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     """``python -m rankserve.cli ARGS`` with this interpreter and environment (PYTHONPATH included)."""
-    return subprocess.run([sys.executable, "-m", "rankserve.cli", *args], capture_output=True, text=True,
-                          timeout=300, env={**os.environ})
+    return subprocess.run(
+        [sys.executable, "-m", "rankserve.cli", *args], capture_output=True, text=True, timeout=300, env={**os.environ}
+    )
 
 
 def metric(url: str, name: str, **labels: str) -> float:
     """Sum of the samples of ``name`` on the server's /v1/metrics whose labels include ``labels``."""
     text = httpx.get(url + "/v1/metrics", timeout=30).text
-    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
-               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+    return sum(
+        s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def test_rank_prints_the_servers_rankings(live_default):
@@ -44,8 +53,11 @@ def test_rank_prints_the_servers_rankings(live_default):
     assert logits == sorted(logits, reverse=True)
     assert indices[0] == RELEVANT
 
-    r = httpx.post(live_default.url + "/v1/ranking", timeout=60,
-                   json={"model": MODEL, "query": {"text": QUERY}, "passages": [{"text": p} for p in PASSAGES]})
+    r = httpx.post(
+        live_default.url + "/v1/ranking",
+        timeout=60,
+        json={"model": MODEL, "query": {"text": QUERY}, "passages": [{"text": p} for p in PASSAGES]},
+    )
     assert r.status_code == 200, r.text
     served = r.json()["rankings"]
     assert [s["index"] for s in served] == indices
@@ -60,15 +72,21 @@ def test_embed_dimensions_128_prints_the_servers_unit_vectors(live_default):
     assert got.shape == (len(texts), 128)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=0, atol=1e-5)
 
-    r = httpx.post(live_default.url + "/v1/embeddings", timeout=60,
-                   json={"model": MODEL, "input": texts, "dimensions": 128, "encoding_format": "float"})
+    r = httpx.post(
+        live_default.url + "/v1/embeddings",
+        timeout=60,
+        json={"model": MODEL, "input": texts, "dimensions": 128, "encoding_format": "float"},
+    )
     assert r.status_code == 200, r.text
     served = np.asarray([d["embedding"] for d in sorted(r.json()["data"], key=lambda d: d["index"])])
     assert served.shape == got.shape
     np.testing.assert_allclose(got, served, rtol=0, atol=1e-5)
     # Not the server's full 384-d vector cut short: the first 128 components renormalized.
-    full = httpx.post(live_default.url + "/v1/embeddings", timeout=60,
-                      json={"model": MODEL, "input": texts, "encoding_format": "float"}).json()["data"]
+    full = httpx.post(
+        live_default.url + "/v1/embeddings",
+        timeout=60,
+        json={"model": MODEL, "input": texts, "encoding_format": "float"},
+    ).json()["data"]
     head = np.asarray([d["embedding"][:128] for d in sorted(full, key=lambda d: d["index"])])
     np.testing.assert_allclose(got, head / np.linalg.norm(head, axis=1, keepdims=True), rtol=0, atol=1e-5)
 
@@ -92,8 +110,10 @@ def parse_table(stdout: str) -> list[dict[str, float]]:
     rows = [line for line in stdout.splitlines() if line.startswith("|")]
     header = [c.strip() for c in rows[0].strip("|").split("|")]
     assert set(rows[1].replace("|", "").replace("-", "").replace(":", "").strip()) == set()  # the rule line
-    return [dict(zip(header, (float(c) if c.strip() != "n/a" else None for c in row.strip("|").split("|"))))
-            for row in rows[2:]]
+    return [
+        dict(zip(header, (float(c) if c.strip() != "n/a" else None for c in row.strip("|").split("|"))))
+        for row in rows[2:]
+    ]
 
 
 def test_bench_against_the_live_server(live_default, tmp_path):
@@ -101,11 +121,25 @@ def test_bench_against_the_live_server(live_default, tmp_path):
     warmup = 2  # loadgen.run's default: unmeasured requests sent first
     ok_before = metric(url, "rankserve_requests_total", route="/v1/ranking", status="200")
     all_before = metric(url, "rankserve_requests_total", route="/v1/ranking")
-    pairs_before = (metric(url, "rankserve_passage_cache_hits_total")
-                    + metric(url, "rankserve_passage_cache_misses_total"))
+    pairs_before = metric(url, "rankserve_passage_cache_hits_total") + metric(
+        url, "rankserve_passage_cache_misses_total"
+    )
 
-    out = cli("bench", "--url", url, "--concurrency", ",".join(map(str, levels)), "--requests", str(requests),
-              "--passages", str(passages), "--tokens", "4-16", "--json", str(tmp_path / "bench.json"))
+    out = cli(
+        "bench",
+        "--url",
+        url,
+        "--concurrency",
+        ",".join(map(str, levels)),
+        "--requests",
+        str(requests),
+        "--passages",
+        str(passages),
+        "--tokens",
+        "4-16",
+        "--json",
+        str(tmp_path / "bench.json"),
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
     results = json.loads((tmp_path / "bench.json").read_text())
@@ -140,8 +174,24 @@ def test_bench_against_the_live_server(live_default, tmp_path):
 
 def test_bench_same_passages_reports_the_cache_hits(live_default, tmp_path):
     """--same-passages repeats level 1's requests: level 2 is all cache hits, and the output says so."""
-    out = cli("bench", "--url", live_default.url, "--concurrency", "1,2", "--requests", "3", "--passages", "2",
-              "--tokens", "4-8", "--seed", "5", "--same-passages", "--json", str(tmp_path / "bench.json"))
+    out = cli(
+        "bench",
+        "--url",
+        live_default.url,
+        "--concurrency",
+        "1,2",
+        "--requests",
+        "3",
+        "--passages",
+        "2",
+        "--tokens",
+        "4-8",
+        "--seed",
+        "5",
+        "--same-passages",
+        "--json",
+        str(tmp_path / "bench.json"),
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     first, second = json.loads((tmp_path / "bench.json").read_text())
     assert first["cache_hits"] == 0 and second["cache_hits"] == second["pairs"] == 6
@@ -151,8 +201,23 @@ def test_bench_same_passages_reports_the_cache_hits(live_default, tmp_path):
 def test_bench_counts_refused_requests_as_errors_and_exits_1(live_default, tmp_path):
     """A model id the server does not serve: every request is a 400, counted as an error, exit 1."""
     before = metric(live_default.url, "rankserve_requests_total", route="/v1/ranking", status="400")
-    out = cli("bench", "--url", live_default.url, "--model", "not-served/model", "--concurrency", "2",
-              "--requests", "4", "--passages", "2", "--tokens", "4-8", "--json", str(tmp_path / "bench.json"))
+    out = cli(
+        "bench",
+        "--url",
+        live_default.url,
+        "--model",
+        "not-served/model",
+        "--concurrency",
+        "2",
+        "--requests",
+        "4",
+        "--passages",
+        "2",
+        "--tokens",
+        "4-8",
+        "--json",
+        str(tmp_path / "bench.json"),
+    )
     assert out.returncode == 1, out.stdout + out.stderr
     [r] = json.loads((tmp_path / "bench.json").read_text())
     assert r["requests"] == 0 and r["errors"] == 4 and r["pairs"] == 0
@@ -165,16 +230,34 @@ def test_rank_reads_a_file_or_stdin_and_asks_a_server(live_default, tmp_path):
     """Passages from JSON Lines / plain lines (file or stdin); --url goes through rankserve.Client and
     prints what the in-process run prints; --format table lists the passages best first."""
     jsonl = tmp_path / "passages.jsonl"
-    jsonl.write_text("\n".join(json.dumps({"text": p}) if i % 2 else json.dumps(p) for i, p in enumerate(PASSAGES)) + "\n\n")
+    jsonl.write_text(
+        "\n".join(json.dumps({"text": p}) if i % 2 else json.dumps(p) for i, p in enumerate(PASSAGES)) + "\n\n"
+    )
     local = json.loads(cli("rank", QUERY, "--file", str(jsonl), "--dtype", "float32").stdout)["rankings"]
     remote = cli("rank", QUERY, "--file", str(jsonl), "--url", live_default.url)
     assert remote.returncode == 0, remote.stderr
     served = json.loads(remote.stdout)["rankings"]
     assert [r["index"] for r in served] == [r["index"] for r in local]
     np.testing.assert_allclose([r["logit"] for r in served], [r["logit"] for r in local], rtol=0, atol=1e-5)
-    piped = subprocess.run([sys.executable, "-m", "rankserve.cli", "rank", QUERY, "--file", "-", "--url",
-                            live_default.url, "--format", "table"], input="\n".join(PASSAGES), capture_output=True,
-                           text=True, timeout=300)
+    piped = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rankserve.cli",
+            "rank",
+            QUERY,
+            "--file",
+            "-",
+            "--url",
+            live_default.url,
+            "--format",
+            "table",
+        ],
+        input="\n".join(PASSAGES),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert piped.returncode == 0, piped.stderr
     header, *lines = piped.stdout.splitlines()
     assert header.split() == ["rank", "logit", "[index]", "passage"]
@@ -217,8 +300,9 @@ def test_rank_a_file_longer_than_the_servers_limit_in_steps_with_a_progress_bar(
     assert sorted(r["index"] for r in ranked) == list(range(1100))
     logits = {r["index"]: r["logit"] for r in ranked}
     for i in (0, STEP - 1, STEP, 2 * STEP + 3, 1099):
-        [one] = httpx.post(live_default.url + "/v1/ranking", json={
-            "query": {"text": QUERY}, "passages": [{"text": passages[i]}]}).json()["rankings"]
+        [one] = httpx.post(
+            live_default.url + "/v1/ranking", json={"query": {"text": QUERY}, "passages": [{"text": passages[i]}]}
+        ).json()["rankings"]
         assert logits[i] == pytest.approx(one["logit"], abs=1e-5)
     quiet = cli("rank", QUERY, "--file", str(path), "--url", live_default.url)
     assert quiet.returncode == 0 and "1100" not in quiet.stderr

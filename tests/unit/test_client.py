@@ -20,8 +20,11 @@ def test_rank_embed_models_health_match_the_http_api(live_default):
         assert all(isinstance(r, Ranking) for r in rankings)
         assert [r.text for r in rankings] == [PASSAGES[r.index] for r in rankings]
         assert rankings[0].text == PASSAGES[1]  # the ls passage wins
-        raw = httpx.post(live_default.url + "/v1/ranking", timeout=60,
-                         json={"query": {"text": QUERY}, "passages": [{"text": p} for p in PASSAGES]}).json()
+        raw = httpx.post(
+            live_default.url + "/v1/ranking",
+            timeout=60,
+            json={"query": {"text": QUERY}, "passages": [{"text": p} for p in PASSAGES]},
+        ).json()
         assert [(r.index, r.logit) for r in rankings] == [(r["index"], r["logit"]) for r in raw["rankings"]]
         assert len(client.rank(QUERY, PASSAGES, top_n=1)) == 1
         vectors = client.embed(["hello", "world"], dimensions=128)
@@ -53,9 +56,11 @@ def scripted(statuses: list[int], seen: list[httpx.Request]) -> httpx.MockTransp
         seen.append(request)
         status = statuses[min(len(seen), len(statuses)) - 1]
         if status == 503:
-            return httpx.Response(503, headers={"Retry-After": "0"},
-                                  json={"error": {"message": "at capacity", "type": "overloaded"}})
+            return httpx.Response(
+                503, headers={"Retry-After": "0"}, json={"error": {"message": "at capacity", "type": "overloaded"}}
+            )
         return httpx.Response(200, json={"rankings": [{"index": 0, "logit": 1.5}], "usage": {}})
+
     return httpx.MockTransport(handler)
 
 

@@ -15,8 +15,13 @@ def test_defaults():
 
 
 def test_precedence(tmp_path):
-    env = {"NIM_HTTP_API_PORT": "9001", "RANKSERVE_PORT": "9002", "NIM_LOG_LEVEL": "debug",
-           "NIM_MODEL_PATH": str(tmp_path), "RANKSERVE_MAX_BATCH_TOKENS": "4096"}
+    env = {
+        "NIM_HTTP_API_PORT": "9001",
+        "RANKSERVE_PORT": "9002",
+        "NIM_LOG_LEVEL": "debug",
+        "NIM_MODEL_PATH": str(tmp_path),
+        "RANKSERVE_MAX_BATCH_TOKENS": "4096",
+    }
     c = load_config(environ=env)
     assert (c.port, c.log_level, c.model, c.max_batch_tokens) == (9002, "debug", str(tmp_path), 4096)
     assert load_config({"port": 9003}, environ=env).port == 9003
@@ -24,19 +29,27 @@ def test_precedence(tmp_path):
 
 def test_cli_flags_become_config(tmp_path, monkeypatch):
     monkeypatch.setenv("RANKSERVE_MAX_PASSAGES", "7")
-    args = build_parser().parse_args(["serve", "--model", str(tmp_path), "--max-batch-tokens", "2048", "--no-warmup",
-                                      "--cpu-gemm", "onednn"])
+    args = build_parser().parse_args(
+        ["serve", "--model", str(tmp_path), "--max-batch-tokens", "2048", "--no-warmup", "--cpu-gemm", "onednn"]
+    )
     c = config_from(args)
     assert (c.model, c.max_batch_tokens, c.max_passages, c.warmup) == (str(tmp_path), 2048, 7, False)
     assert c.cpu_gemm == "onednn" and load_config(environ={}).cpu_gemm == "auto"
 
 
-@pytest.mark.parametrize("overrides,word", [
-    ({"dtype": "int4"}, "dtype"), ({"port": 0}, "port"), ({"max_passages": 0}, "max_passages"),
-    ({"model": "/nonexistent/dir"}, "model"), ({"device": "tpu"}, "device"),
-    ({"rerank_template": "question:{query}"}, "rerank_template"), ({"max_batch_tokens": -1}, "max_batch_tokens"),
-    ({"cpu_gemm": "blas"}, "cpu_gemm"),
-])
+@pytest.mark.parametrize(
+    "overrides,word",
+    [
+        ({"dtype": "int4"}, "dtype"),
+        ({"port": 0}, "port"),
+        ({"max_passages": 0}, "max_passages"),
+        ({"model": "/nonexistent/dir"}, "model"),
+        ({"device": "tpu"}, "device"),
+        ({"rerank_template": "question:{query}"}, "rerank_template"),
+        ({"max_batch_tokens": -1}, "max_batch_tokens"),
+        ({"cpu_gemm": "blas"}, "cpu_gemm"),
+    ],
+)
 def test_invalid_values(overrides, word):
     with pytest.raises(ConfigError, match=word):
         load_config(overrides, environ={})
@@ -62,7 +75,9 @@ def test_grpc_port_from_flag_rankserve_env_and_nim_names():
     assert load_config({"grpc_port": 9001}, environ={"NIM_GRPC_API_PORT": "8001"}).grpc_port == 9001
     assert load_config({}, environ={"NIM_GRPC_API_PORT": "8001"}).grpc_port == 8001
     assert load_config({}, environ={"NIM_SERVER_GRPC_BIND_ADDR": "0.0.0.0:8011"}).grpc_port == 8011
-    assert load_config({}, environ={"RANKSERVE_GRPC_PORT": "7001", "NIM_SERVER_GRPC_BIND_ADDR": ":8011"}).grpc_port == 7001
+    assert (
+        load_config({}, environ={"RANKSERVE_GRPC_PORT": "7001", "NIM_SERVER_GRPC_BIND_ADDR": ":8011"}).grpc_port == 7001
+    )
     for bad in ({"grpc_port": 70000}, {"grpc_port": 8000, "port": 8000}):
         with pytest.raises(ConfigError, match="grpc_port"):
             load_config(bad, environ={})

@@ -13,17 +13,22 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from checkpoints import make_bert_cross_encoder
 from conftest import app_client, free_port, wait_process_ready, wait_ready
 from hub_server import FakeHub
+
 from rankserve.config import load_config
 from rankserve.errors import ConfigError, ModelLoadError
 from rankserve.model_source import HUB_ENV, is_hub_ref, resolve, served_id, split_ref, wanted
 
-PAIRS = {"query": {"text": "how do I list files"},
-         "passages": [{"text": "ls lists the files of a directory"}, {"text": "paris is the capital of france"},
-                      {"text": "bananas are rich in potassium"}]}
+PAIRS = {
+    "query": {"text": "how do I list files"},
+    "passages": [
+        {"text": "ls lists the files of a directory"},
+        {"text": "paris is the capital of france"},
+        {"text": "bananas are rich in potassium"},
+    ],
+}
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +56,10 @@ def hub(folders, tmp_path, monkeypatch):
     for name in HUB_ENV:
         monkeypatch.delenv(name, raising=False)
     with FakeHub() as server:
-        server.shas = {"tiny": server.add("org/tiny", {"a": folders["a"]}),
-                       "two": server.add("org/two", {"a": folders["a"], "b": folders["b"]}, refs={"v1": "a"})}
+        server.shas = {
+            "tiny": server.add("org/tiny", {"a": folders["a"]}),
+            "two": server.add("org/two", {"a": folders["a"], "b": folders["b"]}, refs={"v1": "a"}),
+        }
         monkeypatch.setenv("HF_ENDPOINT", server.url)
         monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
         yield server
@@ -75,9 +82,21 @@ def test_reference_syntax():
 
 
 def test_only_what_is_loaded_is_wanted():
-    files = ["config.json", "tokenizer.json", "vocab.txt", "model.safetensors", "pytorch_model.bin", "tf_model.h5",
-             "flax_model.msgpack", "onnx/model.onnx", "onnx/config.json", "1_Pooling/config.json", "README.md",
-             "consolidated.safetensors", "openvino/openvino_model.bin"]
+    files = [
+        "config.json",
+        "tokenizer.json",
+        "vocab.txt",
+        "model.safetensors",
+        "pytorch_model.bin",
+        "tf_model.h5",
+        "flax_model.msgpack",
+        "onnx/model.onnx",
+        "onnx/config.json",
+        "1_Pooling/config.json",
+        "README.md",
+        "consolidated.safetensors",
+        "openvino/openvino_model.bin",
+    ]
     assert wanted(files) == ["1_Pooling/config.json", "config.json", "model.safetensors", "tokenizer.json", "vocab.txt"]
     shards = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json"]
     assert wanted(shards + ["consolidated.safetensors"]) == sorted(shards)
@@ -139,7 +158,9 @@ def test_errors_name_the_repo(hub, monkeypatch):
         resolve("org/tiny")
     assert not hub.requested()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelLoadError, match=r"'org/two'@main: HF_HUB_OFFLINE is set.*does not hold it.*rankserve download"):
+    with pytest.raises(
+        ModelLoadError, match=r"'org/two'@main: HF_HUB_OFFLINE is set.*does not hold it.*rankserve download"
+    ):
         resolve("org/two")
 
 
@@ -183,8 +204,13 @@ def test_nim_cache_path_is_the_cache_when_hf_sets_none(hub, tmp_path, monkeypatc
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rankserve.cli", *args], env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "rankserve.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_cli_download_then_offline_serve(hub, folders, tmp_path):
@@ -192,18 +218,30 @@ def test_cli_download_then_offline_serve(hub, folders, tmp_path):
     done = cli("download", "org/two", "rr=org/two@v1", env=env)
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines()]
-    assert [(x["model"], x["commit"]) for x in lines] == [("org/two", hub.shas["two"]["b"]),
-                                                          ("rr=org/two@v1", hub.shas["two"]["a"])]
+    assert [(x["model"], x["commit"]) for x in lines] == [
+        ("org/two", hub.shas["two"]["b"]),
+        ("rr=org/two@v1", hub.shas["two"]["a"]),
+    ]
     assert "Fetching" in done.stderr  # the hub client's own progress bar
     missing = cli("download", "org/missing", env=env)
     assert missing.returncode == 2 and "repo 'org/missing' not found" in missing.stderr
     # the cache filled above serves with no network (HF_HUB_OFFLINE) and no Hub (endpoint closed)
     hub.__exit__()
     port = free_port()
-    serve_env = {**env, "HF_HUB_OFFLINE": "1", "RANKSERVE_HOST": "127.0.0.1", "RANKSERVE_PORT": str(port),
-                 "RANKSERVE_DTYPE": "float32"}
-    proc = subprocess.Popen([sys.executable, "-m", "rankserve.cli", "serve", "--model", "org/two", "--revision", "v1"],
-                            env={**os.environ, **serve_env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    serve_env = {
+        **env,
+        "HF_HUB_OFFLINE": "1",
+        "RANKSERVE_HOST": "127.0.0.1",
+        "RANKSERVE_PORT": str(port),
+        "RANKSERVE_DTYPE": "float32",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rankserve.cli", "serve", "--model", "org/two", "--revision", "v1"],
+        env={**os.environ, **serve_env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_process_ready(proc, url)
@@ -217,7 +255,11 @@ def test_cli_download_then_offline_serve(hub, folders, tmp_path):
 
 
 def test_cli_serve_exits_nonzero_naming_the_repo(hub, tmp_path):
-    env = {"HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(tmp_path / "hf-cache"), "RANKSERVE_HOST": "127.0.0.1",
-           "RANKSERVE_PORT": str(free_port())}
+    env = {
+        "HF_ENDPOINT": hub.url,
+        "HF_HUB_CACHE": str(tmp_path / "hf-cache"),
+        "RANKSERVE_HOST": "127.0.0.1",
+        "RANKSERVE_PORT": str(free_port()),
+    }
     done = cli("serve", "--model", "org/two@nope", env=env)
     assert done.returncode == 1 and "revision 'nope' not found in 'org/two'" in done.stderr

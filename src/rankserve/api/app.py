@@ -7,17 +7,19 @@ import contextlib
 import logging
 import time
 import uuid
-from typing import Any, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 from fastapi import FastAPI
 
 from rankserve import __version__
 from rankserve.api import compat
+from rankserve.api.error_handlers import install_handlers
 from rankserve.api.routes import router
 from rankserve.api.ui import install_ui
 from rankserve.config import ServerConfig
 from rankserve.engine.engine import Engine, served_name
-from rankserve.errors import PayloadTooLarge, RankserveError, error_body, install_handlers, status_of
+from rankserve.errors import PayloadTooLarge, RankserveError, error_body, status_of
 from rankserve.logs import request_id
 from rankserve.metrics import Metrics
 
@@ -60,8 +62,13 @@ class BodyLimit:
         status, type_ = status_of(exc)
         self.metrics.rejections.labels(type_).inc()
         body = json.dumps(error_body(status, type_, exc.message)).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 
@@ -105,9 +112,19 @@ class RequestObserver:
             if status >= 400:
                 self.metrics.errors.labels(label, str(status)).inc()
             self.metrics.latency.labels(label).observe(elapsed)
-            access.info("%s %s %d %.1f ms", scope["method"], scope["path"], status, elapsed * 1000,
-                        extra={"method": scope["method"], "path": scope["path"], "status": status,
-                               "ms": round(elapsed * 1000, 2)})
+            access.info(
+                "%s %s %d %.1f ms",
+                scope["method"],
+                scope["path"],
+                status,
+                elapsed * 1000,
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "ms": round(elapsed * 1000, 2),
+                },
+            )
             request_id.reset(token)
 
 
@@ -121,8 +138,12 @@ def client_request_id(scope: dict) -> str | None:
     return None
 
 
-def create_app(config: ServerConfig, engine: Engine | Sequence[Engine] | None = None,
-               on_fatal: Callable[[str], None] | None = None, replica: str | None = None) -> FastAPI:
+def create_app(
+    config: ServerConfig,
+    engine: Engine | Sequence[Engine] | None = None,
+    on_fatal: Callable[[str], None] | None = None,
+    replica: str | None = None,
+) -> FastAPI:
     """Build the app. Without ``engine`` the lifespan loads the configured model(s) in a thread, one
     engine each (``config.model_entries``); ready flips when every one is warmed up.
 
@@ -161,8 +182,14 @@ def create_app(config: ServerConfig, engine: Engine | Sequence[Engine] | None = 
                 await running.stop()
 
     # docs_url/redoc_url off: FastAPI's pages load Swagger UI from a CDN; ui.py serves them locally.
-    app = FastAPI(title="rankserve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Reranking and embeddings with NVIDIA NIM-compatible APIs")
+    app = FastAPI(
+        title="rankserve",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="Reranking and embeddings with NVIDIA NIM-compatible APIs",
+    )
     app.state.config = config
     app.state.metrics = metrics
     app.state.engines = {}  # served name -> started Engine, in --model order
@@ -173,8 +200,11 @@ def create_app(config: ServerConfig, engine: Engine | Sequence[Engine] | None = 
     app.state.fatal = None  # why the app cannot serve (load failure, dead worker)
     app.state.on_fatal = on_fatal
     app.state.api_keys = tuple(k.encode("utf-8") for k in config.api_keys())
-    app.state.served_names = ([e.name for e in prebuilt] if prebuilt is not None else
-                              [served_name(config.for_model(*entry)) for entry in config.model_entries()])
+    app.state.served_names = (
+        [e.name for e in prebuilt]
+        if prebuilt is not None
+        else [served_name(config.for_model(*entry)) for entry in config.model_entries()]
+    )
     app.state.created = int(time.time())
     install_handlers(app)
     app.include_router(router)

@@ -25,18 +25,25 @@ import asyncio
 import logging
 import re
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 import numpy as np
 
 from rankserve import __version__
 from rankserve.api.kserve import open_inference_pb2 as pb
-from rankserve.api.routes import (authorized, check_embed_input, check_rank_input, parse_priority,
-                                  ready_engines)
+from rankserve.api.requests import authorized, check_embed_input, check_rank_input, parse_priority, ready_engines
 from rankserve.engine.engine import Engine
-from rankserve.errors import (InvalidRequest, RankserveError, RequestTimeout, Unauthorized, UnknownModel,
-                              grpc_code_of, status_of)
+from rankserve.errors import (
+    InvalidRequest,
+    RankserveError,
+    RequestTimeout,
+    Unauthorized,
+    UnknownModel,
+    grpc_code_of,
+    status_of,
+)
 
 log = logging.getLogger("rankserve")
 SERVICE = "inference.GRPCInferenceService"
@@ -57,10 +64,10 @@ def decode_bytes(raw: bytes, name: str) -> list[bytes]:
     while at < len(raw):
         if at + 4 > len(raw):
             raise InvalidRequest(f"input {name!r}: truncated BYTES element length", param=name)
-        size = int.from_bytes(raw[at:at + 4], "little")
+        size = int.from_bytes(raw[at : at + 4], "little")
         if at + 4 + size > len(raw):
             raise InvalidRequest(f"input {name!r}: a BYTES element runs past the tensor's data", param=name)
-        out.append(raw[at + 4:at + 4 + size])
+        out.append(raw[at + 4 : at + 4 + size])
         at += 4 + size
     return out
 
@@ -73,12 +80,17 @@ def input_texts(request: Any) -> dict[str, list[str]]:
     for i, tensor in enumerate(request.inputs):
         if tensor.datatype != "BYTES":
             raise InvalidRequest(f"input {tensor.name!r} must be BYTES, got {tensor.datatype}", param=tensor.name)
-        items = (decode_bytes(request.raw_input_contents[i], tensor.name) if request.raw_input_contents
-                 else list(tensor.contents.bytes_contents))
+        items = (
+            decode_bytes(request.raw_input_contents[i], tensor.name)
+            if request.raw_input_contents
+            else list(tensor.contents.bytes_contents)
+        )
         expected = int(np.prod(tensor.shape)) if len(tensor.shape) else len(items)
         if len(items) != expected:
-            raise InvalidRequest(f"input {tensor.name!r} has {len(items)} elements but its shape "
-                                 f"{list(tensor.shape)} holds {expected}", param=tensor.name)
+            raise InvalidRequest(
+                f"input {tensor.name!r} has {len(items)} elements but its shape {list(tensor.shape)} holds {expected}",
+                param=tensor.name,
+            )
         try:
             texts[tensor.name] = [item.decode("utf-8") for item in items]
         except UnicodeDecodeError:
@@ -156,9 +168,10 @@ class InferenceService:
         timeout = self.state.config.request_timeout or None
         try:
             return await asyncio.wait_for(work, timeout)
-        except asyncio.TimeoutError:
-            raise RequestTimeout(f"the request did not finish within {timeout:g} s (request_timeout); "
-                                 "its queued work was dropped") from None
+        except TimeoutError:
+            raise RequestTimeout(
+                f"the request did not finish within {timeout:g} s (request_timeout); its queued work was dropped"
+            ) from None
 
     # -- the service ----------------------------------------------------------------------------
 
@@ -176,6 +189,7 @@ class InferenceService:
             except RankserveError:
                 return pb.ModelReadyResponse(ready=False)
             return pb.ModelReadyResponse(ready=True)
+
         return await self.call("ModelReady", context, work, auth=False)
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
@@ -186,9 +200,13 @@ class InferenceService:
             engine = self.engine(request.name)
             rank = engine.spec.kind == "cross-encoder"
             return pb.ModelMetadataResponse(
-                name=grpc_name(engine.name), versions=["1"], platform="rankserve",
+                name=grpc_name(engine.name),
+                versions=["1"],
+                platform="rankserve",
                 inputs=tensor_metadata(RANK_INPUTS if rank else EMBED_INPUTS),
-                outputs=tensor_metadata(RANK_OUTPUTS if rank else EMBED_OUTPUTS))
+                outputs=tensor_metadata(RANK_OUTPUTS if rank else EMBED_OUTPUTS),
+            )
+
         return await self.call("ModelMetadata", context, work, auth=True)
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
@@ -208,10 +226,16 @@ class InferenceService:
                 raise InvalidRequest(f"unknown outputs {unknown}; this model returns {names}")
             chosen = [o for o in outputs if not wanted or o[0] in wanted]
             return pb.ModelInferResponse(
-                model_name=grpc_name(engine.name), model_version="1", id=request.id,
-                outputs=[pb.ModelInferResponse.InferOutputTensor(name=n, datatype=d, shape=list(a.shape))
-                         for n, d, a in chosen],
-                raw_output_contents=[a.tobytes() for _, _, a in chosen])
+                model_name=grpc_name(engine.name),
+                model_version="1",
+                id=request.id,
+                outputs=[
+                    pb.ModelInferResponse.InferOutputTensor(name=n, datatype=d, shape=list(a.shape))
+                    for n, d, a in chosen
+                ],
+                raw_output_contents=[a.tobytes() for _, _, a in chosen],
+            )
+
         return await self.call("ModelInfer", context, work, auth=True)
 
     async def rank(self, engine: Engine, request: Any, texts: dict[str, list[str]], priority: str) -> list:
@@ -222,16 +246,19 @@ class InferenceService:
         if not passages:
             raise InvalidRequest("passage is empty: send at least one passage", param="passage")
         if len(set(queries)) != 1:
-            raise InvalidRequest(f"query must hold one distinct query per request (got {len(set(queries))})",
-                                 param="query")
+            raise InvalidRequest(
+                f"query must hold one distinct query per request (got {len(set(queries))})", param="query"
+            )
         config = self.state.config
         truncate = string_parameter(request, "truncate", ("END", "NONE", "CHUNK")) or config.truncate_default
         check_rank_input(config, queries[0], passages, "passage")
         result = await self.bounded(engine.rank(queries[0], passages, truncate, priority))  # type: ignore[arg-type]
-        order = sorted(range(len(passages)), key=lambda i: (-result.scores[i], i))
-        return [("index", "INT32", np.array(order, dtype="<i4").reshape(-1, 1)),
-                ("logit", "FP32", np.array([result.scores[i] for i in order], dtype="<f4").reshape(-1, 1)),
-                ("token_count", "INT32", np.array([result.token_counts[i] for i in order], dtype="<i4"))]
+        order = result.order
+        return [
+            ("index", "INT32", np.array(order, dtype="<i4").reshape(-1, 1)),
+            ("logit", "FP32", np.array([result.scores[i] for i in order], dtype="<f4").reshape(-1, 1)),
+            ("token_count", "INT32", np.array([result.token_counts[i] for i in order], dtype="<i4")),
+        ]
 
     async def embed(self, engine: Engine, request: Any, texts: list[str], priority: str) -> list:
         input_type = parameter(request, "input_type")
@@ -243,8 +270,10 @@ class InferenceService:
             raise InvalidRequest("parameter 'dimensions' must be an integer", param="dimensions")
         check_embed_input(self.state.config, texts, "text")
         result = await self.bounded(engine.embed(texts, input_type, truncate, dimensions, priority))  # type: ignore[arg-type]
-        return [("embeddings", "FP32", result.vectors.astype("<f4")),
-                ("token_count", "INT32", np.array(result.token_counts, dtype="<i4"))]
+        return [
+            ("embeddings", "FP32", result.vectors.astype("<f4")),
+            ("token_count", "INT32", np.array(result.token_counts, dtype="<i4")),
+        ]
 
 
 def handlers(service: InferenceService) -> Any:
@@ -257,18 +286,27 @@ def handlers(service: InferenceService) -> Any:
         "ModelMetadata": (pb.ModelMetadataRequest, service.ModelMetadata),
         "ModelInfer": (pb.ModelInferRequest, service.ModelInfer),
     }
-    return grpc.method_handlers_generic_handler(SERVICE, {
-        name: grpc.unary_unary_rpc_method_handler(fn, request_deserializer=message.FromString,
-                                                  response_serializer=lambda m: m.SerializeToString())
-        for name, (message, fn) in methods.items()})
+    return grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            name: grpc.unary_unary_rpc_method_handler(
+                fn, request_deserializer=message.FromString, response_serializer=lambda m: m.SerializeToString()
+            )
+            for name, (message, fn) in methods.items()
+        },
+    )
 
 
 async def start(state: Any) -> Any:
     """A started ``grpc.aio`` server on ``config.host:config.grpc_port`` (TLS when HTTPS is set up)."""
     config = state.config
     limit = config.max_request_bytes
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
-                                      ("grpc.max_send_message_length", max(limit, 64 * 1024 * 1024))])
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", max(limit, 64 * 1024 * 1024)),
+        ]
+    )
     server.add_generic_rpc_handlers((handlers(InferenceService(state)),))
     address = f"{config.host}:{config.grpc_port}"
     if config.ssl_certfile:

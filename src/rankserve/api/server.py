@@ -52,8 +52,9 @@ class DrainingServer(uvicorn.Server):
             self._captured_signals.append(sig)  # re-raised after shutdown, as uvicorn does
             self.drain_started = time.monotonic()
             self.state.draining = True
-            log.info("signal %d: draining %d request(s) in flight (up to %g s)", sig, self.state.active,
-                     self.drain_timeout)
+            log.info(
+                "signal %d: draining %d request(s) in flight (up to %g s)", sig, self.state.active, self.drain_timeout
+            )
             return
         super().handle_exit(sig, frame)
 
@@ -68,8 +69,11 @@ class DrainingServer(uvicorn.Server):
                 log.info("drained in %.1f s", waited)
                 self.should_exit = True
             elif waited >= self.drain_timeout:
-                log.warning("drain timeout (%g s): %d request(s) still running are cut off", self.drain_timeout,
-                            self.state.active)
+                log.warning(
+                    "drain timeout (%g s): %d request(s) still running are cut off",
+                    self.drain_timeout,
+                    self.state.active,
+                )
                 self.should_exit = True
         return await super().on_tick(counter)
 
@@ -83,8 +87,10 @@ def listen(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
-            raise ConfigError(f"port {port} on {host} is already in use (another server is listening there): "
-                              "stop it or pick another --port") from None
+            raise ConfigError(
+                f"port {port} on {host} is already in use (another server is listening there): "
+                "stop it or pick another --port"
+            ) from None
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     sock.set_inheritable(True)
     return sock
@@ -102,9 +108,19 @@ def serve(config: ServerConfig) -> int:
 
     app = create_app(config, on_fatal=on_fatal)
     server = DrainingServer(
-        uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level.lower(), log_config=None,
-                       access_log=False, ssl_certfile=config.ssl_certfile, ssl_keyfile=config.ssl_keyfile,
-                       timeout_graceful_shutdown=max(config.drain_timeout, 1.0)),
-        app.state, config.drain_timeout)
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            log_level=config.log_level.lower(),
+            log_config=None,
+            access_log=False,
+            ssl_certfile=config.ssl_certfile,
+            ssl_keyfile=config.ssl_keyfile,
+            timeout_graceful_shutdown=max(config.drain_timeout, 1.0),  # type: ignore[arg-type]  # float works
+        ),
+        app.state,
+        config.drain_timeout,
+    )
     server.run(sockets=[sock])
     return 1 if app.state.fatal is not None else 0

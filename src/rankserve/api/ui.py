@@ -21,11 +21,15 @@ STATIC = Path(__file__).parent / "static"
 
 # The playground has no inline script or style; the docs pages' own bootstrap is inline (FastAPI
 # writes it) and Swagger UI / ReDoc set inline styles and use data: images and blob: workers.
-PLAYGROUND_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                  "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-            "img-src 'self' data:; worker-src 'self' blob:; connect-src 'self'; base-uri 'none'; "
-            "frame-ancestors 'none'")
+PLAYGROUND_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; worker-src 'self' blob:; connect-src 'self'; base-uri 'none'; "
+    "frame-ancestors 'none'"
+)
 
 
 def vendor_dir() -> Path:
@@ -56,22 +60,30 @@ def install_ui(app: FastAPI) -> None:
 
     @app.get("/", include_in_schema=False)
     async def playground() -> FileResponse:
-        return FileResponse(STATIC / "playground.html", headers={"Content-Security-Policy": PLAYGROUND_CSP,
-                                                                  "Cache-Control": "no-cache"})
+        return FileResponse(
+            STATIC / "playground.html", headers={"Content-Security-Policy": PLAYGROUND_CSP, "Cache-Control": "no-cache"}
+        )
 
     @app.get("/docs", include_in_schema=False)
     async def swagger() -> HTMLResponse:
-        page = get_swagger_ui_html(openapi_url=openapi_url, title=f"{app.title}: API docs",
-                                   swagger_js_url="/ui/vendor/swagger-ui-bundle.js",
-                                   swagger_css_url="/ui/vendor/swagger-ui.css",
-                                   swagger_favicon_url="/ui/vendor/favicon.png")
+        page = get_swagger_ui_html(
+            openapi_url=openapi_url,
+            title=f"{app.title}: API docs",
+            swagger_js_url="/ui/vendor/swagger-ui-bundle.js",
+            swagger_css_url="/ui/vendor/swagger-ui.css",
+            swagger_favicon_url="/ui/vendor/favicon.png",
+        )
         page.headers["Content-Security-Policy"] = DOCS_CSP
         return page
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc() -> HTMLResponse:
-        page = get_redoc_html(openapi_url=openapi_url, title=f"{app.title}: API reference",
-                              redoc_js_url="/ui/vendor/redoc.standalone.js",
-                              redoc_favicon_url="/ui/vendor/favicon.png", with_google_fonts=False)
+        page = get_redoc_html(
+            openapi_url=openapi_url,
+            title=f"{app.title}: API reference",
+            redoc_js_url="/ui/vendor/redoc.standalone.js",
+            redoc_favicon_url="/ui/vendor/favicon.png",
+            with_google_fonts=False,
+        )
         page.headers["Content-Security-Policy"] = DOCS_CSP
         return page

@@ -38,7 +38,7 @@ class Scaling:
     gpus_per_replica: float = 0.0
 
     @classmethod
-    def parse(cls, replicas: int | None, autoscale: str | None, cpus: float | None, gpus: float | None) -> "Scaling":
+    def parse(cls, replicas: int | None, autoscale: str | None, cpus: float | None, gpus: float | None) -> Scaling:
         if replicas is not None and autoscale is not None:
             raise ConfigError("give --replicas or --autoscale, not both")
         bounds = None
@@ -52,17 +52,26 @@ class Scaling:
             bounds = (low, high)
         if replicas is not None and replicas < 1:
             raise ConfigError("--replicas must be >= 1")
-        return cls(replicas=replicas or 1, autoscale=bounds, cpus_per_replica=1.0 if cpus is None else cpus,
-                   gpus_per_replica=0.0 if gpus is None else gpus)
+        return cls(
+            replicas=replicas or 1,
+            autoscale=bounds,
+            cpus_per_replica=1.0 if cpus is None else cpus,
+            gpus_per_replica=0.0 if gpus is None else gpus,
+        )
 
     def options(self) -> dict[str, Any]:
         actor = {"num_cpus": self.cpus_per_replica, "num_gpus": self.gpus_per_replica}
         if self.autoscale is None:
             return {"num_replicas": self.replicas, "ray_actor_options": actor}
         low, high = self.autoscale
-        return {"ray_actor_options": actor,
-                "autoscaling_config": {"min_replicas": low, "max_replicas": high,
-                                       "target_ongoing_requests": TARGET_ONGOING}}
+        return {
+            "ray_actor_options": actor,
+            "autoscaling_config": {
+                "min_replicas": low,
+                "max_replicas": high,
+                "target_ongoing_requests": TARGET_ONGOING,
+            },
+        }
 
 
 def application(config: ServerConfig, scaling: Scaling):
@@ -105,8 +114,9 @@ def build(args: dict[str, Any]):
     from rankserve.config import load_config
 
     args = dict(args)
-    scaling = Scaling.parse(args.pop("replicas", None), args.pop("autoscale", None),
-                            args.pop("ray_cpus", None), args.pop("ray_gpus", None))
+    scaling = Scaling.parse(
+        args.pop("replicas", None), args.pop("autoscale", None), args.pop("ray_cpus", None), args.pop("ray_gpus", None)
+    )
     return application(load_config(args), scaling)
 
 

@@ -32,9 +32,10 @@ import logging
 import sys
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -108,9 +109,18 @@ class Batcher:
 
     max_restarts = 3
 
-    def __init__(self, forward: Forward, *, max_batch_tokens: int, max_queue_items: int, metrics: Metrics,
-                 max_queue_tokens: int = 0, max_queue_requests: int = 0, express: bool = False,
-                 on_fatal: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        forward: Forward,
+        *,
+        max_batch_tokens: int,
+        max_queue_items: int,
+        metrics: Metrics,
+        max_queue_tokens: int = 0,
+        max_queue_requests: int = 0,
+        express: bool = False,
+        on_fatal: Callable[[str], None] | None = None,
+    ):
         self.forward = forward
         self.max_batch_tokens = max_batch_tokens
         self.max_queue_items = max_queue_items
@@ -170,8 +180,9 @@ class Batcher:
         return sum(len(job.items) for job in self.jobs) + len(self._current) + len(self._express_current)
 
     def _refuse(self, what: str, have: int, limit: int) -> Overloaded:
-        return Overloaded(f"server is at capacity ({have} {what} queued, limit {limit}); retry shortly",
-                          headers={"Retry-After": "1"})
+        return Overloaded(
+            f"server is at capacity ({have} {what} queued, limit {limit}); retry shortly", headers={"Retry-After": "1"}
+        )
 
     def check_admission(self, items: int, tokens: int = 0) -> None:
         """Raise (503) if a request of ``items`` items and ``tokens`` tokens would overfill the queue.
@@ -180,8 +191,9 @@ class Batcher:
         (``tokens=0``) so that a refusal under overload costs no tokenization.
         """
         if self.dead is not None:
-            raise NotReady(f"the model worker has stopped ({self.dead}); the server is restarting",
-                           headers={"Retry-After": "5"})
+            raise NotReady(
+                f"the model worker has stopped ({self.dead}); the server is restarting", headers={"Retry-After": "5"}
+            )
         if self.depth + items > self.max_queue_items:
             raise self._refuse("items", self.depth, self.max_queue_items)
         if self.max_queue_tokens and self.queued_tokens + tokens > self.max_queue_tokens:
@@ -198,8 +210,16 @@ class Batcher:
         items = [WorkItem(e, loop.create_future(), now) for e in encoded]
         longest_first = sorted(items, key=lambda it: len(it.encoded), reverse=True)
         fits_one_pass = max(len(e) for e in encoded) * len(encoded) <= self.max_batch_tokens if encoded else True
-        self.jobs.append(Job(deque(longest_first), PRIORITIES[priority], now, tokens, now,
-                             express=self.express and priority == "interactive" and fits_one_pass))
+        self.jobs.append(
+            Job(
+                deque(longest_first),
+                PRIORITIES[priority],
+                now,
+                tokens,
+                now,
+                express=self.express and priority == "interactive" and fits_one_pass,
+            )
+        )
         self.queued_tokens += tokens
         self.requests += 1
         self._gauges()
@@ -291,7 +311,9 @@ class Batcher:
             self.fault(encoded)
         return self.forward(encoded)
 
-    async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[WorkItem], thread: ThreadPoolExecutor) -> None:
+    async def _run_batch(
+        self, loop: asyncio.AbstractEventLoop, batch: list[WorkItem], thread: ThreadPoolExecutor
+    ) -> None:
         encoded = [it.encoded for it in batch]
         start = time.perf_counter()
         for it in batch:
@@ -301,14 +323,22 @@ class Batcher:
         except Exception as exc:  # the model failed: every waiter in this batch hears about it
             torch = sys.modules.get("torch")  # loaded only by the torch backend (or an export)
             oom = isinstance(exc, MemoryError) or (torch is not None and isinstance(exc, torch.OutOfMemoryError))
-            log.error("forward pass failed for a batch of %d (%d padded tokens): %s: %s", len(batch),
-                      len(encoded[0]) * len(encoded), type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+            log.error(
+                "forward pass failed for a batch of %d (%d padded tokens): %s: %s",
+                len(batch),
+                len(encoded[0]) * len(encoded),
+                type(exc).__name__,
+                exc,
+                exc_info=log.isEnabledFor(logging.DEBUG),
+            )
             if oom and torch is not None and torch.cuda.is_available():
                 torch.cuda.empty_cache()
             why = "out of memory" if oom else "model forward failed"
             for it in batch:
                 if not it.future.done():
-                    it.future.set_exception(ModelFailure(f"{why} on a batch of {len(batch)}: {type(exc).__name__}: {exc}"))
+                    it.future.set_exception(
+                        ModelFailure(f"{why} on a batch of {len(batch)}: {type(exc).__name__}: {exc}")
+                    )
             return
         padded = len(encoded[0]) * len(encoded)
         real = sum(len(e) for e in encoded)

@@ -10,21 +10,22 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
 from rankserve.config import ServerConfig
+from rankserve.engine.backends import ONNX_BACKENDS, Runner, make_runner, recipe_choice, refuse_images_on_onnx
 from rankserve.engine.batcher import Batcher, Priority
 from rankserve.engine.cache import EmbeddingCache, text_key
 from rankserve.engine.outputs import l2_normalize
 from rankserve.engine.tokenize import Encoded, TokenizerPolicy, Truncate
-from rankserve.errors import ConfigError, InvalidRequest, PayloadTooLarge
+from rankserve.errors import InvalidRequest, PayloadTooLarge
 from rankserve.metrics import Metrics
 from rankserve.model_source import ModelSource, resolve, served_id
-from rankserve.models.recipes import RecipeChoice
 from rankserve.models.spec import ModelSpec, with_flags
 
 log = logging.getLogger("rankserve")
@@ -41,16 +42,11 @@ WARMUP_FLOPS = {"cpu": 2e10, "cuda": 2e12}
 # --max-batch-tokens sweep, docs/benchmarks.md): each layer's activations stay in cache and
 # length-sorted small batches pad attention less. A GPU needs large batches to fill its cores.
 BATCH_TOKENS = {"cpu": 4096, "cuda": 65536}
-ONNX_BACKENDS = ("onnxruntime", "openvino")  # run a cached ONNX export; start without torch
 
 
 def batch_tokens(configured: int, device_type: str) -> int:
     """The token budget per forward pass: the configured one, else the device's default."""
     return configured or BATCH_TOKENS.get(device_type, BATCH_TOKENS["cpu"])
-
-
-def recipe_choice(config: ServerConfig) -> RecipeChoice:
-    return RecipeChoice(config.recipe, config.instruction, config.score_tokens, config.rerank_template)
 
 
 def served_name(config: ServerConfig) -> str:
@@ -62,34 +58,13 @@ def served_name(config: ServerConfig) -> str:
 
 def tokenizer_policy(spec: ModelSpec) -> TokenizerPolicy:
     """How the engine tokenizes for ``spec``: its length limit and rerank template, and token type
-    ids only for the families whose embeddings use them."""
-    return TokenizerPolicy(str(spec.tokenizer_file), max_length=spec.max_length, rerank_template=spec.rerank_template,
-                           with_type_ids=spec.family in ("bert", "xlm-roberta", "deberta"))
-
-
-def refuse_images_on_onnx(spec: ModelSpec, backend: str) -> None:
-    """The ONNX backends export text models only: a VL model is refused before any export starts."""
-    if backend in ONNX_BACKENDS and spec.vision is not None:
-        raise ConfigError(f"backend {backend} exports text models only; {spec.architecture} (image passages) "
-                          "runs on backend torch")
-
-
-def make_runner(spec: ModelSpec, device: str, config: ServerConfig):
-    """The runner ``config.backend`` names (each has ``forward(items) -> numpy rows``)."""
-    refuse_images_on_onnx(spec, config.backend)
-    if config.backend == "onnxruntime":
-        from rankserve.engine.onnx_runner import OnnxRunner  # onnxruntime is an optional dependency
-
-        return OnnxRunner(spec, threads=config.threads, quantize=config.quantize, choice=recipe_choice(config))
-    if config.backend == "openvino":
-        from rankserve.engine.openvino_runner import OpenVinoRunner  # openvino is an optional dependency
-
-        return OpenVinoRunner(spec, threads=config.threads, dtype=config.dtype, choice=recipe_choice(config))
-    import torch
-
-    from rankserve.engine.runner import TorchRunner
-
-    return TorchRunner(spec, torch.device(device), config.threads, config.cpu_gemm, config.dtype)
+    ids only where the model adds token type embeddings (``ModelSpec.token_types``)."""
+    return TokenizerPolicy(
+        str(spec.tokenizer_file),
+        max_length=spec.max_length,
+        rerank_template=spec.rerank_template,
+        with_type_ids=spec.token_types,
+    )
 
 
 @dataclass(frozen=True)
@@ -97,6 +72,11 @@ class RankResult:
     scores: list[float]  # one per passage, request order
     tokens: int  # everything the model read for this request (usage)
     token_counts: list[int]  # per passage: its pair's tokens (its windows' under CHUNK; its own for a bi-encoder)
+
+    @property
+    def order(self) -> list[int]:
+        """Passage indices best first; equal scores keep request order (every API answers in this order)."""
+        return sorted(range(len(self.scores)), key=lambda i: (-self.scores[i], i))
 
 
 @dataclass(frozen=True)
@@ -107,8 +87,16 @@ class EmbedResult:
 
 
 class Engine:
-    def __init__(self, spec: ModelSpec, *, name: str, config: ServerConfig, metrics: Metrics, device: str = "cpu",
-                 source: ModelSource | None = None):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        name: str,
+        config: ServerConfig,
+        metrics: Metrics,
+        device: str = "cpu",
+        source: ModelSource | None = None,
+    ):
         """``device``: where the model runs, as torch spells it (cpu, cuda, cuda:1); ``source``: the
         folder the model came from and, for a Hub repo, its id and commit (/v1/metadata)."""
         self.spec = spec
@@ -119,7 +107,7 @@ class Engine:
         self.device = device
         self.device_type = device.partition(":")[0]
         self.policy = tokenizer_policy(spec)
-        self.runner = make_runner(spec, device, config)
+        self.runner: Runner = make_runner(spec, device, config)
         metrics.runtime.labels(self.device_type, config.backend, self.runner.precision, self.runner.gemm or "").set(1)
         self.batcher = Batcher(
             self.runner.forward,
@@ -135,7 +123,7 @@ class Engine:
         self._tokenize_pool = ThreadPoolExecutor(max_workers=TOKENIZE_WORKERS, thread_name_prefix="rankserve-tokenize")
 
     @classmethod
-    def load(cls, config: ServerConfig, metrics: Metrics) -> "Engine":
+    def load(cls, config: ServerConfig, metrics: Metrics) -> Engine:
         """Blocking: read weights and build the engine (call from a thread at start-up).
 
         The ONNX backends first look for a cached export: with one, the spec comes from its
@@ -144,7 +132,7 @@ class Engine:
         directory = source.path
         choice = recipe_choice(config)
         if config.backend in ONNX_BACKENDS:
-            from rankserve.engine.onnx_runner import cached_spec, exported_model
+            from rankserve.engine.backends.onnx_runner import cached_spec, exported_model
 
             spec = cached_spec(directory, config.quantize, choice)
             if spec is None:  # first start: load in torch and export before the operator's flags apply
@@ -154,15 +142,23 @@ class Engine:
                 refuse_images_on_onnx(spec, config.backend)
                 exported_model(spec, config.quantize, choice=choice)
             else:
-                log.info("cached ONNX export of %s (%s, %s) from %s", spec.architecture, spec.family, spec.kind, directory)
+                log.info(
+                    "cached ONNX export of %s (%s, %s) from %s", spec.architecture, spec.family, spec.kind, directory
+                )
             spec = with_flags(spec, config.max_length, config.model_overrides())
             return cls(spec, name=served_name(config), config=config, metrics=metrics, device="cpu", source=source)
-        from rankserve.engine.runner import resolve_device
+        from rankserve.engine.backends.torch_runner import resolve_device
         from rankserve.models.loader import load_model, resolve_dtype
 
         device = resolve_device(config.device)
-        spec = load_model(directory, dtype=resolve_dtype(config.dtype, device), device=device, max_length=config.max_length,
-                          overrides=config.model_overrides(), choice=choice)
+        spec = load_model(
+            directory,
+            dtype=resolve_dtype(config.dtype, device),
+            device=device,
+            max_length=config.max_length,
+            overrides=config.model_overrides(),
+            choice=choice,
+        )
         return cls(spec, name=served_name(config), config=config, metrics=metrics, device=str(device), source=source)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -193,8 +189,10 @@ class Engine:
         """A request's tokens after truncation must fit ``max_request_tokens`` (413 otherwise)."""
         limit = self.config.max_request_tokens
         if tokens > limit:
-            raise PayloadTooLarge(f"the request holds {tokens} tokens after truncation; the limit is {limit} "
-                                  "per request (max_request_tokens): split it")
+            raise PayloadTooLarge(
+                f"the request holds {tokens} tokens after truncation; the limit is {limit} "
+                "per request (max_request_tokens): split it"
+            )
 
     def prefix(self, input_type: InputType | None) -> str:
         if input_type == "query":
@@ -209,8 +207,14 @@ class Engine:
         return self.spec.query_prefix != self.spec.passage_prefix
 
     # -- API -------------------------------------------------------------------------------
-    async def rank(self, query: str, passages: Sequence[str], truncate: Truncate = "END",
-                   priority: Priority = "interactive", images: Sequence[str | None] | None = None) -> RankResult:
+    async def rank(
+        self,
+        query: str,
+        passages: Sequence[str],
+        truncate: Truncate = "END",
+        priority: Priority = "interactive",
+        images: Sequence[str | None] | None = None,
+    ) -> RankResult:
         """``images``: per passage, a data URL or None (VL rerankers; a text-only model refuses them)."""
         self.batcher.check_admission(len(passages))  # refuse before tokenizing when full
         if images is not None and any(image is not None for image in images):
@@ -228,30 +232,40 @@ class Engine:
         rows = await self.batcher.submit(encoded, priority)
         return RankResult([float(r) for r in rows], sum(counts), counts)
 
-    async def _rank_with_images(self, query: str, passages: Sequence[str], images: Sequence[str | None],
-                                truncate: Truncate, priority: Priority) -> RankResult:
+    async def _rank_with_images(
+        self, query: str, passages: Sequence[str], images: Sequence[str | None], truncate: Truncate, priority: Priority
+    ) -> RankResult:
         """A VL reranker's request: images decoded and tiled in the tokenize pool, each image passage's
         prompt led by its image tokens (never truncated), tiles sent along with the token ids."""
         vision = self.spec.vision
         first = next(i for i, image in enumerate(images) if image is not None)
         if vision is None:
-            raise InvalidRequest(f"passages[{first}] has an image, but model {self.name!r} reads text only: send "
-                                 "text passages, or serve a VL reranker (docs/rerankers.md)", param=f"passages.{first}.image")
+            raise InvalidRequest(
+                f"passages[{first}] has an image, but model {self.name!r} reads text only: send "
+                "text passages, or serve a VL reranker (docs/rerankers.md)",
+                param=f"passages.{first}.image",
+            )
         if truncate == "CHUNK":
-            raise InvalidRequest("truncate CHUNK splits long text; it does not apply to passages with images: "
-                                 "use END or NONE", param="truncate")
+            raise InvalidRequest(
+                "truncate CHUNK splits long text; it does not apply to passages with images: use END or NONE",
+                param="truncate",
+            )
         count, limit = sum(image is not None for image in images), self.config.max_request_images
         if count > limit:  # before decoding any: every image costs seconds of CPU and MBs while queued
-            raise PayloadTooLarge(f"{count} passages have images; the limit is {limit} per request "
-                                  "(max_request_images): split it", param="passages")
+            raise PayloadTooLarge(
+                f"{count} passages have images; the limit is {limit} per request (max_request_images): split it",
+                param="passages",
+            )
         template = self.spec.rerank_template or ""
         limits = (self.config.max_image_bytes, self.config.max_image_pixels)
 
         from rankserve.engine.images import image_tiles  # torch: VL models run on the torch backend only
 
         def encode() -> list[Encoded]:
-            pixels = [None if image is None else image_tiles(image, f"passages[{i}].image", vision.tiles, *limits)
-                      for i, image in enumerate(images)]
+            pixels = [
+                None if image is None else image_tiles(image, f"passages[{i}].image", vision.tiles, *limits)
+                for i, image in enumerate(images)
+            ]
             templates = [template if px is None else vision.image_text(px.shape[0]) + " " + template for px in pixels]
             encoded = self.policy.pairs(query, passages, truncate, templates)
             return [e if px is None else dataclasses.replace(e, pixels=px) for e, px in zip(encoded, pixels)]
@@ -264,17 +278,20 @@ class Engine:
         windows per passage (its first). Usage counts every window scored.
         Bi-encoder windows bypass the passage cache (it holds one vector per passage)."""
         if self.spec.kind == "cross-encoder":
-            windows, owners = await self._in_pool(self.policy.pair_windows, query, passages,
-                                                  self.config.chunk_max_windows)
+            windows, owners = await self._in_pool(
+                self.policy.pair_windows, query, passages, self.config.chunk_max_windows
+            )
             lengths = [len(w) for w in windows]
             tokens = sum(lengths)
             self.check_request_tokens(tokens)
             scores = np.stack(await self.batcher.submit(windows, priority)).reshape(-1)
         else:
+
             def encode() -> tuple[list[Encoded], list[int]]:
                 q = self.policy.texts([query], "END", self.spec.query_prefix, "query")
-                windows, owners = self.policy.text_windows(passages, self.spec.passage_prefix,
-                                                           limit=self.config.chunk_max_windows)
+                windows, owners = self.policy.text_windows(
+                    passages, self.spec.passage_prefix, limit=self.config.chunk_max_windows
+                )
                 return q + windows, owners
 
             encoded, owners = await self._in_pool(encode)
@@ -296,8 +313,9 @@ class Engine:
         token_counts = np.bincount(owner, weights=lengths, minlength=len(passages)).astype(np.int64)
         return RankResult(per_passage.tolist(), tokens, token_counts.tolist())
 
-    async def _rank_by_cosine(self, query: str, passages: Sequence[str], truncate: Truncate,
-                              priority: Priority) -> RankResult:
+    async def _rank_by_cosine(
+        self, query: str, passages: Sequence[str], truncate: Truncate, priority: Priority
+    ) -> RankResult:
         """Bi-encoder ranking: the query and the passages missing from the cache form one job."""
         prefix = self.spec.passage_prefix
         keys = [text_key(p, prefix, truncate) for p in passages]
@@ -315,21 +333,31 @@ class Engine:
         self.check_request_tokens(sum(len(e) for e in encoded) + cached_tokens)
         rows = await self.batcher.submit(encoded, priority)
         for i, enc, row in zip(missing, encoded[1:], rows[1:]):
-            found[i] = (l2_normalize(row), len(enc))
-            self.cache.put(keys[i], *found[i])
+            vector, count = l2_normalize(row), len(enc)
+            found[i] = (vector, count)
+            self.cache.put(keys[i], vector, count)
         self.metrics.cache_size.set(len(self.cache))
-        scores = np.stack([f[0] for f in found]) @ l2_normalize(rows[0])
-        counts = [f[1] for f in found]
+        every = [f for f in found if f is not None]  # all filled now: cached or just computed
+        scores = np.stack([f[0] for f in every]) @ l2_normalize(rows[0])
+        counts = [f[1] for f in every]
         return RankResult(scores.tolist(), len(encoded[0]) + sum(counts), counts)
 
-    async def embed(self, texts: Sequence[str], input_type: InputType | None, truncate: Truncate = "END",
-                    dimensions: int | None = None, priority: Priority = "interactive") -> EmbedResult:
+    async def embed(
+        self,
+        texts: Sequence[str],
+        input_type: InputType | None,
+        truncate: Truncate = "END",
+        dimensions: int | None = None,
+        priority: Priority = "interactive",
+    ) -> EmbedResult:
         if self.spec.kind != "embedder":
             raise InvalidRequest(f"model {self.name!r} is a reranker (cross-encoder); it does not produce embeddings")
         if self.asymmetric and input_type is None:
             raise InvalidRequest(
                 "input_type is required for this asymmetric model: set it to 'query' or 'passage' "
-                "(or use the model id suffixed -query / -passage)", param="input_type")
+                "(or use the model id suffixed -query / -passage)",
+                param="input_type",
+            )
         if dimensions is not None:
             self.check_dimensions(dimensions)
         self.batcher.check_admission(len(texts))  # refuse before tokenizing when full
@@ -344,8 +372,12 @@ class Engine:
     def check_dimensions(self, dimensions: int) -> None:
         allowed = self.spec.dimensions
         if allowed is not None and dimensions not in allowed:
-            raise InvalidRequest(f"dimensions={dimensions} is not supported by {self.name}; choose one of {list(allowed)}",
-                                 param="dimensions")
+            raise InvalidRequest(
+                f"dimensions={dimensions} is not supported by {self.name}; choose one of {list(allowed)}",
+                param="dimensions",
+            )
         if allowed is None and not 1 <= dimensions <= self.spec.hidden_size:
-            raise InvalidRequest(f"dimensions={dimensions} is not supported by {self.name}; "
-                                 f"choose 1..{self.spec.hidden_size}", param="dimensions")
+            raise InvalidRequest(
+                f"dimensions={dimensions} is not supported by {self.name}; choose 1..{self.spec.hidden_size}",
+                param="dimensions",
+            )

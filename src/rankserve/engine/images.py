@@ -8,7 +8,7 @@ Runs in the engine's tokenize pool, never on the event loop. Steps, each with it
    animation); its header's width x height must be at most ``max_pixels`` *before* any pixel is
    decoded (a decompression bomb is a small file that claims a huge canvas);
 3. RGB, transparency composited on white (a transparent screenshot means white, not black);
-4. tiles (``grid``): among grids (cols, rows) with ``min_tiles`` <= cols*rows <= ``max_tiles``,
+4. tiles (``TilePolicy.grid``, the model's, in ``models/nemotron_vl.py``): among grids (cols, rows) with ``min_tiles`` <= cols*rows <= ``max_tiles``,
    sorted by cols*rows, the first maximum of ``min(cols*rows*S^2 / (W*H), 0.6) * closeness of the
    aspect ratios``: enough tiles to keep detail, never stretching the page much. The image is
    resized (bicubic) to cols*S x rows*S and cropped row-major into S x S tiles; with more than one
@@ -24,63 +24,21 @@ import binascii
 import io
 import re
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from rankserve.errors import InvalidRequest
+from rankserve.models.nemotron_vl import TilePolicy
 
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 # data-URL media types accepted (the decoded bytes must still be one of FORMATS)
 MEDIA_TYPES = {"png", "jpeg", "jpg", "pjpeg", "webp", "gif", "bmp", "x-ms-bmp", "tiff", "tif"}
 DATA_URL = re.compile(r"data:image/([A-Za-z0-9.+-]+);base64,", re.IGNORECASE)
-SIZE_FACTOR_CAP = 0.6  # more tiles stop paying once they hold 0.6x the image's pixels
 # Pillow warns about (and past 2x refuses) images over its own global pixel limit; ``decode`` applies
 # the server's ``max_image_pixels`` to the header instead, so the warning is noise in the server log.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-
-
-@dataclass(frozen=True)
-class TilePolicy:
-    """How a model cuts an image (from its config): tile side ``size``, tile count bounds, thumbnail."""
-
-    size: int
-    max_tiles: int
-    min_tiles: int = 1
-    use_thumbnail: bool = True
-
-    def ratios(self) -> list[tuple[int, int]]:
-        """Candidate (cols, rows) grids, sorted by tile count (ties in the published code's order)."""
-        lo, hi = self.min_tiles, self.max_tiles
-        grids = {(i, j) for n in range(lo, hi + 1) for i in range(1, n + 1) for j in range(1, n + 1) if lo <= i * j <= hi}
-        return sorted(grids, key=lambda g: g[0] * g[1])
-
-    def grid(self, width: int, height: int) -> tuple[int, int]:
-        """The (cols, rows) grid an image of ``width`` x ``height`` is cut into."""
-        aspect = width / height
-        best, best_factor = (1, 1), float("-inf")
-        for cols, rows in self.ratios():
-            size_factor = min(cols * rows * self.size * self.size / (width * height), SIZE_FACTOR_CAP)
-            closeness = min((cols / rows) / aspect, aspect / (cols / rows))
-            if size_factor * closeness > best_factor:
-                best, best_factor = (cols, rows), size_factor * closeness
-        return best
-
-    def tile_count(self, width: int, height: int) -> int:
-        cols, rows = self.grid(width, height)
-        return cols * rows + (1 if self.use_thumbnail and cols * rows > 1 else 0)
-
-    def tiles(self, image: Image.Image) -> list[Image.Image]:
-        """The RGB ``image`` cut into S x S tiles, row-major, plus the thumbnail when due."""
-        s = self.size
-        cols, rows = self.grid(*image.size)
-        resized = image.resize((cols * s, rows * s), Image.Resampling.BICUBIC)
-        out = [resized.crop((c * s, r * s, (c + 1) * s, (r + 1) * s)) for r in range(rows) for c in range(cols)]
-        if self.use_thumbnail and len(out) > 1:
-            out.append(image.resize((s, s), Image.Resampling.BICUBIC))
-        return out
 
 
 def as_tensor(tiles: list[Image.Image]) -> torch.Tensor:
@@ -95,35 +53,51 @@ def decode(value: str, where: str, max_bytes: int, max_pixels: int) -> Image.Ima
     param = where.replace("[", ".").replace("]", "")
     match = DATA_URL.match(value)
     if match is None:
-        raise InvalidRequest(f"{where}: not a base64 image data URL; send data:image/png;base64,<data> "
-                             f"(PNG, JPEG, WebP, GIF, BMP or TIFF)", param=param)
+        raise InvalidRequest(
+            f"{where}: not a base64 image data URL; send data:image/png;base64,<data> "
+            f"(PNG, JPEG, WebP, GIF, BMP or TIFF)",
+            param=param,
+        )
     media = match.group(1).lower()
     if media not in MEDIA_TYPES:
-        raise InvalidRequest(f"{where}: image type image/{media} is not supported; supported: PNG, JPEG, WebP, "
-                             "GIF, BMP, TIFF", param=param)
-    payload = value[match.end():]
+        raise InvalidRequest(
+            f"{where}: image type image/{media} is not supported; supported: PNG, JPEG, WebP, GIF, BMP, TIFF",
+            param=param,
+        )
+    payload = value[match.end() :]
     if len(payload) * 3 // 4 > max_bytes + 2:  # refuse before decoding megabytes of base64
-        raise InvalidRequest(f"{where}: the image holds about {len(payload) * 3 // 4:,} bytes; the limit is "
-                             f"{max_bytes:,} (max_image_bytes)", param=param)
+        raise InvalidRequest(
+            f"{where}: the image holds about {len(payload) * 3 // 4:,} bytes; the limit is "
+            f"{max_bytes:,} (max_image_bytes)",
+            param=param,
+        )
     try:
         raw = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidRequest(f"{where}: the data after 'base64,' is not valid base64", param=param) from None
     if len(raw) > max_bytes:
-        raise InvalidRequest(f"{where}: the image holds {len(raw):,} bytes; the limit is {max_bytes:,} "
-                             "(max_image_bytes)", param=param)
+        raise InvalidRequest(
+            f"{where}: the image holds {len(raw):,} bytes; the limit is {max_bytes:,} (max_image_bytes)", param=param
+        )
     try:
         image = Image.open(io.BytesIO(raw), formats=FORMATS)  # reads the header only
     except Image.DecompressionBombError:
-        raise InvalidRequest(f"{where}: the image's header claims more than {Image.MAX_IMAGE_PIXELS * 2:,} pixels; "
-                             f"the limit is {max_pixels:,} (max_image_pixels)", param=param) from None
+        raise InvalidRequest(
+            f"{where}: the image's header claims more than {(Image.MAX_IMAGE_PIXELS or 0) * 2:,} pixels; "
+            f"the limit is {max_pixels:,} (max_image_pixels)",
+            param=param,
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError):
-        raise InvalidRequest(f"{where}: the bytes are not a PNG, JPEG, WebP, GIF, BMP or TIFF image that can be "
-                             "decoded", param=param) from None
+        raise InvalidRequest(
+            f"{where}: the bytes are not a PNG, JPEG, WebP, GIF, BMP or TIFF image that can be decoded", param=param
+        ) from None
     width, height = image.size
     if width * height > max_pixels:
-        raise InvalidRequest(f"{where}: the image is {width} x {height} = {width * height:,} pixels; the limit is "
-                             f"{max_pixels:,} (max_image_pixels)", param=param)
+        raise InvalidRequest(
+            f"{where}: the image is {width} x {height} = {width * height:,} pixels; the limit is "
+            f"{max_pixels:,} (max_image_pixels)",
+            param=param,
+        )
     if width < 1 or height < 1:
         raise InvalidRequest(f"{where}: the image is empty ({width} x {height})", param=param)
     try:

@@ -1,7 +1,7 @@
 """A forward pass's output -> what the engine hands on: numpy float32, the same for every backend.
 
 Numpy, not torch, so that the engine, the batcher and the routes run without torch: the ONNX Runtime
-and OpenVINO backends then start without importing it (engine/onnx_runner.py).
+and OpenVINO backends then start without importing it (engine/backends/onnx_runner.py).
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     """Rows (or one vector) scaled to unit length, float32."""
     x = np.asarray(x, dtype=np.float32)
     norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norm, np.float32(EPS))
+    out: np.ndarray = x / np.maximum(norm, np.float32(EPS))
+    return out
 
 
-def finish(spec: "ModelSpec", out: np.ndarray) -> np.ndarray:
+def finish(spec: ModelSpec, out: np.ndarray) -> np.ndarray:
     """Model output -> [B] logits / temperature (cross-encoder) or [B, H] vectors (L2-normalized
     when the model says so), float32."""
     out = np.asarray(out, dtype=np.float32)

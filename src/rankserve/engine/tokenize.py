@@ -21,8 +21,9 @@ whole text (in Rust, no per-token Python) to say its exact length when it refuse
 from __future__ import annotations
 
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Sequence
+from typing import TYPE_CHECKING, Literal
 
 from tokenizers import Encoding, Tokenizer
 
@@ -117,8 +118,7 @@ def cut_at_whitespace(text: str, chars: int, keep_end: bool) -> str:
 class TokenizerPolicy:
     """The model's fast tokenizer plus how this model wants its inputs built and truncated."""
 
-    def __init__(self, tokenizer_file: str, *, max_length: int, rerank_template: str | None,
-                 with_type_ids: bool):
+    def __init__(self, tokenizer_file: str, *, max_length: int, rerank_template: str | None, with_type_ids: bool):
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
@@ -158,8 +158,15 @@ class TokenizerPolicy:
             types = enc.type_ids if keep is None else [enc.type_ids[i] for i in keep]
         return Encoded(ids, types)
 
-    def _fit(self, encs: Sequence[Encoding], truncate: Truncate, what: str, roles_of, order,
-             names: Sequence[int] | None = None) -> list[Encoded]:
+    def _fit(
+        self,
+        encs: Sequence[Encoding],
+        truncate: Truncate,
+        what: str,
+        roles_of,
+        order,
+        names: Sequence[int] | None = None,
+    ) -> list[Encoded]:
         """Pass short inputs through; cut long ones by ``order`` (or refuse them under NONE).
 
         Errors name input ``names[i]`` (its index in the request) when given, else ``i``.
@@ -182,8 +189,15 @@ class TokenizerPolicy:
             out.append(self._finish(enc, keep))
         return out
 
-    def _windows(self, encs: Sequence[Encoding], roles_of, role: int, what: str,
-                 names: Sequence[int] | None = None, limit: int = 0) -> tuple[list[Encoded], list[int]]:
+    def _windows(
+        self,
+        encs: Sequence[Encoding],
+        roles_of,
+        role: int,
+        what: str,
+        names: Sequence[int] | None = None,
+        limit: int = 0,
+    ) -> tuple[list[Encoded], list[int]]:
         """Each encoding as is when it fits, else one window per stretch of its ``role`` tokens (the
         other tokens, e.g. specials and the query, in every window), the first ``limit`` of them
         (0 = all); -> (windows, owner of each)."""
@@ -199,12 +213,15 @@ class TokenizerPolicy:
             room = self.max_length - len(fixed)
             if room < 1:
                 n = i if names is None else names[i]
-                raise InputTooLong(f"{what}[{n}]: the query, template or prefix alone fill the {self.max_length}-token "
-                                   "limit; no room for a window of the passage", param=f"{what}.{n}")
+                raise InputTooLong(
+                    f"{what}[{n}]: the query, template or prefix alone fill the {self.max_length}-token "
+                    "limit; no room for a window of the passage",
+                    param=f"{what}.{n}",
+                )
             step = max(1, room - int(room * CHUNK_OVERLAP))
             start, count = 0, 0
             while True:
-                window = body[start:start + room]
+                window = body[start : start + room]
                 out.append(self._finish(enc, sorted(fixed + window)))
                 owners.append(i)
                 count += 1
@@ -221,8 +238,14 @@ class TokenizerPolicy:
         encs, roles_of = self._pair_encodings(query, passages)
         return self._windows(encs, roles_of, PASSAGE, "passages", limit=limit)
 
-    def text_windows(self, texts: Sequence[str], prefix: str = "", what: str = "passages",
-                     names: Sequence[int] | None = None, limit: int = 0) -> tuple[list[Encoded], list[int]]:
+    def text_windows(
+        self,
+        texts: Sequence[str],
+        prefix: str = "",
+        what: str = "passages",
+        names: Sequence[int] | None = None,
+        limit: int = 0,
+    ) -> tuple[list[Encoded], list[int]]:
         """Single-sequence inputs under ``CHUNK`` (bi-encoder ranking): -> (windows, owner of each)."""
         texts, _ = self.bound(texts, limit * self.max_length)
         encs, roles_of = self._text_encodings(texts, prefix)
@@ -233,16 +256,19 @@ class TokenizerPolicy:
         if self.rerank_template is None:
             encs = self.tokenizer.encode_batch([(query, p) for p in passages])
 
-            def roles_of(_i: int, enc: Encoding) -> list[int]:
+            def roles_of(i: int, enc: Encoding) -> list[int]:  # noqa: ARG001 (i: the other variant's)
                 return [KEEP if s is None else (QUERY if s == 0 else PASSAGE) for s in enc.sequence_ids]
         else:
-            filled = [template_spans(templates[i] if templates else self.rerank_template, query=query, passage=p)
-                      for i, p in enumerate(passages)]
+            filled = [
+                template_spans(templates[i] if templates else self.rerank_template, query=query, passage=p)
+                for i, p in enumerate(passages)
+            ]
             encs = self.tokenizer.encode_batch([text for text, _ in filled])
 
             def roles_of(i: int, enc: Encoding) -> list[int]:
                 spans = filled[i][1]
                 return _roles_from_offsets(enc, {QUERY: spans["query"], PASSAGE: spans["passage"]})
+
         return encs, roles_of
 
     def _text_encodings(self, texts: Sequence[str], prefix: str):
@@ -250,10 +276,12 @@ class TokenizerPolicy:
 
         def roles_of(i: int, enc: Encoding) -> list[int]:
             return _roles_from_offsets(enc, {TEXT: (len(prefix), len(prefix) + len(texts[i]))})
+
         return encs, roles_of
 
-    def pairs(self, query: str, passages: Sequence[str], truncate: Truncate,
-              templates: Sequence[str] | None = None) -> list[Encoded]:
+    def pairs(
+        self, query: str, passages: Sequence[str], truncate: Truncate, templates: Sequence[str] | None = None
+    ) -> list[Encoded]:
         """Cross-encoder inputs for (query, passage_i), truncated passage-first; ``templates`` as in
         ``_pair_encodings`` (text outside the fields, image tokens included, is never cut)."""
         keep = 0 if truncate == "NONE" else self.max_length  # NONE: the exact length, for its error
@@ -262,8 +290,14 @@ class TokenizerPolicy:
         encs, roles_of = self._pair_encodings(query, passages, templates)
         return self._fit(encs, truncate, "passages", roles_of, [(PASSAGE, "right"), (QUERY, "right")])
 
-    def texts(self, texts: Sequence[str], truncate: Truncate, prefix: str = "", what: str = "input",
-              names: Sequence[int] | None = None) -> list[Encoded]:
+    def texts(
+        self,
+        texts: Sequence[str],
+        truncate: Truncate,
+        prefix: str = "",
+        what: str = "input",
+        names: Sequence[int] | None = None,
+    ) -> list[Encoded]:
         """Single-sequence inputs (embeddings, bi-encoder ranking), optionally prefixed."""
         texts, _ = self.bound(texts, 0 if truncate == "NONE" else self.max_length, keep_end=truncate == "START")
         encs, roles_of = self._text_encodings(texts, prefix)

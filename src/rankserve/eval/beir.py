@@ -11,9 +11,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
 
 
 @dataclass
@@ -40,7 +40,7 @@ class Dataset:
             h.update(i.encode() + b"\0" + t.encode() + b"\0")
         return h.hexdigest()
 
-    def split_pages(self, fraction: float, seed: int | str) -> tuple["Dataset", "Dataset", int]:
+    def split_pages(self, fraction: float, seed: int | str) -> tuple[Dataset, Dataset, int]:
         """(rest, held out, dropped queries): pages held out by ``held_out``; each part keeps its own
         pages' documents and the queries whose relevant pages all lie in it. A query with relevant
         pages on both sides is in neither (counted), so no held-out page is ever seen by the rest."""
@@ -49,22 +49,44 @@ class Dataset:
         parts = []
         placed: set[str] = set()
         for side, suffix in ((False, ""), (True, "-heldout")):
-            queries = [q for q in self.query_ids
-                       if (rel := [p for p, g in self.qrels.get(q, {}).items() if g > 0])
-                       and all((p in out) == side for p in rel)]
+            queries = [
+                q
+                for q in self.query_ids
+                if (rel := [p for p, g in self.qrels.get(q, {}).items() if g > 0])
+                and all((p in out) == side for p in rel)
+            ]
             placed.update(queries)
             docs = [n for n, d in enumerate(self.doc_ids) if (pages[d] in out) == side]
             sub = self.subset(queries)
-            parts.append(Dataset(self.name + suffix, [self.doc_ids[n] for n in docs], [self.doc_texts[n] for n in docs],
-                                 sub.query_ids, sub.query_texts, sub.qrels, self.doc_page, self.doc_lang, sub.query_lang))
+            parts.append(
+                Dataset(
+                    self.name + suffix,
+                    [self.doc_ids[n] for n in docs],
+                    [self.doc_texts[n] for n in docs],
+                    sub.query_ids,
+                    sub.query_texts,
+                    sub.qrels,
+                    self.doc_page,
+                    self.doc_lang,
+                    sub.query_lang,
+                )
+            )
         return parts[0], parts[1], len(self.query_ids) - len(placed)
 
-    def subset(self, query_ids: Iterable[str]) -> "Dataset":
+    def subset(self, query_ids: Iterable[str]) -> Dataset:
         keep = set(query_ids)
         pairs = [(q, t) for q, t in zip(self.query_ids, self.query_texts) if q in keep]
-        return Dataset(self.name, self.doc_ids, self.doc_texts, [q for q, _ in pairs], [t for _, t in pairs],
-                       {q: r for q, r in self.qrels.items() if q in keep}, self.doc_page, self.doc_lang,
-                       {q: lang for q, lang in self.query_lang.items() if q in keep})
+        return Dataset(
+            self.name,
+            self.doc_ids,
+            self.doc_texts,
+            [q for q, _ in pairs],
+            [t for _, t in pairs],
+            {q: r for q, r in self.qrels.items() if q in keep},
+            self.doc_page,
+            self.doc_lang,
+            {q: lang for q, lang in self.query_lang.items() if q in keep},
+        )
 
 
 def held_out(unit_id: str, fraction: float, seed: int | str) -> bool:
@@ -134,8 +156,13 @@ def load(path: Path, split: str = "test") -> Dataset:
     return Dataset(path.name, doc_ids, doc_texts, query_ids, query_texts, qrels, doc_page, doc_lang, query_lang)
 
 
-def write(path: Path, corpus: Iterable[Mapping], queries: Iterable[Mapping],
-          qrels: Mapping[str, Mapping[str, int]], split: str = "test") -> None:
+def write(
+    path: Path,
+    corpus: Iterable[Mapping],
+    queries: Iterable[Mapping],
+    qrels: Mapping[str, Mapping[str, int]],
+    split: str = "test",
+) -> None:
     """Write a BEIR directory; rows are written in the order given (callers sort them)."""
     (path / "qrels").mkdir(parents=True, exist_ok=True)
     for name, rows in (("corpus.jsonl", corpus), ("queries.jsonl", queries)):

@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -44,6 +45,7 @@ def model_fingerprint(directory: Path) -> str:
 
 # -- in-process -------------------------------------------------------------------------------
 
+
 class LocalEngine:
     """One rankserve Engine in this process (serves as embedder, reranker, or both)."""
 
@@ -57,10 +59,11 @@ class LocalEngine:
         self.identity = f"local:{engine.spec.family}:{engine.spec.kind}:{model_fingerprint(directory)}"
 
     @classmethod
-    async def open(cls, model: str | None) -> "LocalEngine":
+    async def open(cls, model: str | None) -> LocalEngine:
         from rankserve.config import load_config
         from rankserve.engine.engine import Engine
         from rankserve.metrics import Metrics
+
         # float32: the evaluation measures the model, the same on every CPU (auto may pick mixed bf16)
         config = load_config({"model": model, "warmup": False, "dtype": "float32"})
         engine = await asyncio.to_thread(Engine.load, config, Metrics())
@@ -84,6 +87,7 @@ class LocalEngine:
 
 
 # -- HTTP (NIM API) ---------------------------------------------------------------------------
+
 
 def base_url(url: str) -> str:
     """Accept ``http://host:8000``, ``.../v1`` or a full ``.../v1/ranking`` / ``.../v1/embeddings`` URL."""
@@ -109,7 +113,7 @@ class HttpClient:
         self.model = model
         self.identity = f"http:{self.base}:{model}"
 
-    async def open(self) -> "HttpClient":
+    async def open(self) -> HttpClient:
         """Ask /v1/models for the model id when none was given (NIM needs ``model`` in requests)."""
         if self.model is None:
             response = await self._call("GET", "/v1/models")
@@ -133,15 +137,24 @@ class HttpClient:
         return response
 
     async def embed(self, texts: Sequence[str], input_type: str) -> np.ndarray:
-        body = {"model": self.model, "input": list(texts), "input_type": input_type, "truncate": "END",
-                "encoding_format": "float"}
+        body = {
+            "model": self.model,
+            "input": list(texts),
+            "input_type": input_type,
+            "truncate": "END",
+            "encoding_format": "float",
+        }
         response = await self._call("POST", "/v1/embeddings", body)
         rows = sorted(response.json()["data"], key=lambda r: r["index"])
         return np.asarray([r["embedding"] for r in rows], dtype=np.float32)
 
     async def rerank(self, query: str, passages: Sequence[str]) -> list[float]:
-        body = {"model": self.model, "query": {"text": query}, "passages": [{"text": p} for p in passages],
-                "truncate": self.rerank_truncate}
+        body = {
+            "model": self.model,
+            "query": {"text": query},
+            "passages": [{"text": p} for p in passages],
+            "truncate": self.rerank_truncate,
+        }
         response = await self._call("POST", "/v1/ranking", body)
         scores = [float("nan")] * len(passages)
         for r in response.json()["rankings"]:
@@ -154,9 +167,16 @@ class HttpClient:
         await self.http.aclose()
 
 
-async def open_clients(model: str | None, reranker: str | None, embed_url: str | None, rerank_url: str | None,
-                       embed_model: str | None = None, rerank_model: str | None = None,
-                       api_key: str | None = None, rerank_truncate: str = "END") -> tuple[Embedder, Reranker, list]:
+async def open_clients(
+    model: str | None,
+    reranker: str | None,
+    embed_url: str | None,
+    rerank_url: str | None,
+    embed_model: str | None = None,
+    rerank_model: str | None = None,
+    api_key: str | None = None,
+    rerank_truncate: str = "END",
+) -> tuple[Embedder, Reranker, list]:
     """Build the embedder and the reranker; returns them and the things to close.
 
     In-process, an embedder and a reranker on the same model folder share one engine (with the

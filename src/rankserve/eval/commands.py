@@ -30,34 +30,60 @@ class _Help(argparse.HelpFormatter):
 def add_commands(subparsers) -> None:
     """Add ``eval`` and ``data`` to the ``rankserve`` subcommand parsers."""
     ev = subparsers.add_parser(
-        "eval", help="hybrid-retrieval table (Sparse, Dense, +Rerank, +Sparse) on BEIR-format data",
+        "eval",
+        help="hybrid-retrieval table (Sparse, Dense, +Rerank, +Sparse) on BEIR-format data",
         description="Run BM25, dense, fusion and rerank pipelines on a BEIR directory (or a directory of them) "
-                    "and write OUT/results.json, results.md, results.png, details.json and TREC run files.",
-        formatter_class=_Help)
-    ev.add_argument("--dataset", required=True, type=Path,
-                    help="BEIR directory (corpus.jsonl, queries.jsonl, qrels/test.tsv) or a folder of them")
+        "and write OUT/results.json, results.md, results.png, details.json and TREC run files.",
+        formatter_class=_Help,
+    )
+    ev.add_argument(
+        "--dataset",
+        required=True,
+        type=Path,
+        help="BEIR directory (corpus.jsonl, queries.jsonl, qrels/test.tsv) or a folder of them",
+    )
     ev.add_argument("--output", required=True, type=Path, help="output folder")
     ev.add_argument("--top-k", type=int, default=100, help="depth of each first stage and of the rerank")
-    ev.add_argument("--model", default=None, help="embedding model folder or Hub repo id (in-process); default: packaged all-MiniLM-L6-v2")
-    ev.add_argument("--reranker", default=None,
-                    help="reranker folder or Hub repo id (cross-encoder, in-process); default: --model (a bi-encoder re-scores by cosine)")
+    ev.add_argument(
+        "--model",
+        default=None,
+        help="embedding model folder or Hub repo id (in-process); default: packaged all-MiniLM-L6-v2",
+    )
+    ev.add_argument(
+        "--reranker",
+        default=None,
+        help="reranker folder or Hub repo id (cross-encoder, in-process); default: --model (a bi-encoder re-scores by cosine)",
+    )
     ev.add_argument("--embed-url", default=None, help="NIM-compatible server for /v1/embeddings instead of --model")
-    ev.add_argument("--rerank-truncate", choices=("END", "CHUNK"), default="END",
-                    help="how the rerank stage fits long documents: END cuts at the model's limit, CHUNK scores "
-                         "overlapping windows and keeps the best")
-    ev.add_argument("--rerank-weight", default=None,
-                    help="fuse each +Rerank list with the first stage it re-scored (weighted RRF; a number in [0, 1], "
-                         "1 = the reranker alone), or 'trained': the weight `rankserve train --validation-fraction` "
-                         "chose for --reranker (its training.json); default: the reranker's order alone")
+    ev.add_argument(
+        "--rerank-truncate",
+        choices=("END", "CHUNK"),
+        default="END",
+        help="how the rerank stage fits long documents: END cuts at the model's limit, CHUNK scores "
+        "overlapping windows and keeps the best",
+    )
+    ev.add_argument(
+        "--rerank-weight",
+        default=None,
+        help="fuse each +Rerank list with the first stage it re-scored (weighted RRF; a number in [0, 1], "
+        "1 = the reranker alone), or 'trained': the weight `rankserve train --validation-fraction` "
+        "chose for --reranker (its training.json); default: the reranker's order alone",
+    )
     ev.add_argument("--rerank-url", default=None, help="NIM-compatible server for /v1/ranking instead of --reranker")
     ev.add_argument("--embed-model", default=None, help="model id sent to --embed-url; default: first of /v1/models")
     ev.add_argument("--rerank-model", default=None, help="model id sent to --rerank-url; default: first of /v1/models")
     ev.add_argument("--api-key", default=None, help="Bearer token for the URLs [env NVIDIA_API_KEY]")
-    ev.add_argument("--max-queries", type=int, default=None, help="evaluate a seeded sample of this many queries per dataset")
+    ev.add_argument(
+        "--max-queries", type=int, default=None, help="evaluate a seeded sample of this many queries per dataset"
+    )
     ev.add_argument("--seed", type=int, default=0, help="seed of the --max-queries sample")
     ev.add_argument("--lang", default="en", help="BM25 language of texts without metadata.lang")
-    ev.add_argument("--batch-size", type=int, default=64,
-                    help="texts per embedding request (lower it for servers with a smaller batch limit)")
+    ev.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="texts per embedding request (lower it for servers with a smaller batch limit)",
+    )
     ev.add_argument("--concurrency", type=int, default=4, help="requests in flight")
     ev.add_argument("--cache-dir", type=Path, default=default_cache_dir(), help="embedding cache")
     ev.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
@@ -67,25 +93,44 @@ def add_commands(subparsers) -> None:
     data = subparsers.add_parser("data", help="build evaluation datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     man = data_sub.add_parser(
-        "manpages", help="BEIR datasets from the installed Linux man pages (query = NAME line, document = page)",
-        formatter_class=_Help)
+        "manpages",
+        help="BEIR datasets from the installed Linux man pages (query = NAME line, document = page)",
+        formatter_class=_Help,
+    )
     man.add_argument("--langs", default="en,de,fr", help="comma-separated languages (man tree folder names)")
-    man.add_argument("--cross", default=None,
-                     help="languages X for cross-lingual X->en variants; default: every non-English --langs")
-    man.add_argument("--out", required=True, type=Path, help="output folder: OUT/pages/<variant>, OUT/passages/<variant>")
+    man.add_argument(
+        "--cross", default=None, help="languages X for cross-lingual X->en variants; default: every non-English --langs"
+    )
+    man.add_argument(
+        "--out", required=True, type=Path, help="output folder: OUT/pages/<variant>, OUT/passages/<variant>"
+    )
     man.add_argument("--max-pages", type=int, default=1000, help="pages per variant (seeded sample); 0 = all")
     man.add_argument("--sections", default="1,2,3,4,5,6,7,8", help="man sections to include")
-    man.add_argument("--english", choices=("translated", "all"), default="translated",
-                     help="English pages: only those translated into another of --langs/--cross (any installed "
-                          "language if none), or all")
-    man.add_argument("--granularity", default="pages,passages", help="pages (whole page per document), passages, or both")
+    man.add_argument(
+        "--english",
+        choices=("translated", "all"),
+        default="translated",
+        help="English pages: only those translated into another of --langs/--cross (any installed "
+        "language if none), or all",
+    )
+    man.add_argument(
+        "--granularity", default="pages,passages", help="pages (whole page per document), passages, or both"
+    )
     man.add_argument("--passage-tokens", type=int, default=250, help="passage size in MiniLM WordPiece tokens")
     man.add_argument("--seed", type=int, default=0, help="seed of the page sample (and of the train/test split)")
-    man.add_argument("--test-fraction", type=float, default=0.0,
-                     help="> 0: write <variant>-train and <variant>-test, split by page (a seeded hash of the page "
-                          "id: the same pages are held out in every variant); 0 = one set")
-    man.add_argument("--man-root", type=Path, default=Path("/usr/share/man"),
-                     help="man tree (English in man<N>/, others in <lang>/man<N>/)")
+    man.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.0,
+        help="> 0: write <variant>-train and <variant>-test, split by page (a seeded hash of the page "
+        "id: the same pages are held out in every variant); 0 = one set",
+    )
+    man.add_argument(
+        "--man-root",
+        type=Path,
+        default=Path("/usr/share/man"),
+        help="man tree (English in man<N>/, others in <lang>/man<N>/)",
+    )
     man.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="parallel page renderers")
     man.add_argument("--no-progress", action="store_true", help="hide progress bars")
     man.set_defaults(func=cmd_data_manpages)
@@ -97,18 +142,21 @@ def require(*modules: str) -> None:
 
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
-        raise SystemExit(f"rankserve: this command needs {', '.join(missing)} (the evaluation extra): "
-                         "pip install 'rankserve[eval]'")
+        raise SystemExit(
+            f"rankserve: this command needs {', '.join(missing)} (the evaluation extra): pip install 'rankserve[eval]'"
+        )
 
 
 def _usage_errors(fn):
     """Missing files, bad input and unreachable servers end in one line on stderr and exit status 2."""
+
     def wrapper(args: argparse.Namespace) -> int:
         try:
             return fn(args)
         except (FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
             print(f"rankserve {args.command}: {exc}", file=sys.stderr)
             return 2
+
     return wrapper
 
 
@@ -128,12 +176,26 @@ async def run_eval(args: argparse.Namespace) -> int:
     paths = beir.find_datasets(args.dataset)
     weight = rerank_weight(args.rerank_weight, args.reranker)
     start = time.perf_counter()
-    embedder, reranker, opened = await open_clients(args.model, args.reranker, args.embed_url, args.rerank_url,
-                                                    args.embed_model, args.rerank_model, args.api_key,
-                                                    args.rerank_truncate)
+    embedder, reranker, opened = await open_clients(
+        args.model,
+        args.reranker,
+        args.embed_url,
+        args.rerank_url,
+        args.embed_model,
+        args.rerank_model,
+        args.api_key,
+        args.rerank_truncate,
+    )
     load_s = time.perf_counter() - start
-    opts = Options(top_k=args.top_k, cache_dir=None if args.no_cache else args.cache_dir, batch_size=args.batch_size,
-                   concurrency=args.concurrency, lang=args.lang, progress=not args.no_progress, rerank_weight=weight)
+    opts = Options(
+        top_k=args.top_k,
+        cache_dir=None if args.no_cache else args.cache_dir,
+        batch_size=args.batch_size,
+        concurrency=args.concurrency,
+        lang=args.lang,
+        progress=not args.no_progress,
+        rerank_weight=weight,
+    )
     results = []
     try:
         for path in paths:
@@ -149,10 +211,16 @@ async def run_eval(args: argparse.Namespace) -> int:
         for c in opened:
             await c.close()
     settings = {
-        "embedder": embedder.identity, "reranker": reranker.identity, "rerank_truncate": args.rerank_truncate,
-        "top_k": args.top_k, "rerank_weight": weight,
-        "datasets": [str(p) for p in paths], "max_queries": args.max_queries, "seed": args.seed,
-        "model_load_seconds": round(load_s, 3), "total_seconds": round(time.perf_counter() - start, 3),
+        "embedder": embedder.identity,
+        "reranker": reranker.identity,
+        "rerank_truncate": args.rerank_truncate,
+        "top_k": args.top_k,
+        "rerank_weight": weight,
+        "datasets": [str(p) for p in paths],
+        "max_queries": args.max_queries,
+        "seed": args.seed,
+        "model_load_seconds": round(load_s, 3),
+        "total_seconds": round(time.perf_counter() - start, 3),
         "command": "rankserve " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("rankserve") else None,
     }
     print(report.write(args.output, results, settings))
@@ -190,10 +258,20 @@ def cmd_data_manpages(args: argparse.Namespace) -> int:
 
     langs = [x for x in args.langs.split(",") if x]
     cross = [x for x in args.cross.split(",") if x] if args.cross is not None else [x for x in langs if x != "en"]
-    opts = BuildOptions(langs=langs, cross=cross, sections=[s for s in args.sections.split(",") if s],
-                        max_pages=args.max_pages, granularity=[g for g in args.granularity.split(",") if g],
-                        passage_tokens=args.passage_tokens, seed=args.seed, man_root=args.man_root, english=args.english,
-                        workers=args.workers, progress=not args.no_progress, test_fraction=args.test_fraction)
+    opts = BuildOptions(
+        langs=langs,
+        cross=cross,
+        sections=[s for s in args.sections.split(",") if s],
+        max_pages=args.max_pages,
+        granularity=[g for g in args.granularity.split(",") if g],
+        passage_tokens=args.passage_tokens,
+        seed=args.seed,
+        man_root=args.man_root,
+        english=args.english,
+        workers=args.workers,
+        progress=not args.no_progress,
+        test_fraction=args.test_fraction,
+    )
     manifest = build(args.out, opts)
     for name, size in manifest["variants"].items():
         print(f"{name}: {size['documents']} documents, {size['pages']} pages, {size['queries']} queries")

@@ -70,6 +70,7 @@ class Page:
 
 # -- finding and rendering pages --------------------------------------------------------------
 
+
 def lang_dir(root: Path, lang: str) -> Path:
     return root if lang == "en" else root / lang
 
@@ -128,7 +129,7 @@ def parse(page_id: str, rendered: str) -> Page | None:
     nonblank = [i for i, ln in enumerate(lines) if ln.strip()]
     if len(nonblank) < 3:
         return None
-    lines = lines[nonblank[0] + 1: nonblank[-1]]  # drop the header and footer lines
+    lines = lines[nonblank[0] + 1 : nonblank[-1]]  # drop the header and footer lines
     sections: list[tuple[str, list[str]]] = []
     for ln in lines:
         if ln and not ln[0].isspace():
@@ -182,8 +183,10 @@ class Renderer:
 
 # -- sampling ----------------------------------------------------------------------------------
 
-def sample(candidates: list[str], sources: list[dict[str, Path]], render: Renderer, n: int,
-           seed: int) -> list[list[Page]]:
+
+def sample(
+    candidates: list[str], sources: list[dict[str, Path]], render: Renderer, n: int, seed: int
+) -> list[list[Page]]:
     """Take candidate ids in seeded order until ``n`` render and parse in every source; returns, per
     source, the chosen pages sorted by id. (So a smaller ``n`` picks a subset of a larger one's pages.)"""
     block = min(64, max(8, 2 * n)) if n else 64  # pages rendered per step; does not change the choice
@@ -191,7 +194,7 @@ def sample(candidates: list[str], sources: list[dict[str, Path]], render: Render
     random.Random(seed).shuffle(order)
     chosen: list[list[Page]] = []
     for start in range(0, len(order), block):
-        ids = order[start:start + block]
+        ids = order[start : start + block]
         per_source = [render.pages([(i, src[i]) for i in ids]) for src in sources]
         for row in zip(*per_source):
             if all(row) and (not n or len(chosen) < n):
@@ -203,6 +206,7 @@ def sample(candidates: list[str], sources: list[dict[str, Path]], render: Render
 
 
 # -- writing -----------------------------------------------------------------------------------
+
 
 class Chunker:
     """Packs a page's lines into passages of at most ``limit`` WordPiece tokens (the default model's)."""
@@ -246,8 +250,9 @@ class Chunker:
         return [c for c in chunks if c]
 
 
-def write_variant(out: Path, queries: list[Page], q_lang: str, docs: list[Page], d_lang: str,
-                  chunker: Chunker | None) -> dict[str, int]:
+def write_variant(
+    out: Path, queries: list[Page], q_lang: str, docs: list[Page], d_lang: str, chunker: Chunker | None
+) -> dict[str, int]:
     """One BEIR directory; queries with a description shared by another page are dropped."""
     counts: dict[str, int] = {}
     for p in queries:
@@ -262,18 +267,35 @@ def write_variant(out: Path, queries: list[Page], q_lang: str, docs: list[Page],
             corpus.append({"_id": p.id, "title": "", "text": p.text, "metadata": {"lang": d_lang}})
         else:
             for n, chunk in enumerate(chunker.split(p.text)):
-                corpus.append({"_id": f"{p.id}#{n}", "title": "", "text": chunk, "metadata": {"lang": d_lang, "page": p.id}})
+                corpus.append(
+                    {"_id": f"{p.id}#{n}", "title": "", "text": chunk, "metadata": {"lang": d_lang, "page": p.id}}
+                )
     beir.write(out, corpus, query_rows, qrels)
-    return {"documents": len(corpus), "pages": len(docs), "queries": len(kept),
-            "words": sum(len(row["text"].split()) for row in corpus)}
+    return {
+        "documents": len(corpus),
+        "pages": len(docs),
+        "queries": len(kept),
+        "words": sum(len(row["text"].split()) for row in corpus),
+    }
 
 
 def installed_packages() -> dict[str, str]:
     """Versions of the installed man-page and renderer packages (the data's provenance)."""
     if not shutil.which("dpkg-query"):
         return {}
-    proc = subprocess.run(["dpkg-query", "-W", "-f", "${Package}\t${Version}\t${db:Status-Abbrev}\n", "manpages*",
-                           "groff-base", "mandoc"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            "dpkg-query",
+            "-W",
+            "-f",
+            "${Package}\t${Version}\t${db:Status-Abbrev}\n",
+            "manpages*",
+            "groff-base",
+            "mandoc",
+        ],
+        capture_output=True,
+        text=True,
+    )
     rows = [ln.split("\t") for ln in proc.stdout.splitlines()]
     return {r[0]: r[1] for r in rows if len(r) == 3 and r[2].startswith("ii")}
 
@@ -288,12 +310,15 @@ def build(out: Path, opts: BuildOptions) -> dict:
     needed = sorted(set(opts.langs) | set(opts.cross) | ({"en"} if opts.cross else set()))
     for lang in needed:
         if not lang_dir(opts.man_root, lang).is_dir():
-            raise FileNotFoundError(f"no man pages for {lang!r} under {opts.man_root} (apt-get install manpages-{lang})")
+            raise FileNotFoundError(
+                f"no man pages for {lang!r} under {opts.man_root} (apt-get install manpages-{lang})"
+            )
     trees = {lang: list_pages(opts.man_root, lang, opts.sections) for lang in needed}
     if opts.english == "translated" and "en" in trees:
         others = [lang for lang in needed if lang != "en"]
-        translated = (set().union(*(trees[lang] for lang in others)) if others
-                      else translated_ids(opts.man_root, opts.sections))
+        translated = (
+            set().union(*(trees[lang] for lang in others)) if others else translated_ids(opts.man_root, opts.sections)
+        )
         trees["en"] = {i: p for i, p in trees["en"].items() if i in translated}
     chunker = Chunker(opts.passage_tokens) if "passages" in opts.granularity else None
     rend = Renderer(opts.workers, opts.progress)
@@ -307,18 +332,28 @@ def build(out: Path, opts: BuildOptions) -> dict:
             queries, docs = picked[0], picked[-1]
             splits = {name: (queries, docs)}
             if opts.test_fraction > 0:
+
                 def part(pages: list[Page], test: bool) -> list[Page]:
                     return [p for p in pages if beir.held_out(p.id, opts.test_fraction, opts.seed) == test]
-                splits = {f"{name}-{label}": (part(queries, test), part(docs, test))
-                          for label, test in (("train", False), ("test", True))}
+
+                splits = {
+                    f"{name}-{label}": (part(queries, test), part(docs, test))
+                    for label, test in (("train", False), ("test", True))
+                }
             for gran in opts.granularity:
                 for split_name, (qs, ds) in splits.items():
-                    variants[f"{gran}/{split_name}"] = write_variant(out / gran / split_name, qs, q_lang, ds, d_lang,
-                                                                     chunker if gran == "passages" else None)
+                    variants[f"{gran}/{split_name}"] = write_variant(
+                        out / gran / split_name, qs, q_lang, ds, d_lang, chunker if gran == "passages" else None
+                    )
     finally:
         rend.close()
-    manifest = {"variants": variants, "options": {k: (str(v) if isinstance(v, Path) else v)
-                                                  for k, v in vars(opts).items() if k not in ("workers", "progress")},
-                "renderer": rend.command[0], "packages": installed_packages()}
+    manifest = {
+        "variants": variants,
+        "options": {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items() if k not in ("workers", "progress")
+        },
+        "renderer": rend.command[0],
+        "packages": installed_packages(),
+    }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

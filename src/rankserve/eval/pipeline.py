@@ -22,8 +22,7 @@ from pathlib import Path
 from rankserve.eval import metrics
 from rankserve.eval.beir import Dataset
 from rankserve.eval.clients import Embedder, Reranker
-from rankserve.eval.retrieval import (Run, bm25_search, dense_search, embed_cached, rerank_runs, rrf, to_pages,
-                                      tokenize)
+from rankserve.eval.retrieval import Run, bm25_search, dense_search, embed_cached, rerank_runs, rrf, to_pages, tokenize
 
 PIPELINES = ("Sparse", "Dense", "Dense+Rerank", "Dense+Sparse", "Dense+Sparse+Rerank")
 
@@ -70,21 +69,39 @@ async def run_dataset(ds: Dataset, embedder: Embedder, reranker: Reranker, opts:
     cached = {}
     with stage("embed corpus"):
         doc_vecs, cached["embed corpus"] = await embed_cached(
-            embedder, ds.doc_texts, "passage", ds.fingerprint("corpus"), opts.cache_dir, desc=f"{ds.name}: corpus", **kw)
+            embedder, ds.doc_texts, "passage", ds.fingerprint("corpus"), opts.cache_dir, desc=f"{ds.name}: corpus", **kw
+        )
     with stage("embed queries"):
         query_vecs, cached["embed queries"] = await embed_cached(
-            embedder, ds.query_texts, "query", ds.fingerprint("queries"), opts.cache_dir, desc=f"{ds.name}: queries",
-            **kw)
+            embedder,
+            ds.query_texts,
+            "query",
+            ds.fingerprint("queries"),
+            opts.cache_dir,
+            desc=f"{ds.name}: queries",
+            **kw,
+        )
     with stage("dense search"):
         dense = dense_search(ds.doc_ids, doc_vecs, ds.query_ids, query_vecs, k, progress=progress)
     with stage("fusion"):
         fused = {q: rrf([dense[q], sparse[q]], depth=k) for q in ds.query_ids}
     with stage("rerank"):
         dense_rr, fused_rr = await rerank_runs(
-            reranker, [dense, fused], dict(zip(ds.query_ids, ds.query_texts)), dict(zip(ds.doc_ids, ds.doc_texts)),
-            k, concurrency=getattr(reranker, "rerank_concurrency", opts.concurrency), progress=progress)
-    runs = {"Sparse": sparse, "Dense": dense, "Dense+Rerank": dense_rr, "Dense+Sparse": fused,
-            "Dense+Sparse+Rerank": fused_rr}
+            reranker,
+            [dense, fused],
+            dict(zip(ds.query_ids, ds.query_texts)),
+            dict(zip(ds.doc_ids, ds.doc_texts)),
+            k,
+            concurrency=getattr(reranker, "rerank_concurrency", opts.concurrency),
+            progress=progress,
+        )
+    runs = {
+        "Sparse": sparse,
+        "Dense": dense,
+        "Dense+Rerank": dense_rr,
+        "Dense+Sparse": fused,
+        "Dense+Sparse+Rerank": fused_rr,
+    }
     if ds.doc_page:
         runs = {name: to_pages(run, ds.doc_page) for name, run in runs.items()}
     if opts.rerank_weight is not None:
@@ -117,13 +134,18 @@ def fuse_rerank(runs: dict[str, Run], weight: float) -> dict[str, Run]:
         raise ValueError(f"rerank weight {weight}: must be in [0, 1]")
     out = dict(runs)
     for reranked, first in RERANKED.items():
-        out[reranked] = {q: rrf([runs[first][q], scores], weights=[1.0 - weight, weight])
-                         for q, scores in runs[reranked].items()}
+        out[reranked] = {
+            q: rrf([runs[first][q], scores], weights=[1.0 - weight, weight]) for q, scores in runs[reranked].items()
+        }
     return out
 
 
-def choose_rerank_weight(runs: dict[str, Run], qrels: dict[str, dict[str, int]], metric: str = "nDCG@10",
-                         grid: tuple[float, ...] = WEIGHT_GRID) -> tuple[float, dict[float, float]]:
+def choose_rerank_weight(
+    runs: dict[str, Run],
+    qrels: dict[str, dict[str, int]],
+    metric: str = "nDCG@10",
+    grid: tuple[float, ...] = WEIGHT_GRID,
+) -> tuple[float, dict[float, float]]:
     """The weight on ``grid`` whose fused +Rerank lists score best on ``metric`` (mean over both
     +Rerank pipelines), and every weight's score. Ties go to the larger weight (more of the reranker).
     Call it on validation runs only: a weight picked on the test split says nothing about new data."""
@@ -147,16 +169,18 @@ def rerank_lift(per_query: dict[str, dict[str, dict[str, float]]]) -> dict[str, 
     for reranked, first in RERANKED.items():
         after, before = per_query[reranked], per_query[first]
         out[f"{reranked} vs {first}"] = {
-            m: {"delta": sum(after[q][m] - before[q][m] for q in after) / max(1, len(after)),
-                "p": metrics.paired_p_value({q: v[m] for q, v in after.items()}, {q: v[m] for q, v in before.items()})}
-            for m in LIFT_METRICS}
+            m: {
+                "delta": sum(after[q][m] - before[q][m] for q in after) / max(1, len(after)),
+                "p": metrics.paired_p_value({q: v[m] for q, v in after.items()}, {q: v[m] for q, v in before.items()}),
+            }
+            for m in LIFT_METRICS
+        }
     return out
 
 
 def macro_average(results: list[DatasetResult]) -> dict[str, dict[str, float]]:
     """Each dataset weighs the same (as the "avg" column of NVIDIA's table)."""
-    return {p: {m: sum(r.metrics[p][m] for r in results) / len(results) for m in metrics.METRICS}
-            for p in PIPELINES}
+    return {p: {m: sum(r.metrics[p][m] for r in results) / len(results) for m in metrics.METRICS} for p in PIPELINES}
 
 
 def write_run(path: Path, run: Run, tag: str) -> None:

@@ -22,7 +22,10 @@ def pct(x: float) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|",
+    ]
     return lines + ["| " + " | ".join(r) + " |" for r in rows]
 
 
@@ -40,9 +43,13 @@ def markdown(results: list[DatasetResult], settings: dict[str, Any]) -> str:
     avg = macro_average(results)
     weight = settings.get("rerank_weight")
     fusion = "" if weight is None else f" (+Rerank fused with its first stage: weighted RRF, reranker weight {weight})"
-    lines = [f"Embedder: `{settings['embedder']}`  ", f"Reranker: `{settings['reranker']}`{fusion}  ",
-             f"Top-k: {settings['top_k']}; datasets: {', '.join(r.name for r in results)}; values in %"
-             + ("; averaged over datasets" if len(results) > 1 else ""), ""]
+    lines = [
+        f"Embedder: `{settings['embedder']}`  ",
+        f"Reranker: `{settings['reranker']}`{fusion}  ",
+        f"Top-k: {settings['top_k']}; datasets: {', '.join(r.name for r in results)}; values in %"
+        + ("; averaged over datasets" if len(results) > 1 else ""),
+        "",
+    ]
     lines += _table(["Pipeline", *METRICS], [[p, *(pct(avg[p][m]) for m in METRICS)] for p in PIPELINES])
     labelled = rows(results)
     if len(labelled) > 1:
@@ -51,10 +58,19 @@ def markdown(results: list[DatasetResult], settings: dict[str, Any]) -> str:
             lines += ["", f"{metric} per dataset / language:", ""]
             body = [[p, *(pct(labelled[label][p][metric]) for label in labels), pct(avg[p][metric])] for p in PIPELINES]
             lines += _table(["Pipeline", *labels, "avg"], body)
-    lines += ["", "What reranking changes (mean difference in points; p: paired randomization test, 10,000 rounds):", ""]
-    lines += _table(["Dataset", "Comparison", *(f"{m} (p)" for m in LIFT_METRICS)],
-                    [[r.name, comparison, *(f"{100 * v[m]['delta']:+.1f} ({v[m]['p']:.3g})" for m in LIFT_METRICS)]
-                     for r in results for comparison, v in r.lift.items()])
+    lines += [
+        "",
+        "What reranking changes (mean difference in points; p: paired randomization test, 10,000 rounds):",
+        "",
+    ]
+    lines += _table(
+        ["Dataset", "Comparison", *(f"{m} (p)" for m in LIFT_METRICS)],
+        [
+            [r.name, comparison, *(f"{100 * v[m]['delta']:+.1f} ({v[m]['p']:.3g})" for m in LIFT_METRICS)]
+            for r in results
+            for comparison, v in r.lift.items()
+        ],
+    )
     lines += ["", "Seconds per stage (embeddings read from the cache are marked *):", ""]
     body = []
     for stage in STAGES:
@@ -66,8 +82,10 @@ def markdown(results: list[DatasetResult], settings: dict[str, Any]) -> str:
     body.append(["total", *(f"{sum(r.timings.values()):.1f}" for r in results)])
     lines += _table(["Stage", *(r.name for r in results)], body)
     lines += ["", "Sizes:", ""]
-    lines += _table(["Dataset", "documents", "pages", "queries"],
-                    [[r.name, str(r.sizes["documents"]), str(r.sizes["pages"]), str(r.sizes["queries"])] for r in results])
+    lines += _table(
+        ["Dataset", "documents", "pages", "queries"],
+        [[r.name, str(r.sizes["documents"]), str(r.sizes["pages"]), str(r.sizes["queries"])] for r in results],
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -105,8 +123,17 @@ def write(out: Path, results: list[DatasetResult], settings: dict[str, Any]) -> 
         "settings": settings,
         "average": macro_average(results),
         "rows": rows(results),
-        "datasets": {r.name: {"sizes": r.sizes, "metrics": r.metrics, "per_lang": r.per_lang, "seconds": r.timings,
-                              "cached": r.cached, "rerank_lift": r.lift} for r in results},
+        "datasets": {
+            r.name: {
+                "sizes": r.sizes,
+                "metrics": r.metrics,
+                "per_lang": r.per_lang,
+                "seconds": r.timings,
+                "cached": r.cached,
+                "rerank_lift": r.lift,
+            }
+            for r in results
+        },
     }
     (out / "details.json").write_text(json.dumps(details, indent=2, ensure_ascii=False) + "\n")
     text = markdown(results, settings)

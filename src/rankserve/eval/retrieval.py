@@ -11,9 +11,9 @@ import hashlib
 import os
 import re
 import unicodedata
-from functools import lru_cache
+from collections.abc import Mapping, Sequence
+from functools import cache
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -27,14 +27,41 @@ RRF_K = 60
 # -- BM25 -----------------------------------------------------------------------------------
 
 # bm25s stopword lists and Snowball stemmers (PyStemmer, optional) by ISO 639-1 code.
-_STOPWORDS = {"en": "STOPWORDS_EN", "de": "STOPWORDS_GERMAN", "fr": "STOPWORDS_FRENCH", "es": "STOPWORDS_SPANISH",
-              "it": "STOPWORDS_ITALIAN", "nl": "STOPWORDS_DUTCH", "pt": "STOPWORDS_PORTUGUESE",
-              "ru": "STOPWORDS_RUSSIAN", "sv": "STOPWORDS_SWEDISH", "da": "STOPWORDS_DANISH",
-              "no": "STOPWORDS_NORWEGIAN", "tr": "STOPWORDS_TURKISH"}
-_STEMMERS = {"en": "english", "de": "german", "fr": "french", "es": "spanish", "it": "italian", "nl": "dutch",
-             "pt": "portuguese", "ru": "russian", "sv": "swedish", "da": "danish", "no": "norwegian",
-             "fi": "finnish", "hu": "hungarian", "ro": "romanian", "tr": "turkish", "cs": "czech", "el": "greek",
-             "id": "indonesian", "ca": "catalan"}
+_STOPWORDS = {
+    "en": "STOPWORDS_EN",
+    "de": "STOPWORDS_GERMAN",
+    "fr": "STOPWORDS_FRENCH",
+    "es": "STOPWORDS_SPANISH",
+    "it": "STOPWORDS_ITALIAN",
+    "nl": "STOPWORDS_DUTCH",
+    "pt": "STOPWORDS_PORTUGUESE",
+    "ru": "STOPWORDS_RUSSIAN",
+    "sv": "STOPWORDS_SWEDISH",
+    "da": "STOPWORDS_DANISH",
+    "no": "STOPWORDS_NORWEGIAN",
+    "tr": "STOPWORDS_TURKISH",
+}
+_STEMMERS = {
+    "en": "english",
+    "de": "german",
+    "fr": "french",
+    "es": "spanish",
+    "it": "italian",
+    "nl": "dutch",
+    "pt": "portuguese",
+    "ru": "russian",
+    "sv": "swedish",
+    "da": "danish",
+    "no": "norwegian",
+    "fi": "finnish",
+    "hu": "hungarian",
+    "ro": "romanian",
+    "tr": "turkish",
+    "cs": "czech",
+    "el": "greek",
+    "id": "indonesian",
+    "ca": "catalan",
+}
 _WORD = re.compile(r"\w+")
 # Han, kana, Hangul: scripts written without spaces; indexed as overlapping character bigrams.
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]+")
@@ -44,7 +71,7 @@ def base_lang(lang: str | None) -> str:
     return (lang or "en").replace("-", "_").split("_")[0].lower()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _stopwords(lang: str) -> frozenset[str]:
     import bm25s.stopwords
 
@@ -52,7 +79,7 @@ def _stopwords(lang: str) -> frozenset[str]:
     return frozenset(getattr(bm25s.stopwords, name)) if name else frozenset()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _stemmer(lang: str):
     if os.environ.get("RANKSERVE_EVAL_NO_STEM") or lang not in _STEMMERS:
         return None
@@ -72,7 +99,7 @@ def tokenize(text: str, lang: str | None = "en") -> list[str]:
     for w in _WORD.findall(text):
         if _CJK.search(w):
             for run in _CJK.findall(w):
-                cjk.extend([run] if len(run) == 1 else [run[i:i + 2] for i in range(len(run) - 1)])
+                cjk.extend([run] if len(run) == 1 else [run[i : i + 2] for i in range(len(run) - 1)])
             w = _CJK.sub(" ", w)
             words.extend(x for x in w.split() if len(x) > 1)
         elif len(w) > 1:
@@ -85,8 +112,14 @@ def tokenize(text: str, lang: str | None = "en") -> list[str]:
     return words + cjk
 
 
-def bm25_search(doc_ids: Sequence[str], doc_tokens: list[list[str]], query_ids: Sequence[str],
-                query_tokens: list[list[str]], k: int, progress: bool = True) -> Run:
+def bm25_search(
+    doc_ids: Sequence[str],
+    doc_tokens: list[list[str]],
+    query_ids: Sequence[str],
+    query_tokens: list[list[str]],
+    k: int,
+    progress: bool = True,
+) -> Run:
     """BM25 (bm25s defaults: Lucene variant, k1=1.5, b=0.75) top-k; documents scoring 0 are not retrieved."""
     import bm25s
 
@@ -96,8 +129,7 @@ def bm25_search(doc_ids: Sequence[str], doc_tokens: list[list[str]], query_ids: 
     run: Run = {q: {} for q in query_ids}
     asked = [i for i, t in enumerate(query_tokens) if t]
     if asked and k:
-        idx, scores = retriever.retrieve([query_tokens[i] for i in asked], k=k, show_progress=progress,
-                                         n_threads=1)
+        idx, scores = retriever.retrieve([query_tokens[i] for i in asked], k=k, show_progress=progress, n_threads=1)
         for row, i in enumerate(asked):
             run[query_ids[i]] = {doc_ids[j]: float(s) for j, s in zip(idx[row], scores[row]) if s > 0}
     return run
@@ -105,16 +137,25 @@ def bm25_search(doc_ids: Sequence[str], doc_tokens: list[list[str]], query_ids: 
 
 # -- dense ----------------------------------------------------------------------------------
 
+
 def cache_path(cache_dir: Path, identity: str, input_type: str, fingerprint: str) -> Path:
     key = hashlib.sha256(f"{identity}\0{input_type}\0{fingerprint}".encode()).hexdigest()[:32]
     return cache_dir / f"{key}.npy"
 
 
-async def embed_all(client: Embedder, texts: Sequence[str], input_type: str, *, batch_size: int = 64,
-                    concurrency: int = 4, desc: str = "embed", progress: bool = True) -> np.ndarray:
+async def embed_all(
+    client: Embedder,
+    texts: Sequence[str],
+    input_type: str,
+    *,
+    batch_size: int = 64,
+    concurrency: int = 4,
+    desc: str = "embed",
+    progress: bool = True,
+) -> np.ndarray:
     """Embed in length-sorted batches with a few in flight; rows come back in input order."""
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     out: list[np.ndarray | None] = [None] * len(batches)
     gate = asyncio.Semaphore(concurrency)
     bar = tqdm(total=len(texts), desc=desc, unit="text", disable=not progress)
@@ -136,8 +177,9 @@ async def embed_all(client: Embedder, texts: Sequence[str], input_type: str, *, 
     return vectors
 
 
-async def embed_cached(client: Embedder, texts: Sequence[str], input_type: str, fingerprint: str,
-                       cache_dir: Path | None, **kw) -> tuple[np.ndarray, bool]:
+async def embed_cached(
+    client: Embedder, texts: Sequence[str], input_type: str, fingerprint: str, cache_dir: Path | None, **kw
+) -> tuple[np.ndarray, bool]:
     """Embeddings from ``cache_dir`` (keyed by model identity + input type + data hash) or computed
     and stored there. Returns (vectors, was_cached)."""
     path = cache_path(cache_dir, client.identity, input_type, fingerprint) if cache_dir else None
@@ -159,17 +201,27 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
-def dense_search(doc_ids: Sequence[str], doc_vecs: np.ndarray, query_ids: Sequence[str], query_vecs: np.ndarray,
-                 k: int, batch: int = 256, progress: bool = True) -> Run:
+def dense_search(
+    doc_ids: Sequence[str],
+    doc_vecs: np.ndarray,
+    query_ids: Sequence[str],
+    query_vecs: np.ndarray,
+    k: int,
+    batch: int = 256,
+    progress: bool = True,
+) -> Run:
     """Exact cosine top-k, queries in batches (memory: batch x corpus floats)."""
     docs = _unit(doc_vecs.astype(np.float32, copy=False))
     queries = _unit(query_vecs.astype(np.float32, copy=False))
     k = min(k, len(doc_ids))
     run: Run = {}
     for start in tqdm(range(0, len(query_ids), batch), desc="dense search", unit="batch", disable=not progress):
-        scores = queries[start:start + batch] @ docs.T
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < len(doc_ids) else np.tile(
-            np.arange(len(doc_ids)), (scores.shape[0], 1))
+        scores = queries[start : start + batch] @ docs.T
+        top = (
+            np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            if k < len(doc_ids)
+            else np.tile(np.arange(len(doc_ids)), (scores.shape[0], 1))
+        )
         for row in range(scores.shape[0]):
             run[query_ids[start + row]] = {doc_ids[j]: float(scores[row, j]) for j in top[row]}
     return run
@@ -177,12 +229,17 @@ def dense_search(doc_ids: Sequence[str], doc_vecs: np.ndarray, query_ids: Sequen
 
 # -- fusion, rerank, passages -> pages --------------------------------------------------------
 
+
 def top(scores: Mapping[str, float], k: int) -> list[str]:
     return ranking(scores)[:k]
 
 
-def rrf(runs: Sequence[Mapping[str, float]], k: int = RRF_K, depth: int | None = None,
-        weights: Sequence[float] | None = None) -> dict[str, float]:
+def rrf(
+    runs: Sequence[Mapping[str, float]],
+    k: int = RRF_K,
+    depth: int | None = None,
+    weights: Sequence[float] | None = None,
+) -> dict[str, float]:
     """Reciprocal rank fusion: score(d) = sum over runs of w / (k + rank of d), ranks from 1 (w = 1
     unless ``weights`` gives one per run)."""
     fused: dict[str, float] = {}
@@ -193,9 +250,17 @@ def rrf(runs: Sequence[Mapping[str, float]], k: int = RRF_K, depth: int | None =
     return {d: fused[d] for d in top(fused, depth)} if depth else fused
 
 
-async def rerank_runs(reranker: Reranker, runs: Sequence[Run], query_text: Mapping[str, str],
-                      doc_text: Mapping[str, str], k: int, *, batch: int = 128, concurrency: int = 4,
-                      progress: bool = True) -> list[Run]:
+async def rerank_runs(
+    reranker: Reranker,
+    runs: Sequence[Run],
+    query_text: Mapping[str, str],
+    doc_text: Mapping[str, str],
+    k: int,
+    *,
+    batch: int = 128,
+    concurrency: int = 4,
+    progress: bool = True,
+) -> list[Run]:
     """Rerank the top-k of each run. Each query's candidates (the union over ``runs``) are scored
     once, so reranking several first stages costs one pass."""
     queries = list(runs[0])
@@ -209,7 +274,7 @@ async def rerank_runs(reranker: Reranker, runs: Sequence[Run], query_text: Mappi
         scores: dict[str, float] = {}
         async with gate:
             for i in range(0, len(candidates), batch):
-                chunk = candidates[i:i + batch]
+                chunk = candidates[i : i + batch]
                 values = await reranker.rerank(query_text[q], [doc_text[d] for d in chunk])
                 scores.update(zip(chunk, values))
         for n, head in enumerate(heads):

@@ -9,12 +9,12 @@ kernel (flash / memory-efficient) that never materialises a full fp32 score matr
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from rankserve.engine.types import Packed
+from rankserve.models.batch import Packed
 
 
 def packed_attention(
@@ -35,9 +35,12 @@ def packed_attention(
     [B, T] each token's position) returns an additive [B, nh, T, T] score bias (DeBERTa's relative
     position terms), added after scaling, with masked keys then set to -inf."""
     if packed.groups:  # each group of similar lengths on its own, tighter grid (Batch.packed)
-        return torch.cat([packed_attention(q[s:e], k[s:e], v[s:e], g, num_heads, num_kv_heads, causal, window,
-                                           scale, bias)
-                          for s, e, g in packed.groups])
+        return torch.cat(
+            [
+                packed_attention(q[s:e], k[s:e], v[s:e], g, num_heads, num_kv_heads, causal, window, scale, bias)
+                for s, e, g in packed.groups
+            ]
+        )
     head_dim = q.shape[-1] // num_heads
     bsz, width = packed.batch_size, packed.seq_len
 

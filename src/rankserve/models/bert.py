@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rankserve.engine.types import Packed
 from rankserve.models.attention import packed_attention
+from rankserve.models.batch import Packed
 from rankserve.models.pooling import pool
 from rankserve.models.rows import by_rows
 
@@ -44,7 +44,7 @@ class BertConfig:
     position_offset: int = 0
 
     @classmethod
-    def from_hf(cls, cfg: dict[str, Any], roberta: bool) -> "BertConfig":
+    def from_hf(cls, cfg: dict[str, Any], roberta: bool) -> BertConfig:
         if cfg.get("position_embedding_type", "absolute") != "absolute":
             raise ValueError(f"position_embedding_type {cfg['position_embedding_type']!r} is not supported")
         if cfg.get("hidden_act", "gelu") not in ACTIVATIONS:
@@ -216,4 +216,3 @@ class XLMRobertaForSequenceClassification(nn.Module):
 
     def forward(self, p: Packed) -> torch.Tensor:
         return self.classifier(pool(self.roberta(p), p, "cls"))
-

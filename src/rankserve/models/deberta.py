@@ -19,21 +19,23 @@ checkpoints add after the first layer (``conv_kernel_size``) and ``z_steps`` > 1
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from rankserve.engine.types import Packed
 from rankserve.errors import ModelLoadError
 from rankserve.models.attention import packed_attention
+from rankserve.models.batch import Packed
 from rankserve.models.bert import ACTIVATIONS, DenseNorm, Intermediate
 from rankserve.models.model_dir import require_one_label, tokenizer_max
 from rankserve.models.pooling import encoder_embedder, pool
 from rankserve.models.recipes import RecipeChoice, refuse_for_encoder
 from rankserve.models.rows import by_rows
+
 
 @dataclass(frozen=True, kw_only=True)
 class DebertaConfig:
@@ -66,7 +68,7 @@ class DebertaConfig:
         return self.position_buckets if self.position_buckets > 0 else self.max_relative_positions
 
     @classmethod
-    def from_hf(cls, cfg: dict[str, Any]) -> "DebertaConfig":
+    def from_hf(cls, cfg: dict[str, Any]) -> DebertaConfig:
         if int(cfg.get("conv_kernel_size", 0) or 0) > 0:
             raise ValueError("conv_kernel_size > 0 (a convolution after the first layer) is not supported")
         if int(cfg.get("z_steps", 0) or 0) > 1:
@@ -84,17 +86,23 @@ class DebertaConfig:
         if cfg["hidden_size"] % cfg["num_attention_heads"]:
             raise ValueError("hidden_size is not a multiple of num_attention_heads")
         return cls(
-            vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"], intermediate_size=cfg["intermediate_size"],
-            num_hidden_layers=cfg["num_hidden_layers"], num_attention_heads=cfg["num_attention_heads"],
+            vocab_size=cfg["vocab_size"],
+            hidden_size=cfg["hidden_size"],
+            intermediate_size=cfg["intermediate_size"],
+            num_hidden_layers=cfg["num_hidden_layers"],
+            num_attention_heads=cfg["num_attention_heads"],
             embedding_size=int(cfg.get("embedding_size") or cfg["hidden_size"]),
             max_position_embeddings=int(cfg.get("max_position_embeddings", 512)),
             type_vocab_size=int(cfg.get("type_vocab_size", 0)),
             position_biased_input=bool(cfg.get("position_biased_input", True)),
-            layer_norm_eps=float(cfg.get("layer_norm_eps", 1e-7)), hidden_act=cfg.get("hidden_act", "gelu"),
+            layer_norm_eps=float(cfg.get("layer_norm_eps", 1e-7)),
+            hidden_act=cfg.get("hidden_act", "gelu"),
             pooler_hidden_act=cfg.get("pooler_hidden_act", "gelu"),
             relative_attention=bool(cfg.get("relative_attention", False)),
-            position_buckets=int(cfg.get("position_buckets", -1)), max_relative_positions=max_rel,
-            share_att_key=bool(cfg.get("share_att_key", False)), pos_att_type=pos_att,
+            position_buckets=int(cfg.get("position_buckets", -1)),
+            max_relative_positions=max_rel,
+            share_att_key=bool(cfg.get("share_att_key", False)),
+            pos_att_type=pos_att,
             norm_rel_ebd="layer_norm" in str(cfg.get("norm_rel_ebd", "none")).lower(),
         )
 
@@ -268,13 +276,23 @@ def build(directory: Path, cfg: dict[str, Any], arch: str, choice: RecipeChoice)
     # Relative positions let DeBERTa-v3 run past max_position_embeddings; published rerankers are
     # documented at 512 tokens, which the tokenizer config normally states too.
     limits = [c.max_position_embeddings, tokenizer_max(directory)]
-    fields: dict[str, Any] = dict(family="deberta", pad_id=int(cfg.get("pad_token_id") or 0), hidden_size=c.hidden_size)
+    fields: dict[str, Any] = dict(
+        family="deberta",
+        pad_id=int(cfg.get("pad_token_id") or 0),
+        hidden_size=c.hidden_size,
+        token_types=c.type_vocab_size > 0,
+    )
     if arch.endswith("ForSequenceClassification"):
         require_one_label(cfg, arch)
         if int(cfg.get("pooler_hidden_size") or c.hidden_size) != c.hidden_size:
             raise ModelLoadError("pooler_hidden_size != hidden_size is not supported")
-        return dict(fields, module=DebertaForSequenceClassification(c), kind="cross-encoder", pooling="cls",
-                    max_length=min(x for x in limits if x))
+        return dict(
+            fields,
+            module=DebertaForSequenceClassification(c),
+            kind="cross-encoder",
+            pooling="cls",
+            max_length=min(x for x in limits if x),
+        )
     return dict(fields, **encoder_embedder(directory, DebertaModel(c), limits))
 
 

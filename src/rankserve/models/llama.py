@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rankserve.engine.types import Packed
 from rankserve.errors import ModelLoadError
 from rankserve.models import recipes
 from rankserve.models.attention import packed_attention
+from rankserve.models.batch import Packed
 from rankserve.models.model_dir import read_json, require_one_label, st_embedder, tokenizer_max
 from rankserve.models.pooling import PooledEncoder, normalize_pooling, pool
 from rankserve.models.rows import by_rows
@@ -68,7 +68,7 @@ class LlamaConfig:
     norm_offset: float = 0.0  # Gemma: RMSNorm scales by (1 + weight), computed in float32
 
     @classmethod
-    def from_hf(cls, cfg: dict[str, Any], *, causal: bool = False) -> "LlamaConfig":
+    def from_hf(cls, cfg: dict[str, Any], *, causal: bool = False) -> LlamaConfig:
         """Read a Hugging Face config dict (transformers 4.x ``rope_scaling``/``rope_theta`` or 5.x
         ``rope_parameters``). Mistral's ``sliding_window`` is not applied: our inputs are capped at
         ``max_length`` (512 for the Mistral reranker), far below any window it sets; Qwen3's
@@ -192,8 +192,9 @@ class Attention(nn.Module):
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = packed_attention(q.reshape(n, -1), k.reshape(n, -1), self.v_proj(x), p,
-                               self.num_heads, self.num_kv_heads, causal=self.causal)  # [N, nh*hd]
+        out = packed_attention(
+            q.reshape(n, -1), k.reshape(n, -1), self.v_proj(x), p, self.num_heads, self.num_kv_heads, causal=self.causal
+        )  # [N, nh*hd]
         return self.o_proj(out)
 
 
@@ -273,7 +274,9 @@ NVIDIA_RERANK_TEMPLATE = "question:{query} \n \n passage:{passage}"  # real newl
 NVIDIA_QUERY_PREFIX, NVIDIA_PASSAGE_PREFIX = "query: ", "passage: "
 NVIDIA_EMBED_DIMENSIONS = (384, 512, 768, 1024, 2048)  # llama-3.2-nv-embedqa-1b-v2 (hidden 2048)
 # Qwen3-Embedding's query prompt (its model card); documents go in plain.
-QWEN3_EMBED_QUERY_PREFIX = "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
+QWEN3_EMBED_QUERY_PREFIX = (
+    "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
+)
 # Longest inputs the published models were trained and documented for; config files may say less,
 # never more (Llama 3.2 tokenizers advertise 131072). ``--max-length`` overrides.
 DEFAULT_MAX_LENGTH = {"llama": 8192, "mistral": 512, "qwen2": 8192, "qwen3": 8192, "gemma": 8192}
@@ -323,8 +326,12 @@ def length_limits(c: LlamaConfig, family: str, directory: Path, config_max: Any)
     the family's documented length, the tokenizer's, and a config ``max_length`` unless it is the
     old generation default."""
     usable = isinstance(config_max, int) and config_max != TRANSFORMERS_GENERATION_MAX_LENGTH
-    return [c.max_position_embeddings, DEFAULT_MAX_LENGTH[family], tokenizer_max(directory),
-            config_max if usable else None]
+    return [
+        c.max_position_embeddings,
+        DEFAULT_MAX_LENGTH[family],
+        tokenizer_max(directory),
+        config_max if usable else None,
+    ]
 
 
 def config_temperature(cfg: dict[str, Any]) -> float:
@@ -335,8 +342,9 @@ def config_temperature(cfg: dict[str, Any]) -> float:
     return temperature
 
 
-def _rerank_template(cfg: dict[str, Any], family: str, arch: str, recipe: recipes.Recipe | None,
-                     choice: recipes.RecipeChoice) -> str:
+def _rerank_template(
+    cfg: dict[str, Any], family: str, arch: str, recipe: recipes.Recipe | None, choice: recipes.RecipeChoice
+) -> str:
     """The reranker's prompt: its recipe's, else the config's, else NVIDIA's (Llama / Mistral)."""
     if recipe is not None:
         return recipe.template(choice.instruction, choice.template)
@@ -344,13 +352,15 @@ def _rerank_template(cfg: dict[str, Any], family: str, arch: str, recipe: recipe
         raise ModelLoadError("--instruction goes into a recipe's prompt: give --recipe as well")
     template = choice.template or cfg.get("rerank_template")
     if template is None and family not in NVIDIA_FAMILIES:
-        raise ModelLoadError(f"{arch}: give its prompt with --recipe ({', '.join(recipes.RECIPES)}) "
-                             "or --rerank-template")
+        raise ModelLoadError(
+            f"{arch}: give its prompt with --recipe ({', '.join(recipes.RECIPES)}) or --rerank-template"
+        )
     return template or NVIDIA_RERANK_TEMPLATE
 
 
-def build(directory: Path, cfg: dict[str, Any], arch: str,
-          choice: recipes.RecipeChoice = recipes.RecipeChoice()) -> dict[str, Any]:
+def build(
+    directory: Path, cfg: dict[str, Any], arch: str, choice: recipes.RecipeChoice = recipes.RecipeChoice()
+) -> dict[str, Any]:
     """ModelSpec fields for a Llama-family directory; config files first, documented defaults after.
     A ``*ForCausalLM`` is served through a yes/no recipe (``models/recipes.py``)."""
     family = _family(cfg, arch)
@@ -363,32 +373,53 @@ def build(directory: Path, cfg: dict[str, Any], arch: str,
     st = st_embedder(directory) if kind == "embedder" else None
     if st is not None:
         limits.append(st[2])
-    fields: dict[str, Any] = dict(kind=kind, family=family, max_length=min(x for x in limits if x),
-                                  pad_id=_pad_id(cfg), hidden_size=c.hidden_size,
-                                  extra={"causal": c.causal, "recipe": recipe.name if recipe else None})
+    fields: dict[str, Any] = dict(
+        kind=kind,
+        family=family,
+        max_length=min(x for x in limits if x),
+        pad_id=_pad_id(cfg),
+        hidden_size=c.hidden_size,
+        extra={"causal": c.causal, "recipe": recipe.name if recipe else None},
+    )
     default_pooling = "mean" if bidirectional else "last"
     if kind == "cross-encoder":
         template = _rerank_template(cfg, family, arch, recipe, choice)
         if causal_lm:  # the LM head's two rows become the one-logit head, at the last token
             positive, negative = recipes.score_token_ids(recipe, directory / "tokenizer.json", choice.score_tokens)
-            return dict(fields, module=LlamaForSequenceClassification(c, "last"), pooling="last", temperature=1.0,
-                        rerank_template=template,
-                        prepare_state=lambda state: recipes.score_head(state, positive, negative))
+            return dict(
+                fields,
+                module=LlamaForSequenceClassification(c, "last"),
+                pooling="last",
+                temperature=1.0,
+                rerank_template=template,
+                prepare_state=lambda state: recipes.score_head(state, positive, negative),
+            )
         require_one_label(cfg, arch)
         pooling = normalize_pooling(str(cfg.get("pooling", default_pooling)))
-        return dict(fields, module=LlamaForSequenceClassification(c, pooling), pooling=pooling,
-                    temperature=config_temperature(cfg), rerank_template=template)
+        return dict(
+            fields,
+            module=LlamaForSequenceClassification(c, pooling),
+            pooling=pooling,
+            temperature=config_temperature(cfg),
+            rerank_template=template,
+        )
     pooling = normalize_pooling(str(cfg.get("pooling", st[0] if st else default_pooling)))
     prompts = _prompts(directory)
     nvidia = family in NVIDIA_FAMILIES
     dims = cfg.get("matryoshka_dimensions")
     if dims is None and cfg.get("model_type") == "llama_bidirec" and c.hidden_size == NVIDIA_EMBED_DIMENSIONS[-1]:
         dims = NVIDIA_EMBED_DIMENSIONS
-    return dict(fields, module=PooledEncoder(LlamaModel(c), pooling), pooling=pooling, normalize=st[1] if st else True,
-                query_prefix=prompts.get("query", NVIDIA_QUERY_PREFIX if nvidia else QWEN3_EMBED_QUERY_PREFIX
-                                         if family == "qwen3" else ""),
-                passage_prefix=prompts.get("passage", prompts.get("document", NVIDIA_PASSAGE_PREFIX if nvidia else "")),
-                dimensions=tuple(sorted(int(d) for d in dims)) if dims else None)
+    return dict(
+        fields,
+        module=PooledEncoder(LlamaModel(c), pooling),
+        pooling=pooling,
+        normalize=st[1] if st else True,
+        query_prefix=prompts.get(
+            "query", NVIDIA_QUERY_PREFIX if nvidia else QWEN3_EMBED_QUERY_PREFIX if family == "qwen3" else ""
+        ),
+        passage_prefix=prompts.get("passage", prompts.get("document", NVIDIA_PASSAGE_PREFIX if nvidia else "")),
+        dimensions=tuple(sorted(int(d) for d in dims)) if dims else None,
+    )
 
 
 ARCHITECTURE_NAMES = tuple(

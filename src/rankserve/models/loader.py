@@ -7,9 +7,10 @@ Safetensors only (never pickle) and no code from the model directory is run: ``a
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -18,10 +19,10 @@ from torch import nn
 
 from rankserve.errors import ModelLoadError
 from rankserve.models import bert, deberta, llama, modernbert, nemotron_vl
-from rankserve.models.recipes import RecipeChoice, refuse_for_encoder
 from rankserve.models.model_dir import read_json, require_one_label, tokenizer_max
-from rankserve.models.spec import ModelSpec, with_flags
 from rankserve.models.pooling import encoder_embedder
+from rankserve.models.recipes import RecipeChoice, refuse_for_encoder
+from rankserve.models.spec import ModelSpec, with_flags
 
 log = logging.getLogger("rankserve")
 
@@ -44,9 +45,15 @@ def weight_files(directory: Path) -> list[Path]:
     index = read_json(directory / "model.safetensors.index.json")
     if index is None:
         pickles = sorted(p.name for pattern in PICKLE_PATTERNS for p in directory.glob(pattern))
-        hint = (f" (found {', '.join(pickles)}: pickle files are never loaded because unpickling runs code; "
+        hint = (
+            (
+                f" (found {', '.join(pickles)}: pickle files are never loaded because unpickling runs code; "
                 "convert them to safetensors, e.g. with transformers: "
-                "AutoModel.from_pretrained(dir).save_pretrained(dir, safe_serialization=True))") if pickles else ""
+                "AutoModel.from_pretrained(dir).save_pretrained(dir, safe_serialization=True))"
+            )
+            if pickles
+            else ""
+        )
         raise ModelLoadError(f"no model.safetensors or model.safetensors.index.json in {directory}{hint}")
     try:
         shards = sorted(set(index["weight_map"].values()))
@@ -54,12 +61,24 @@ def weight_files(directory: Path) -> list[Path]:
         raise ModelLoadError(f"{directory / 'model.safetensors.index.json'} has no valid weight_map") from exc
     missing = [s for s in shards if not (directory / s).is_file()]
     if missing:
-        raise ModelLoadError(f"weight shards named by model.safetensors.index.json are missing in {directory}: {missing}")
+        raise ModelLoadError(
+            f"weight shards named by model.safetensors.index.json are missing in {directory}: {missing}"
+        )
     return [directory / s for s in shards]
 
 
-INIT_FUNCTIONS = ("normal_", "uniform_", "kaiming_uniform_", "kaiming_normal_", "trunc_normal_", "xavier_uniform_",
-                  "xavier_normal_", "zeros_", "ones_", "constant_")
+INIT_FUNCTIONS = (
+    "normal_",
+    "uniform_",
+    "kaiming_uniform_",
+    "kaiming_normal_",
+    "trunc_normal_",
+    "xavier_uniform_",
+    "xavier_normal_",
+    "zeros_",
+    "ones_",
+    "constant_",
+)
 
 
 @contextmanager
@@ -92,7 +111,7 @@ def head_labels(files: list[Path]) -> int | None:
         try:
             with safe_open(str(path), "pt") as f:
                 for key in f.keys():
-                    if any(tuple(key.split(".")[-len(end):]) == end for end in HEAD_KEYS):
+                    if any(tuple(key.split(".")[-len(end) :]) == end for end in HEAD_KEYS):
                         return int(f.get_slice(key).get_shape()[0])
         except (SafetensorError, OSError) as exc:
             raise ModelLoadError(f"{path} is not a readable safetensors file: {exc}") from exc
@@ -113,9 +132,18 @@ def load_state(files: list[Path]) -> dict[str, torch.Tensor]:
 # Bounds on config.json sizes, checked before any module is built: a typo or a hostile config
 # (hidden_size 10**9) must be a clear error, not minutes of allocation and an OOM kill.
 CONFIG_BOUNDS = {
-    "num_hidden_layers": 1024, "hidden_size": 1 << 16, "intermediate_size": 1 << 20, "num_attention_heads": 1024,
-    "num_key_value_heads": 1024, "vocab_size": 1 << 23, "max_position_embeddings": 1 << 21, "type_vocab_size": 1 << 10,
-    "head_dim": 4096, "image_size": 1 << 13, "force_image_size": 1 << 13, "patch_size": 1 << 10,
+    "num_hidden_layers": 1024,
+    "hidden_size": 1 << 16,
+    "intermediate_size": 1 << 20,
+    "num_attention_heads": 1024,
+    "num_key_value_heads": 1024,
+    "vocab_size": 1 << 23,
+    "max_position_embeddings": 1 << 21,
+    "type_vocab_size": 1 << 10,
+    "head_dim": 4096,
+    "image_size": 1 << 13,
+    "force_image_size": 1 << 13,
+    "patch_size": 1 << 10,
     "max_input_tiles": 64,
 }
 
@@ -161,7 +189,8 @@ def check_weights_fit(cfg: dict[str, Any], files: list[Path]) -> None:
     if params is not None and params > 3 * on_disk + (1 << 24):
         raise ModelLoadError(
             f"config.json describes about {params:,} parameters but the weight files hold only {on_disk:,} bytes "
-            f"({', '.join(f.name for f in files)}): the config or the weights are wrong")
+            f"({', '.join(f.name for f in files)}): the config or the weights are wrong"
+        )
 
 
 def fit_state(module: nn.Module, state: dict[str, torch.Tensor], renames: dict[str, str] | None = None) -> None:
@@ -180,15 +209,11 @@ def fit_state(module: nn.Module, state: dict[str, torch.Tensor], renames: dict[s
         for add in KEY_PREFIXES:
             if strip == add:
                 continue
-            moved = {add + k[len(strip):]: v for k, v in state.items() if k.startswith(strip)}
+            moved = {add + k[len(strip) :]: v for k, v in state.items() if k.startswith(strip)}
             hits = len(expected & set(moved))
             if hits > best_hits:
                 best, best_hits = moved, hits
-    best = {
-        k: v
-        for k, v in best.items()
-        if k in expected or not IGNORED_KEY_PARTS.intersection(k.split("."))
-    }
+    best = {k: v for k, v in best.items() if k in expected or not IGNORED_KEY_PARTS.intersection(k.split("."))}
     missing = sorted(expected - set(best))
     unexpected = sorted(set(best) - expected)
     if missing or unexpected:
@@ -199,7 +224,9 @@ def fit_state(module: nn.Module, state: dict[str, torch.Tensor], renames: dict[s
         )
     for name, tensor in module.state_dict().items():
         if tensor.shape != best[name].shape:
-            raise ModelLoadError(f"{name}: checkpoint shape {tuple(best[name].shape)} != expected {tuple(tensor.shape)}")
+            raise ModelLoadError(
+                f"{name}: checkpoint shape {tuple(best[name].shape)} != expected {tuple(tensor.shape)}"
+            )
     module.load_state_dict(best, strict=True, assign=True)  # the loaded tensors become the parameters
     left = [n for n, t in (*module.named_parameters(), *module.named_buffers()) if t.is_meta]
     if left:  # a tensor built in __init__ that no checkpoint key fills: a model-code bug, said plainly
@@ -215,19 +242,35 @@ def _build_bert(directory: Path, cfg: dict[str, Any], arch: str, choice: RecipeC
     if arch.endswith("ForSequenceClassification"):
         require_one_label(cfg, arch)
         head = bert.XLMRobertaForSequenceClassification if roberta else bert.BertForSequenceClassification
-        return dict(module=head(c), kind="cross-encoder", family=family, max_length=min(x for x in limits if x),
-                    pad_id=c.pad_token_id, pooling="cls", hidden_size=c.hidden_size)
-    return dict(encoder_embedder(directory, bert.BertModel(c), limits), family=family, pad_id=c.pad_token_id,
-                hidden_size=c.hidden_size)
+        return dict(
+            module=head(c),
+            kind="cross-encoder",
+            family=family,
+            max_length=min(x for x in limits if x),
+            pad_id=c.pad_token_id,
+            pooling="cls",
+            hidden_size=c.hidden_size,
+            token_types=True,
+        )
+    return dict(
+        encoder_embedder(directory, bert.BertModel(c), limits),
+        family=family,
+        pad_id=c.pad_token_id,
+        hidden_size=c.hidden_size,
+        token_types=True,
+    )
 
 
 # architecture name -> builder(directory, config, architecture, recipe choice) -> ModelSpec fields
 ARCHITECTURES: dict[str, Callable[[Path, dict[str, Any], str, RecipeChoice], dict[str, Any]]] = {
     name: _build_bert
     for name in (
-        "BertModel", "BertForSequenceClassification",
-        "XLMRobertaModel", "XLMRobertaForSequenceClassification",
-        "RobertaModel", "RobertaForSequenceClassification",
+        "BertModel",
+        "BertForSequenceClassification",
+        "XLMRobertaModel",
+        "XLMRobertaForSequenceClassification",
+        "RobertaModel",
+        "RobertaForSequenceClassification",
     )
 }
 # Llama-family decoders: NVIDIA's bidirectional retriever layouts, the plain Hugging Face classes of
@@ -237,16 +280,25 @@ ARCHITECTURES.update({name: modernbert.build for name in modernbert.ARCHITECTURE
 ARCHITECTURES.update({name: deberta.build for name in deberta.ARCHITECTURE_NAMES})
 ARCHITECTURES.update({name: nemotron_vl.build for name in nemotron_vl.ARCHITECTURE_NAMES})
 # config.json without ``architectures``: the base model its ``model_type`` names.
-MODEL_TYPES = {"bert": "BertModel", "xlm-roberta": "XLMRobertaModel", "roberta": "RobertaModel",
-               "llama": "LlamaModel", "llama_bidirec": "LlamaBidirectionalModel",
-               "mistral": "MistralModel", "mistral_bidirec": "MistralBidirectionalModel",
-               "qwen2": "Qwen2Model", "qwen3": "Qwen3Model", "gemma": "GemmaModel", "modernbert": "ModernBertModel",
-               "deberta-v2": "DebertaV2Model"}
+MODEL_TYPES = {
+    "bert": "BertModel",
+    "xlm-roberta": "XLMRobertaModel",
+    "roberta": "RobertaModel",
+    "llama": "LlamaModel",
+    "llama_bidirec": "LlamaBidirectionalModel",
+    "mistral": "MistralModel",
+    "mistral_bidirec": "MistralBidirectionalModel",
+    "qwen2": "Qwen2Model",
+    "qwen3": "Qwen3Model",
+    "gemma": "GemmaModel",
+    "modernbert": "ModernBertModel",
+    "deberta-v2": "DebertaV2Model",
+}
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """The dtype the weights load in. On CPU, auto and bfloat16 load float32: the CPU runner then
-    runs the blocks' products in bf16 where chosen (mixed precision, models/cpu_bf16.py)."""
+    runs the blocks' products in bf16 where chosen (mixed precision, engine/backends/cpu_bf16.py)."""
     if device.type == "cpu" and dtype in ("auto", "bfloat16"):
         return torch.float32
     if dtype == "auto":
@@ -254,9 +306,15 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
-def load_model(directory: str | Path, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-               max_length: int = 0, overrides: dict[str, Any] | None = None,
-               choice: RecipeChoice = RecipeChoice()) -> ModelSpec:
+def load_model(
+    directory: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    max_length: int = 0,
+    overrides: dict[str, Any] | None = None,
+    choice: RecipeChoice = RecipeChoice(),
+) -> ModelSpec:
     """Load a Hugging Face-style directory. ``overrides`` replace ModelSpec fields (flags win);
     ``choice`` is the operator's recipe for a decoder reranker (``models/recipes.py``)."""
     directory = Path(directory)
@@ -298,8 +356,16 @@ def load_model(directory: str | Path, *, dtype: torch.dtype = torch.float32, dev
     fit_state(module, prepare(state) if prepare else state, renames)
     module.to(device=device, dtype=dtype).eval()
     module.requires_grad_(False)
-    spec = with_flags(ModelSpec(module=module, architecture=arch, tokenizer_file=tokenizer_file,
-                                parameters=sum(p.numel() for p in module.parameters()), **fields),
-                      max_length, overrides)
+    spec = with_flags(
+        ModelSpec(
+            module=module,
+            architecture=arch,
+            tokenizer_file=tokenizer_file,
+            parameters=sum(p.numel() for p in module.parameters()),
+            **fields,
+        ),
+        max_length,
+        overrides,
+    )
     log.info("loaded %s (%s, %s) from %s, max_length=%d", arch, spec.family, spec.kind, directory, spec.max_length)
     return spec

@@ -52,9 +52,15 @@ def st_embedder(directory: Path) -> tuple[str, bool, int | None] | None:
         if kind.endswith("Pooling"):
             pcfg = read_json(directory / m.get("path", "") / "config.json") or {}
             modes = [k for k in ("cls_token", "mean_tokens", "lasttoken") if pcfg.get(f"pooling_mode_{k}")]
-            unsupported = [k for k in ("max_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens") if pcfg.get(f"pooling_mode_{k}")]
+            unsupported = [
+                k
+                for k in ("max_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens")
+                if pcfg.get(f"pooling_mode_{k}")
+            ]
             if unsupported or len(modes) > 1:
-                raise ModelLoadError(f"sentence-transformers pooling {modes + unsupported} is not supported (one of cls, mean, last)")
+                raise ModelLoadError(
+                    f"sentence-transformers pooling {modes + unsupported} is not supported (one of cls, mean, last)"
+                )
             pooling = {"cls_token": "cls", "mean_tokens": "mean", "lasttoken": "last"}[modes[0]] if modes else "mean"
         elif kind.endswith("Normalize"):
             normalize = True

@@ -24,16 +24,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rankserve.engine.types import Packed
 from rankserve.models.attention import packed_attention
+from rankserve.models.batch import Packed
 from rankserve.models.llama import apply_rope, default_inv_freq, rope_cos_sin
 from rankserve.models.model_dir import require_one_label, tokenizer_max
 from rankserve.models.pooling import encoder_embedder, normalize_pooling, pool
 from rankserve.models.recipes import RecipeChoice, refuse_for_encoder
 from rankserve.models.rows import by_rows
 
-ACTIVATIONS = {"gelu": lambda x: F.gelu(x), "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-               "silu": F.silu, "relu": F.relu}
+ACTIVATIONS = {
+    "gelu": lambda x: F.gelu(x),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "silu": F.silu,
+    "relu": F.relu,
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,7 +65,7 @@ class ModernBertConfig:
         return self.hidden_size // self.num_attention_heads
 
     @classmethod
-    def from_hf(cls, cfg: dict[str, Any]) -> "ModernBertConfig":
+    def from_hf(cls, cfg: dict[str, Any]) -> ModernBertConfig:
         layers = cfg["num_hidden_layers"]
         types = cfg.get("layer_types")
         if types:
@@ -82,12 +86,19 @@ class ModernBertConfig:
         if cfg["hidden_size"] % cfg["num_attention_heads"]:
             raise ValueError("hidden_size is not a multiple of num_attention_heads")
         return cls(
-            vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"], intermediate_size=cfg["intermediate_size"],
-            num_hidden_layers=layers, num_attention_heads=cfg["num_attention_heads"], global_layers=global_layers,
-            window=int(cfg.get("local_attention", 128)) // 2, global_theta=float(global_theta),
+            vocab_size=cfg["vocab_size"],
+            hidden_size=cfg["hidden_size"],
+            intermediate_size=cfg["intermediate_size"],
+            num_hidden_layers=layers,
+            num_attention_heads=cfg["num_attention_heads"],
+            global_layers=global_layers,
+            window=int(cfg.get("local_attention", 128)) // 2,
+            global_theta=float(global_theta),
             local_theta=float(local_theta if local_theta is not None else global_theta),
-            norm_eps=float(cfg.get("norm_eps", 1e-5)), norm_bias=bool(cfg.get("norm_bias", False)),
-            attention_bias=bool(cfg.get("attention_bias", False)), mlp_bias=bool(cfg.get("mlp_bias", False)),
+            norm_eps=float(cfg.get("norm_eps", 1e-5)),
+            norm_bias=bool(cfg.get("norm_bias", False)),
+            attention_bias=bool(cfg.get("attention_bias", False)),
+            mlp_bias=bool(cfg.get("mlp_bias", False)),
             activation=cfg.get("hidden_activation", "gelu"),
             classifier_activation=cfg.get("classifier_activation", "gelu"),
             classifier_bias=bool(cfg.get("classifier_bias", False)),
@@ -117,8 +128,9 @@ class Attention(nn.Module):
         n = x.shape[0]
         q, k, v = self.Wqkv(x).view(n, 3, self.heads, self.head_dim).unbind(1)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = packed_attention(q.reshape(n, -1), k.reshape(n, -1), v.reshape(n, -1), p, self.heads, self.heads,
-                               window=self.window)
+        out = packed_attention(
+            q.reshape(n, -1), k.reshape(n, -1), v.reshape(n, -1), p, self.heads, self.heads, window=self.window
+        )
         return self.Wo(out)
 
 
@@ -139,8 +151,7 @@ class MLP(nn.Module):
 class Layer(nn.Module):
     def __init__(self, c: ModernBertConfig, index: int):
         super().__init__()
-        self.attn_norm = (nn.Identity() if index == 0 else
-                          nn.LayerNorm(c.hidden_size, eps=c.norm_eps, bias=c.norm_bias))
+        self.attn_norm = nn.Identity() if index == 0 else nn.LayerNorm(c.hidden_size, eps=c.norm_eps, bias=c.norm_bias)
         self.attn = Attention(c, c.global_layers[index])
         self.mlp_norm = nn.LayerNorm(c.hidden_size, eps=c.norm_eps, bias=c.norm_bias)
         self.mlp = MLP(c)
@@ -161,8 +172,10 @@ class ModernBertModel(nn.Module):
         self.layers = nn.ModuleList(Layer(c, i) for i in range(c.num_hidden_layers))
         self.final_norm = nn.LayerNorm(c.hidden_size, eps=c.norm_eps, bias=c.norm_bias)
         # plain attributes, not buffers: they stay float32 when the module is cast
-        self.inv_freq = {True: default_inv_freq(c.head_dim, c.global_theta),
-                         False: default_inv_freq(c.head_dim, c.local_theta)}
+        self.inv_freq = {
+            True: default_inv_freq(c.head_dim, c.global_theta),
+            False: default_inv_freq(c.head_dim, c.local_theta),
+        }
 
     def forward(self, p: Packed) -> torch.Tensor:
         rope = {kind: rope_cos_sin(p.position_ids, f) for kind, f in self.inv_freq.items()}
@@ -202,13 +215,19 @@ def build(directory: Path, cfg: dict[str, Any], arch: str, choice: RecipeChoice)
     refuse_for_encoder(choice, arch)
     c = ModernBertConfig.from_hf(cfg)
     limits = [c.max_position_embeddings, tokenizer_max(directory)]
-    fields: dict[str, Any] = dict(family="modernbert", pad_id=int(cfg.get("pad_token_id") or 0),
-                                  hidden_size=c.hidden_size)
+    fields: dict[str, Any] = dict(
+        family="modernbert", pad_id=int(cfg.get("pad_token_id") or 0), hidden_size=c.hidden_size
+    )
     if arch.endswith("ForSequenceClassification"):
         require_one_label(cfg, arch)
         pooling = normalize_pooling(str(cfg.get("classifier_pooling", "cls")))
-        return dict(fields, module=ModernBertForSequenceClassification(c, pooling), kind="cross-encoder",
-                    pooling=pooling, max_length=min(x for x in limits if x))
+        return dict(
+            fields,
+            module=ModernBertForSequenceClassification(c, pooling),
+            kind="cross-encoder",
+            pooling=pooling,
+            max_length=min(x for x in limits if x),
+        )
     return dict(fields, **encoder_embedder(directory, ModernBertModel(c), limits))
 
 

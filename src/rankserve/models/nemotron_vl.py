@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from tokenizers import Tokenizer
 from torch import nn
 
-from rankserve.engine.images import TilePolicy
-from rankserve.engine.types import Packed
 from rankserve.errors import ModelLoadError
 from rankserve.models import llama
+from rankserve.models.batch import Packed
 from rankserve.models.model_dir import read_json, require_one_label
 from rankserve.models.pooling import normalize_pooling, pool
 from rankserve.models.recipes import RecipeChoice, refuse_for_encoder
@@ -42,6 +42,50 @@ IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
 PIXEL_MEAN = PIXEL_STD = 0.5  # SigLIP's normalization of [0, 1] pixels, every channel
 DEFAULT_MAX_TILES = 6
 ARCHITECTURE_NAMES = ("LlamaNemotronVLForSequenceClassification",)
+SIZE_FACTOR_CAP = 0.6  # more tiles stop paying once they hold 0.6x the image's pixels
+
+
+@dataclass(frozen=True)
+class TilePolicy:
+    """How a model cuts an image (from its config): tile side ``size``, tile count bounds, thumbnail."""
+
+    size: int
+    max_tiles: int
+    min_tiles: int = 1
+    use_thumbnail: bool = True
+
+    def ratios(self) -> list[tuple[int, int]]:
+        """Candidate (cols, rows) grids, sorted by tile count (ties in the published code's order)."""
+        lo, hi = self.min_tiles, self.max_tiles
+        grids = {
+            (i, j) for n in range(lo, hi + 1) for i in range(1, n + 1) for j in range(1, n + 1) if lo <= i * j <= hi
+        }
+        return sorted(grids, key=lambda g: g[0] * g[1])
+
+    def grid(self, width: int, height: int) -> tuple[int, int]:
+        """The (cols, rows) grid an image of ``width`` x ``height`` is cut into."""
+        aspect = width / height
+        best, best_factor = (1, 1), float("-inf")
+        for cols, rows in self.ratios():
+            size_factor = min(cols * rows * self.size * self.size / (width * height), SIZE_FACTOR_CAP)
+            closeness = min((cols / rows) / aspect, aspect / (cols / rows))
+            if size_factor * closeness > best_factor:
+                best, best_factor = (cols, rows), size_factor * closeness
+        return best
+
+    def tile_count(self, width: int, height: int) -> int:
+        cols, rows = self.grid(width, height)
+        return cols * rows + (1 if self.use_thumbnail and cols * rows > 1 else 0)
+
+    def tiles(self, image: Image.Image) -> list[Image.Image]:
+        """The RGB ``image`` cut into S x S tiles, row-major, plus the thumbnail when due."""
+        s = self.size
+        cols, rows = self.grid(*image.size)
+        resized = image.resize((cols * s, rows * s), Image.Resampling.BICUBIC)
+        out = [resized.crop((c * s, r * s, (c + 1) * s, (r + 1) * s)) for r in range(rows) for c in range(cols)]
+        if self.use_thumbnail and len(out) > 1:
+            out.append(image.resize((s, s), Image.Resampling.BICUBIC))
+        return out
 
 
 @dataclass(frozen=True)
@@ -71,8 +115,12 @@ class NemotronVLModel(nn.Module):
         super().__init__()
         wide = vision.hidden_size * int(round(1 / ratio)) ** 2
         self.vision_model = SiglipVisionModel(vision)
-        self.mlp1 = nn.Sequential(nn.LayerNorm(wide), nn.Linear(wide, text.hidden_size), nn.GELU(),
-                                  nn.Linear(text.hidden_size, text.hidden_size))
+        self.mlp1 = nn.Sequential(
+            nn.LayerNorm(wide),
+            nn.Linear(wide, text.hidden_size),
+            nn.GELU(),
+            nn.Linear(text.hidden_size, text.hidden_size),
+        )
         self.language_model = llama.LlamaModel(text)
         self.ratio = ratio
         self.context_id = context_id
@@ -115,8 +163,10 @@ class NemotronVLForSequenceClassification(nn.Module):
 def _token_id(tokenizer: Tokenizer, token: str, directory: Path) -> int:
     found = tokenizer.token_to_id(token)
     if found is None:
-        raise ModelLoadError(f"{directory / 'tokenizer.json'} has no {token} token; a VL model's tokenizer needs "
-                             f"{IMG_START}, {IMG_END} and {IMG_CONTEXT}")
+        raise ModelLoadError(
+            f"{directory / 'tokenizer.json'} has no {token} token; a VL model's tokenizer needs "
+            f"{IMG_START}, {IMG_END} and {IMG_CONTEXT}"
+        )
     return found
 
 
@@ -142,21 +192,33 @@ def build(directory: Path, cfg: dict[str, Any], arch: str, choice: RecipeChoice 
     for token in (IMG_START, IMG_END):
         _token_id(tokenizer, token, directory)
     if cfg.get("img_context_token_id", context_id) != context_id:
-        raise ModelLoadError(f"{arch}: img_context_token_id {cfg['img_context_token_id']} is not the tokenizer's "
-                             f"{IMG_CONTEXT} ({context_id})")
+        raise ModelLoadError(
+            f"{arch}: img_context_token_id {cfg['img_context_token_id']} is not the tokenizer's "
+            f"{IMG_CONTEXT} ({context_id})"
+        )
     text = llama.LlamaConfig.from_hf(text_cfg, causal=False)
     processor = read_json(directory / "processor_config.json") or {}
-    tiles = TilePolicy(size=size,
-                       max_tiles=int(cfg.get("max_input_tiles") or processor.get("max_input_tiles") or DEFAULT_MAX_TILES),
-                       min_tiles=int(cfg.get("min_input_tiles") or processor.get("min_input_tiles") or 1),
-                       use_thumbnail=bool(cfg.get("use_thumbnail", True)))
+    tiles = TilePolicy(
+        size=size,
+        max_tiles=int(cfg.get("max_input_tiles") or processor.get("max_input_tiles") or DEFAULT_MAX_TILES),
+        min_tiles=int(cfg.get("min_input_tiles") or processor.get("min_input_tiles") or 1),
+        use_thumbnail=bool(cfg.get("use_thumbnail", True)),
+    )
     pooling = normalize_pooling(str(cfg.get("pooling", "avg")))
     template = choice.template or cfg.get("prompt_template")
     if not (isinstance(template, str) and "{query}" in template and "{passage}" in template):
         template = llama.NVIDIA_RERANK_TEMPLATE
     limits = llama.length_limits(text, "llama", directory, cfg.get("max_length") or text_cfg.get("max_length"))
     model = NemotronVLModel(vision, text, ratio, context_id)
-    return dict(module=NemotronVLForSequenceClassification(model, pooling), kind="cross-encoder", family="nemotron-vl",
-                max_length=min(x for x in limits if x), pad_id=llama._pad_id(text_cfg), pooling=pooling,
-                temperature=llama.config_temperature(cfg), rerank_template=template, hidden_size=text.hidden_size,
-                vision=VisionInput(tiles, int(vision.grid * ratio) ** 2))
+    return dict(
+        module=NemotronVLForSequenceClassification(model, pooling),
+        kind="cross-encoder",
+        family="nemotron-vl",
+        max_length=min(x for x in limits if x),
+        pad_id=llama._pad_id(text_cfg),
+        pooling=pooling,
+        temperature=llama.config_temperature(cfg),
+        rerank_template=template,
+        hidden_size=text.hidden_size,
+        vision=VisionInput(tiles, int(vision.grid * ratio) ** 2),
+    )

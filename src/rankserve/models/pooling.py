@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rankserve.engine.types import Packed
+from rankserve.models.batch import Packed
 
 POOLING_ALIASES = {"avg": "mean", "mean": "mean", "cls": "cls", "first": "cls", "last": "last", "eos": "last"}
 
@@ -59,5 +59,10 @@ def encoder_embedder(directory: Path, encoder: nn.Module, limits: list[int | Non
 
     st = st_embedder(directory)
     pooling, normalize, st_max = st if st else ("mean", True, None)
-    return dict(module=PooledEncoder(encoder, pooling), kind="embedder", pooling=pooling, normalize=normalize,
-                max_length=min(x for x in [*limits, st_max] if x))
+    return dict(
+        module=PooledEncoder(encoder, pooling),
+        kind="embedder",
+        pooling=pooling,
+        normalize=normalize,
+        max_length=min(x for x in [*limits, st_max] if x),
+    )

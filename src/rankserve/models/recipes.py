@@ -26,18 +26,26 @@ from rankserve.errors import ModelLoadError
 if TYPE_CHECKING:
     import torch
 
-QWEN3_PREFIX = ("<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and "
-                "the Instruct provided. Note that the answer can only be \"yes\" or \"no\".<|im_end|>\n"
-                "<|im_start|>user\n")
+QWEN3_PREFIX = (
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and "
+    'the Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n'
+    "<|im_start|>user\n"
+)
 QWEN3_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
 QWEN3_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
-BGE_GEMMA_PROMPT = ("Given a query A and a passage B, determine whether the passage contains an answer to the query "
-                    "by providing a prediction of either 'Yes' or 'No'.")
-MXBAI_PREFIX = ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
-                "<|im_start|>user\n")
-MXBAI_TASK = ("You are a search relevance expert who evaluates how well documents match search queries. For each "
-              "query-document pair, carefully analyze the semantic relationship between them, then provide your "
-              "binary relevance judgment (0 for not relevant, 1 for relevant).\nRelevance:")
+BGE_GEMMA_PROMPT = (
+    "Given a query A and a passage B, determine whether the passage contains an answer to the query "
+    "by providing a prediction of either 'Yes' or 'No'."
+)
+MXBAI_PREFIX = (
+    "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+    "<|im_start|>user\n"
+)
+MXBAI_TASK = (
+    "You are a search relevance expert who evaluates how well documents match search queries. For each "
+    "query-document pair, carefully analyze the semantic relationship between them, then provide your "
+    "binary relevance judgment (0 for not relevant, 1 for relevant).\nRelevance:"
+)
 MXBAI_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n"
 
 
@@ -76,7 +84,9 @@ class Recipe:
         if instruction is not None:
             instruction = instruction.replace("{", "{{").replace("}", "}}")
         if self.name == "qwen3-reranker":
-            body = "<Instruct>: " + (instruction or self.instruction or "") + "\n<Query>: {query}\n<Document>: {passage}"
+            body = (
+                "<Instruct>: " + (instruction or self.instruction or "") + "\n<Query>: {query}\n<Document>: {passage}"
+            )
             return QWEN3_PREFIX + body + QWEN3_SUFFIX
         if self.name == "mxbai-rerank-v2":
             lead = f"instruction: {instruction}\n" if instruction else ""
@@ -84,20 +94,36 @@ class Recipe:
         return "A: {query}\nB: {passage}\n" + BGE_GEMMA_PROMPT  # bge-reranker-gemma (the tokenizer adds <bos>)
 
 
-RECIPES: dict[str, Recipe] = {r.name: r for r in (  # config.RECIPE_NAMES lists these names (the CLI's choices)
-    Recipe(name="qwen3-reranker", positive="yes", negative="no", names=("qwen3-reranker",),
-           takes_instruction=True, instruction=QWEN3_INSTRUCTION),
-    Recipe(name="bge-reranker-gemma", positive="Yes", negative=None, names=("bge-reranker-v2-gemma",)),
-    Recipe(name="mxbai-rerank-v2", positive="1", negative="0", names=("mxbai-rerank-base-v2", "mxbai-rerank-large-v2"),
-           takes_instruction=True),
-    Recipe(name="yes-no", positive=None, negative=None),  # any causal LM: --rerank-template, --score-tokens
-)}
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in (  # config.RECIPE_NAMES lists these names (the CLI's choices)
+        Recipe(
+            name="qwen3-reranker",
+            positive="yes",
+            negative="no",
+            names=("qwen3-reranker",),
+            takes_instruction=True,
+            instruction=QWEN3_INSTRUCTION,
+        ),
+        Recipe(name="bge-reranker-gemma", positive="Yes", negative=None, names=("bge-reranker-v2-gemma",)),
+        Recipe(
+            name="mxbai-rerank-v2",
+            positive="1",
+            negative="0",
+            names=("mxbai-rerank-base-v2", "mxbai-rerank-large-v2"),
+            takes_instruction=True,
+        ),
+        Recipe(name="yes-no", positive=None, negative=None),  # any causal LM: --rerank-template, --score-tokens
+    )
+}
 
 
 def refuse_for_encoder(choice: RecipeChoice, arch: str) -> None:
     """Encoders (BERT, XLM-R, ModernBERT, DeBERTa) have their own head: a recipe is a mistake."""
     if choice.name or choice.instruction or choice.score_tokens:
-        raise ModelLoadError(f"--recipe, --instruction and --score-tokens are for decoder rerankers; {arch} is an encoder")
+        raise ModelLoadError(
+            f"--recipe, --instruction and --score-tokens are for decoder rerankers; {arch} is an encoder"
+        )
 
 
 def detect(directory: Path, cfg: dict[str, Any]) -> Recipe | None:
@@ -119,8 +145,10 @@ def choose(name: str | None, directory: Path, cfg: dict[str, Any], arch: str) ->
         return RECIPES[name]
     found = detect(directory, cfg) if (causal_lm or arch.endswith("ForSequenceClassification")) else None
     if causal_lm and found is None:
-        raise ModelLoadError(f"{arch} is a causal LM: serve it as a reranker with --recipe "
-                             f"({' | '.join(RECIPES)}); yes-no takes --rerank-template and --score-tokens")
+        raise ModelLoadError(
+            f"{arch} is a causal LM: serve it as a reranker with --recipe "
+            f"({' | '.join(RECIPES)}); yes-no takes --rerank-template and --score-tokens"
+        )
     return found
 
 

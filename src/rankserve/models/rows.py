@@ -10,7 +10,7 @@ tokens holds 32 MiB per intermediate instead of 256 MiB. GPUs keep whole batches
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -36,15 +36,21 @@ class SiglipConfig:
     gelu: str = "tanh"
 
     @classmethod
-    def from_hf(cls, cfg: dict[str, Any]) -> "SiglipConfig":
+    def from_hf(cls, cfg: dict[str, Any]) -> SiglipConfig:
         act = cfg.get("hidden_act", "gelu_pytorch_tanh")
         if act not in ACTIVATIONS:
             raise ValueError(f"vision hidden_act {act!r} is not supported; supported: {', '.join(ACTIVATIONS)}")
-        return cls(hidden_size=cfg["hidden_size"], intermediate_size=cfg["intermediate_size"],
-                   num_hidden_layers=cfg["num_hidden_layers"], num_attention_heads=cfg["num_attention_heads"],
-                   image_size=cfg["image_size"], patch_size=cfg["patch_size"],
-                   num_channels=cfg.get("num_channels", 3), layer_norm_eps=float(cfg.get("layer_norm_eps", 1e-6)),
-                   gelu=ACTIVATIONS[act])
+        return cls(
+            hidden_size=cfg["hidden_size"],
+            intermediate_size=cfg["intermediate_size"],
+            num_hidden_layers=cfg["num_hidden_layers"],
+            num_attention_heads=cfg["num_attention_heads"],
+            image_size=cfg["image_size"],
+            patch_size=cfg["patch_size"],
+            num_channels=cfg.get("num_channels", 3),
+            layer_norm_eps=float(cfg.get("layer_norm_eps", 1e-6)),
+            gelu=ACTIVATIONS[act],
+        )
 
     @property
     def grid(self) -> int:
@@ -56,7 +62,7 @@ class Embeddings(nn.Module):
     def __init__(self, c: SiglipConfig):
         super().__init__()
         self.patch_embedding = nn.Conv2d(c.num_channels, c.hidden_size, kernel_size=c.patch_size, stride=c.patch_size)
-        self.position_embedding = nn.Embedding(c.grid ** 2, c.hidden_size)
+        self.position_embedding = nn.Embedding(c.grid**2, c.hidden_size)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:  # [T, 3, S, S] -> [T, P, C]
         x = self.patch_embedding(pixels.to(self.patch_embedding.weight.dtype)).flatten(2).transpose(1, 2)
@@ -68,7 +74,8 @@ class Attention(nn.Module):
         super().__init__()
         self.heads = c.num_attention_heads
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = (
-            nn.Linear(c.hidden_size, c.hidden_size) for _ in range(4))
+            nn.Linear(c.hidden_size, c.hidden_size) for _ in range(4)
+        )
 
     def forward(self, x: torch.Tensor, tiles: int) -> torch.Tensor:  # [T*P, C] -> [T*P, C]
         rows, width = x.shape

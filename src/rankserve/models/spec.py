@@ -27,7 +27,7 @@ class ModelSpec:
 
     # Packed -> [B, 1] logits (cross-encoder) or [B, H] vectors (embedder); None when the model runs
     # as a cached ONNX export (the engine never touches the module then).
-    module: "nn.Module | None"
+    module: nn.Module | None
     kind: Kind
     family: str  # bert | xlm-roberta | llama | mistral | qwen2 | qwen3 | gemma | modernbert | deberta | nemotron-vl
     architecture: str
@@ -35,6 +35,9 @@ class ModelSpec:
     max_length: int  # tokens per sequence, special tokens included
     pad_id: int
     pooling: str = "cls"
+    # The model adds token type embeddings: the tokenizer's pair type ids (0 query, 1 passage) are
+    # fed to it, by the torch and the ONNX backends alike. Set by the family's builder.
+    token_types: bool = False
     normalize: bool = True  # embedders: L2-normalize outputs
     # Rerankers whose input is one templated sequence (NVIDIA Llama rerankers); None = the
     # tokenizer's own pair encoding ([CLS] q [SEP] p [SEP]).
@@ -46,7 +49,7 @@ class ModelSpec:
     hidden_size: int = 0
     parameters: int = 0  # the module's parameter count (sizes the warm-up pass)
     extra: dict[str, Any] = field(default_factory=dict)
-    vision: "VisionInput | None" = None  # VL models: how image passages become tokens and tiles
+    vision: VisionInput | None = None  # VL models: how image passages become tokens and tiles
 
 
 def with_flags(spec: ModelSpec, max_length: int = 0, overrides: dict[str, Any] | None = None) -> ModelSpec:
@@ -76,6 +79,8 @@ def from_json(text: str) -> ModelSpec:
     """``to_json``'s inverse, with no module (a cached export runs the model)."""
     values = json.loads(text)
     values["tokenizer_file"] = Path(values["tokenizer_file"])
+    # saved before the field existed: the rule the exporter had then
+    values.setdefault("token_types", values["family"] in ("bert", "xlm-roberta"))
     if values.get("dimensions") is not None:
         values["dimensions"] = tuple(values["dimensions"])
     return ModelSpec(module=None, **values)

@@ -50,7 +50,7 @@ def rows(examples: list[Example], opts: FitOptions) -> dict[str, list]:
     if opts.loss == "bce":
         table: dict[str, list] = {"query": [], "passage": [], "label": []}
         for ex in examples:
-            for passage, label in [(ex.positive, 1.0)] + [(n, 0.0) for n in ex.negatives[:opts.negatives]]:
+            for passage, label in [(ex.positive, 1.0)] + [(n, 0.0) for n in ex.negatives[: opts.negatives]]:
                 table["query"].append(ex.query)
                 table["passage"].append(passage)
                 table["label"].append(label)
@@ -67,8 +67,12 @@ def fit(examples: list[Example], opts: FitOptions) -> dict[str, Any]:
     import torch
     import transformers
     from datasets import Dataset
-    from sentence_transformers.cross_encoder import (CrossEncoder, CrossEncoderTrainer,
-                                                     CrossEncoderTrainingArguments, losses)
+    from sentence_transformers.cross_encoder import (
+        CrossEncoder,
+        CrossEncoderTrainer,
+        CrossEncoderTrainingArguments,
+        losses,
+    )
 
     if opts.loss not in LOSSES:
         raise ValueError(f"loss {opts.loss!r}: choose {', '.join(LOSSES)}")
@@ -77,15 +81,30 @@ def fit(examples: list[Example], opts: FitOptions) -> dict[str, Any]:
     table = rows(examples, opts)
     if not table["query"]:
         raise ValueError("no training examples (queries need a positive, and listwise needs --negatives of them)")
-    loss = (losses.BinaryCrossEntropyLoss(model) if opts.loss == "bce"
-            else losses.MultipleNegativesRankingLoss(model, num_negatives=opts.negatives))
+    loss = (
+        losses.BinaryCrossEntropyLoss(model)
+        if opts.loss == "bce"
+        else losses.MultipleNegativesRankingLoss(model, num_negatives=opts.negatives)
+    )
     checkpoints = opts.output / "checkpoints"
     args = CrossEncoderTrainingArguments(
-        output_dir=str(checkpoints), num_train_epochs=opts.epochs, max_steps=opts.max_steps,
-        per_device_train_batch_size=opts.batch_size, learning_rate=opts.learning_rate,
-        warmup_ratio=opts.warmup_ratio, seed=opts.seed, data_seed=opts.seed, save_strategy="steps",
-        save_steps=opts.save_steps, save_total_limit=2, logging_steps=max(1, min(10, opts.save_steps)),
-        report_to="none", use_cpu=True, disable_tqdm=not opts.progress, dataloader_num_workers=0)
+        output_dir=str(checkpoints),
+        num_train_epochs=opts.epochs,
+        max_steps=opts.max_steps,
+        per_device_train_batch_size=opts.batch_size,
+        learning_rate=opts.learning_rate,
+        warmup_ratio=opts.warmup_ratio,
+        seed=opts.seed,
+        data_seed=opts.seed,
+        save_strategy="steps",
+        save_steps=opts.save_steps,
+        save_total_limit=2,
+        logging_steps=max(1, min(10, opts.save_steps)),
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=not opts.progress,
+        dataloader_num_workers=0,
+    )
     trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=Dataset.from_dict(table), loss=loss)
     resume = opts.resume and checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
     started = time.perf_counter()
@@ -95,7 +114,13 @@ def fit(examples: list[Example], opts: FitOptions) -> dict[str, Any]:
     history = [row["loss"] for row in trainer.state.log_history if "loss" in row]
     per_row = 1 if opts.loss == "bce" else 1 + opts.negatives  # (query, passage) pairs scored per table row
     seen = trainer.state.global_step * opts.batch_size * per_row
-    return {"rows": len(table["query"]), "pairs_per_epoch": len(table["query"]) * per_row,
-            "steps": trainer.state.global_step, "seconds": round(seconds, 1),
-            "pairs_per_second": round(seen / seconds, 2) if seconds else None,
-            "loss_history": history, "threads": torch.get_num_threads(), "resumed": bool(resume)}
+    return {
+        "rows": len(table["query"]),
+        "pairs_per_epoch": len(table["query"]) * per_row,
+        "steps": trainer.state.global_step,
+        "seconds": round(seconds, 1),
+        "pairs_per_second": round(seen / seconds, 2) if seconds else None,
+        "loss_history": history,
+        "threads": torch.get_num_threads(),
+        "resumed": bool(resume),
+    }

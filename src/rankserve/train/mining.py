@@ -76,8 +76,16 @@ def _cache_file(cache_dir: Path, ds: Dataset, method: str, k: int, embedder: str
     return cache_dir / f"negatives-{key}.json"
 
 
-async def mine(ds: Dataset, method: str, k: int, embedder: Embedder | None, cache_dir: Path | None = None,
-               lang: str = "en", progress: bool = True, position: str = "any") -> dict[str, list[str]]:
+async def mine(
+    ds: Dataset,
+    method: str,
+    k: int,
+    embedder: Embedder | None,
+    cache_dir: Path | None = None,
+    lang: str = "en",
+    progress: bool = True,
+    position: str = "any",
+) -> dict[str, list[str]]:
     """Query id -> up to ``k`` hard negatives (document ids), best-ranked first, never relevant.
     ``position`` (passage datasets): "any" = the passages as retrieved, "first" = each retrieved
     page's first passage (the positive's position)."""
@@ -98,10 +106,24 @@ async def mine(ds: Dataset, method: str, k: int, embedder: Embedder | None, cach
     if method in ("dense", "both"):
         if embedder is None:
             raise ValueError("dense negatives need an embedder")
-        docs, _ = await embed_cached(embedder, ds.doc_texts, "passage", ds.fingerprint("corpus"), cache_dir,
-                                     progress=progress, desc="mining: corpus")
-        queries, _ = await embed_cached(embedder, ds.query_texts, "query", ds.fingerprint("queries"), cache_dir,
-                                        progress=progress, desc="mining: queries")
+        docs, _ = await embed_cached(
+            embedder,
+            ds.doc_texts,
+            "passage",
+            ds.fingerprint("corpus"),
+            cache_dir,
+            progress=progress,
+            desc="mining: corpus",
+        )
+        queries, _ = await embed_cached(
+            embedder,
+            ds.query_texts,
+            "query",
+            ds.fingerprint("queries"),
+            cache_dir,
+            progress=progress,
+            desc="mining: queries",
+        )
         runs.append(dense_search(ds.doc_ids, docs, ds.query_ids, queries, depth, progress=progress))
     first = first_passages(ds) if position == "first" and ds.doc_page else None
     out: dict[str, list[str]] = {}
@@ -127,5 +149,7 @@ def examples(ds: Dataset, negatives: dict[str, list[str]]) -> list[Example]:
     """One example per query with a positive: its text, the positive's and the negatives' texts."""
     text = dict(zip(ds.doc_ids, ds.doc_texts))
     query_text = dict(zip(ds.query_ids, ds.query_texts))
-    return [Example(query_text[q], text[pos], tuple(text[d] for d in negatives.get(q, [])))
-            for q, pos in positives(ds).items()]
+    return [
+        Example(query_text[q], text[pos], tuple(text[d] for d in negatives.get(q, [])))
+        for q, pos in positives(ds).items()
+    ]

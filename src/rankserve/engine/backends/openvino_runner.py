@@ -4,7 +4,7 @@ OpenVINO's CPU plugin, in float32 or bfloat16.
 Why a second ONNX backend: OpenVINO's CPU plugin (built on oneDNN) fuses attention, LayerNorm and
 GELU into kernels that run natively in bf16 on AVX512-BF16 / AMX CPUs. On the man-page workload
 (docs/benchmarks-int8.md, AVX512-BF16 host) its bf16 ran 2.17-2.49x our torch fp32 with top-5
-agreement 0.983-1.000 on four models, where torch's mixed bf16 (``models/cpu_bf16.py``) ran
+agreement 0.983-1.000 on four models, where torch's mixed bf16 (``engine/backends/cpu_bf16.py``) ran
 1.32-1.61x in the same runs: the gap is mostly attention at head_dim 32, which torch's CPU SDPA
 kernel does not speed up in bf16. Its float32 runs the same graph exactly (within 1e-5 of torch)
 and 1.14-1.37x faster.
@@ -24,15 +24,15 @@ from __future__ import annotations
 import importlib.util
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from rankserve.config import cache_dir as rankserve_cache_dir
-from rankserve.engine.cpu import available_cores, bf16_native
-from rankserve.engine.onnx_graph import graph_inputs
-from rankserve.engine.onnx_runner import exported_model
+from rankserve.engine.backends.cpu import available_cores, bf16_native
+from rankserve.engine.backends.onnx_graph import graph_inputs
+from rankserve.engine.backends.onnx_runner import exported_model
 from rankserve.engine.outputs import finish
 from rankserve.engine.tokenize import Encoded
 from rankserve.errors import ConfigError
@@ -50,17 +50,24 @@ def choose_precision(dtype: str, capabilities: Sequence[str]) -> str:
     if dtype != "auto":
         return dtype
     native = bf16_native() and "BF16" in capabilities
-    log.info("cpu precision: float32 (openvino; auto keeps the exact path%s)",
-             "; this CPU multiplies bf16 natively: --dtype bfloat16 is faster, with load-dependent scores"
-             if native else "")
+    log.info(
+        "cpu precision: float32 (openvino; auto keeps the exact path%s)",
+        "; this CPU multiplies bf16 natively: --dtype bfloat16 is faster, with load-dependent scores" if native else "",
+    )
     return "float32"
 
 
 class OpenVinoRunner:
     """Same contract as TorchRunner: ``forward(items)`` -> [B] logits or [B, H] vectors, numpy float32."""
 
-    def __init__(self, spec: ModelSpec, threads: int = 0, dtype: str = "auto", cache_dir: str | Path | None = None,
-                 choice: RecipeChoice = RecipeChoice()):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        threads: int = 0,
+        dtype: str = "auto",
+        cache_dir: str | Path | None = None,
+        choice: RecipeChoice = RecipeChoice(),
+    ):
         if importlib.util.find_spec("openvino") is None:
             raise ConfigError("backend openvino needs openvino installed: pip install 'rankserve[openvino]'")
         import openvino as ov
@@ -78,9 +85,17 @@ class OpenVinoRunner:
         started = time.perf_counter()
         # One stream, every core on it: the batcher hands the runner one batch at a time. No thread
         # pinning: the event loop and the tokenizer share these cores.
-        self.model = core.compile_model(str(self.path), "CPU", {
-            "INFERENCE_PRECISION_HINT": HINTS[self.precision], "PERFORMANCE_HINT": "LATENCY",
-            "NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": threads or available_cores(), "ENABLE_CPU_PINNING": False})
+        self.model = core.compile_model(
+            str(self.path),
+            "CPU",
+            {
+                "INFERENCE_PRECISION_HINT": HINTS[self.precision],
+                "PERFORMANCE_HINT": "LATENCY",
+                "NUM_STREAMS": 1,
+                "INFERENCE_NUM_THREADS": threads or available_cores(),
+                "ENABLE_CPU_PINNING": False,
+            },
+        )
         log.info("openvino %s: compiled %s in %.2fs", ov.__version__, self.precision, time.perf_counter() - started)
         self.request = self.model.create_infer_request()
         self.inputs = [i.get_any_name() for i in self.model.inputs]

@@ -1,4 +1,4 @@
-"""models/cpu_gemm.py: the linear layers' CPU library is swapped in place, chosen by measurement,
+"""engine/backends/cpu_gemm.py: the linear layers' CPU library is swapped in place, chosen by measurement,
 and changes nothing a checkpoint or an export sees."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from rankserve.models import cpu_gemm
-from rankserve.models.cpu_gemm import OneDnnLinear, onednn_available, use_cpu_gemm
+from rankserve.engine.backends import cpu_gemm
+from rankserve.engine.backends.cpu_gemm import OneDnnLinear, onednn_available, use_cpu_gemm
 from rankserve.models.loader import load_model
 
 needs_onednn = pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN linear kernel")
@@ -42,14 +42,21 @@ def test_onednn_linear_matches_f_linear_and_falls_back_off_float32():
     assert got.dtype == torch.bfloat16  # F.linear's path: oneDNN here is only fp32
 
 
-@pytest.mark.parametrize("rates, chosen", [({"torch": 180.0, "onednn": 470.0}, "onednn"),
-                                           ({"torch": 200.0, "onednn": 210.0}, "torch"),  # within the margin
-                                           ({"torch": 300.0, "onednn": 150.0}, "torch")])
+@pytest.mark.parametrize(
+    "rates, chosen",
+    [
+        ({"torch": 180.0, "onednn": 470.0}, "onednn"),
+        ({"torch": 200.0, "onednn": 210.0}, "torch"),  # within the margin
+        ({"torch": 300.0, "onednn": 150.0}, "torch"),
+    ],
+)
 def test_auto_keeps_the_faster_library(bert_ce_dir, monkeypatch, rates, chosen):
     if chosen == "onednn" and not onednn_available():
         pytest.skip("this torch build has no oneDNN linear kernel")
     measured = []
-    monkeypatch.setattr(cpu_gemm, "measured_rates", lambda weight, kernels: measured.append(tuple(weight.shape)) or rates)
+    monkeypatch.setattr(
+        cpu_gemm, "measured_rates", lambda weight, kernels: measured.append(tuple(weight.shape)) or rates
+    )
     spec = load_model(bert_ce_dir)
     assert use_cpu_gemm(spec.module, "auto") == chosen
     assert linear_classes(spec.module) == {OneDnnLinear if chosen == "onednn" else cpu_gemm.TorchLinear}
@@ -90,7 +97,7 @@ def test_without_onednn_auto_keeps_torch_and_onednn_is_a_config_error(bert_ce_di
 def test_onednn_rows_are_bucketed_and_the_result_is_unchanged(monkeypatch):
     """Row counts are rounded up to ROW_BUCKET before oneDNN (a bounded set of kernel shapes, so
     memory stays bounded under varied traffic); the padded rows never reach the output."""
-    from rankserve.models import cpu_gemm
+    from rankserve.engine.backends import cpu_gemm
 
     shapes = []
     real = cpu_gemm.onednn_linear

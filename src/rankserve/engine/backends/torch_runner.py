@@ -9,18 +9,18 @@ the same packed inputs in numpy, without torch; ``engine.make_runner`` picks the
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from rankserve.engine.cpu import available_cores
-from rankserve.engine.malloc import PeriodicTrim, retain_freed_memory
+from rankserve.engine.backends import cpu_bf16
+from rankserve.engine.backends.cpu import available_cores
+from rankserve.engine.backends.cpu_gemm import use_cpu_gemm
+from rankserve.engine.backends.malloc import PeriodicTrim, retain_freed_memory
 from rankserve.engine.outputs import finish
 from rankserve.engine.tokenize import Encoded
-from rankserve.engine.types import Batch, Packed
-from rankserve.models import cpu_bf16
-from rankserve.models.cpu_gemm import use_cpu_gemm
+from rankserve.models.batch import Batch, Packed
 from rankserve.models.spec import ModelSpec
 
 
@@ -38,7 +38,7 @@ def packed_batch(spec: ModelSpec, items: Sequence[Encoded], group_ratio: float =
     or per sequence (``alone``)."""
     with_types = items[0].type_ids is not None
     batch = Batch.from_sequences(
-        [it.ids for it in items], [it.type_ids for it in items] if with_types else None, pad_id=spec.pad_id
+        [it.ids for it in items], [it.type_ids or [] for it in items] if with_types else None, pad_id=spec.pad_id
     )
     packed = batch.packed(group_ratio, alone)
     images = [it.pixels for it in items if it.pixels is not None]
@@ -46,11 +46,15 @@ def packed_batch(spec: ModelSpec, items: Sequence[Encoded], group_ratio: float =
 
 
 class TorchRunner:
-    def __init__(self, spec: ModelSpec, device: torch.device, threads: int = 0, cpu_gemm: str = "auto",
-                 dtype: str = "auto"):
+    def __init__(
+        self, spec: ModelSpec, device: torch.device, threads: int = 0, cpu_gemm: str = "auto", dtype: str = "auto"
+    ):
+        if spec.module is None:
+            raise ValueError("the torch backend needs the spec's module (a cached export's spec has none)")
         self.spec = spec
+        self.module = spec.module
         self.device = device
-        self.gemm: str | None = None  # the CPU GEMM library for fp32 products (see models/cpu_gemm.py)
+        self.gemm: str | None = None  # the CPU GEMM library for fp32 products (see engine/backends/cpu_gemm.py)
         self.alone = device.type == "cpu"  # per-sequence attention: batch-invariant scores
         # forward may run from two threads at once (the batcher's express lane). Not on CUDA: a
         # second pass beside a 65k-token one would double the activation memory, and the GPU
@@ -58,23 +62,23 @@ class TorchRunner:
         self.concurrent = device.type == "cpu"
         self.trim: PeriodicTrim | None = None
         # What the layers compute in: the module's dtype, or on CPU float32 / bfloat16 (mixed,
-        # models/cpu_bf16.py); --dtype auto is float32 (batch-invariant scores).
-        self.precision = str(next(spec.module.parameters()).dtype).removeprefix("torch.")
+        # engine/backends/cpu_bf16.py); --dtype auto is float32 (batch-invariant scores).
+        self.precision = str(next(self.module.parameters()).dtype).removeprefix("torch.")
         if device.type == "cpu":
             torch.set_num_threads(threads or available_cores())
             retain_freed_memory()
             self.trim = PeriodicTrim()
-            self.gemm = use_cpu_gemm(spec.module, cpu_gemm)  # after set_num_threads: auto times both
+            self.gemm = use_cpu_gemm(self.module, cpu_gemm)  # after set_num_threads: auto times both
             if self.precision == "float32":
-                self.precision = cpu_bf16.choose(spec.module, dtype)
+                self.precision = cpu_bf16.choose(self.module, dtype)
                 if self.precision == "bfloat16":
-                    cpu_bf16.use_bf16(spec.module)
+                    cpu_bf16.use_bf16(self.module)
 
     @torch.inference_mode()
     def forward(self, items: Sequence[Encoded]) -> np.ndarray:
         """-> [B] logits (cross-encoder) or [B, H] vectors (embedder), numpy float32."""
         packed = packed_batch(self.spec, items, alone=self.alone)
-        out = finish(self.spec, self.spec.module(packed.to(self.device)).float().cpu().numpy())
+        out = finish(self.spec, self.module(packed.to(self.device)).float().cpu().numpy())
         if self.trim is not None:
             self.trim()
         return out

@@ -1,4 +1,4 @@
-"""models/cpu_bf16.py: mixed bf16 on CPU (block products in bf16, residual stream, norms and head in
+"""engine/backends/cpu_bf16.py: mixed bf16 on CPU (block products in bf16, residual stream, norms and head in
 float32), that ``--dtype auto`` keeps float32, and the per-machine cache of the GEMM timings."""
 
 from __future__ import annotations
@@ -7,24 +7,26 @@ import json
 
 import pytest
 import torch
-from torch import nn
-
 from conftest import app_client, wait_ready
 from llama_checkpoints import make_nvidia_reranker
-from rankserve.engine.runner import TorchRunner
+from torch import nn
+
+from rankserve.engine.backends import cpu_bf16, cpu_gemm
+from rankserve.engine.backends.cpu_bf16 import Bf16Linear, choose, use_bf16
+from rankserve.engine.backends.torch_runner import TorchRunner
 from rankserve.engine.tokenize import TokenizerPolicy
-from rankserve.models import cpu_bf16, cpu_gemm
-from rankserve.models.cpu_bf16 import Bf16Linear, choose, use_bf16
 from rankserve.models.loader import load_model
 from rankserve.models.model_dir import default_model_dir
 
 CPU = torch.device("cpu")
 QUERY = "how do I list the files in a directory"
-PASSAGES = ["ls lists directory contents, sorted alphabetically by default",
-            "gzip reduces the size of the named files using Lempel-Ziv coding",
-            "the cat sat on the mat and looked at the files",
-            "find searches for files in a directory hierarchy",
-            "Paris is the capital and most populous city of France"]
+PASSAGES = [
+    "ls lists directory contents, sorted alphabetically by default",
+    "gzip reduces the size of the named files using Lempel-Ziv coding",
+    "the cat sat on the mat and looked at the files",
+    "find searches for files in a directory hierarchy",
+    "Paris is the capital and most populous city of France",
+]
 
 
 def linear_types(module: nn.Module) -> dict[str, type]:
@@ -32,8 +34,12 @@ def linear_types(module: nn.Module) -> dict[str, type]:
 
 
 def encoded(spec, with_types: bool):
-    policy = TokenizerPolicy(str(spec.tokenizer_file), max_length=spec.max_length,
-                             rerank_template=spec.rerank_template, with_type_ids=with_types)
+    policy = TokenizerPolicy(
+        str(spec.tokenizer_file),
+        max_length=spec.max_length,
+        rerank_template=spec.rerank_template,
+        with_type_ids=with_types,
+    )
     if spec.kind == "cross-encoder":
         return policy.pairs(QUERY, PASSAGES, "END")
     return policy.texts([QUERY, *PASSAGES], "END", "", "input")
@@ -120,14 +126,16 @@ def test_server_reports_precision_in_metrics_and_serves(bert_ce_dir, dtype):
         r = client.post("/v1/ranking", json={"query": {"text": QUERY}, "passages": [{"text": p} for p in PASSAGES]})
         assert r.status_code == 200 and len(r.json()["rankings"]) == len(PASSAGES)
         metrics = client.get("/v1/metrics").text
-    line = next(l for l in metrics.splitlines() if l.startswith("rankserve_runtime_info{"))
+    line = next(x for x in metrics.splitlines() if x.startswith("rankserve_runtime_info{"))
     assert f'precision="{dtype}"' in line and 'device="cpu"' in line and line.endswith(" 1.0")
 
 
 def test_gemm_timings_are_cached_per_machine(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     calls = []
-    monkeypatch.setattr(cpu_gemm, "gemm_rates", lambda weight, kernels: calls.append(kernels) or {k: 1.0 for k in kernels})
+    monkeypatch.setattr(
+        cpu_gemm, "gemm_rates", lambda weight, kernels: calls.append(kernels) or {k: 1.0 for k in kernels}
+    )
     w = torch.randn(64, 32)
     assert cpu_gemm.measured_rates(w, ("torch", "onednn")) == {"torch": 1.0, "onednn": 1.0}
     assert cpu_gemm.measured_rates(w, ("torch", "onednn")) == {"torch": 1.0, "onednn": 1.0}

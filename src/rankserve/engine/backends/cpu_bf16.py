@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rankserve.engine.cpu import bf16_native
-from rankserve.models.cpu_gemm import OneDnnLinear, TorchLinear, bucket_rows, tracing
+from rankserve.engine.backends.cpu import bf16_native
+from rankserve.engine.backends.cpu_gemm import OneDnnLinear, TorchLinear, bucket_rows, tracing
 
 log = logging.getLogger("rankserve")
 
@@ -50,8 +50,11 @@ class Bf16Linear(nn.Linear):
 
 
 def block_linears(module: nn.Module) -> list[nn.Linear]:
-    return [m for name, m in module.named_modules()
-            if type(m) in (nn.Linear, TorchLinear, OneDnnLinear, Bf16Linear) and BLOCK.search(name)]
+    return [
+        m
+        for name, m in module.named_modules()
+        if type(m) in (nn.Linear, TorchLinear, OneDnnLinear, Bf16Linear) and BLOCK.search(name)
+    ]
 
 
 def use_bf16(module: nn.Module) -> int:
@@ -74,8 +77,10 @@ def choose(module: nn.Module, dtype: str) -> str:
     if dtype != "auto":
         return dtype
     if block_linears(module) and bf16_native():
-        log.info("cpu precision: float32 (auto keeps the exact, batch-invariant path; this CPU has native "
-                 "bf16: --dtype bfloat16 runs faster, with load-dependent scores)")
+        log.info(
+            "cpu precision: float32 (auto keeps the exact, batch-invariant path; this CPU has native "
+            "bf16: --dtype bfloat16 runs faster, with load-dependent scores)"
+        )
     else:
         log.info("cpu precision: float32")
     return "float32"

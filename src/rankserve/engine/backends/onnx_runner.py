@@ -19,15 +19,15 @@ import dataclasses
 import hashlib
 import importlib.util
 import logging
+from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from rankserve.config import cache_dir as rankserve_cache_dir
-from rankserve.engine.cpu import available_cores
-from rankserve.engine.onnx_graph import graph_inputs
+from rankserve.engine.backends.cpu import available_cores
+from rankserve.engine.backends.onnx_graph import graph_inputs
 from rankserve.engine.outputs import finish
 from rankserve.engine.tokenize import Encoded
 from rankserve.errors import ConfigError, ModelLoadError
@@ -67,23 +67,26 @@ def cache_key(directory: Path, quantize: str, choice: RecipeChoice = RecipeChoic
         if path.suffix in (".safetensors", ".json") and path.is_file():
             st = path.stat()
             h.update(f"{path.relative_to(directory)}:{st.st_size}:{st.st_mtime_ns}|".encode())
-    package = Path(__file__).resolve().parents[1]
-    sources = sorted((package / "models").glob("*.py")) + [package / "engine" / name for name in
-                                                           ("types.py", "onnx_graph.py", "onnx_export.py")]
+    package = Path(__file__).resolve().parents[2]  # rankserve/ (this file: engine/backends/)
+    sources = sorted((package / "models").glob("*.py")) + [
+        Path(__file__).with_name(name) for name in ("onnx_graph.py", "onnx_export.py")
+    ]
     for source in sources:
         h.update(source.read_bytes())
     return h.hexdigest()[:20]
 
 
-def export_folder(directory: Path, quantize: str, choice: RecipeChoice = RecipeChoice(),
-                  cache_dir: str | Path | None = None) -> Path:
+def export_folder(
+    directory: Path, quantize: str, choice: RecipeChoice = RecipeChoice(), cache_dir: str | Path | None = None
+) -> Path:
     if quantize not in QUANTIZE:
         raise ValueError(f"quantize={quantize!r}: choose one of {QUANTIZE}")
     return Path(cache_dir or default_cache_dir()) / cache_key(directory, quantize, choice)
 
 
-def cached_spec(directory: Path, quantize: str = "none", choice: RecipeChoice = RecipeChoice(),
-                cache_dir: str | Path | None = None) -> ModelSpec | None:
+def cached_spec(
+    directory: Path, quantize: str = "none", choice: RecipeChoice = RecipeChoice(), cache_dir: str | Path | None = None
+) -> ModelSpec | None:
     """The spec saved with ``directory``'s cached export (no module, no operator flags applied),
     None when there is no complete export yet."""
     folder = export_folder(directory, quantize, choice, cache_dir)
@@ -94,8 +97,9 @@ def cached_spec(directory: Path, quantize: str = "none", choice: RecipeChoice = 
     return dataclasses.replace(spec, tokenizer_file=Path(directory) / spec.tokenizer_file.name)
 
 
-def exported_model(spec: ModelSpec, quantize: str = "none", cache_dir: str | Path | None = None,
-                   choice: RecipeChoice = RecipeChoice()) -> Path:
+def exported_model(
+    spec: ModelSpec, quantize: str = "none", cache_dir: str | Path | None = None, choice: RecipeChoice = RecipeChoice()
+) -> Path:
     """The cached ONNX file for ``spec`` as loaded with ``choice`` (exported, and quantized, on
     first use, with ``spec`` saved beside it: pass it before operator flags are applied)."""
     folder = export_folder(spec.tokenizer_file.parent, quantize, choice, cache_dir)
@@ -106,9 +110,11 @@ def exported_model(spec: ModelSpec, quantize: str = "none", cache_dir: str | Pat
         raise ModelLoadError(f"the cached export {folder} is gone and this spec has no module to export again: restart")
     missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
     if missing:
-        raise ConfigError(f"exporting the model to ONNX needs {', '.join(missing)} installed: "
-                          "pip install 'rankserve[onnx]' (or '[openvino]')")
-    from rankserve.engine.onnx_export import export  # torch: only a first start exports
+        raise ConfigError(
+            f"exporting the model to ONNX needs {', '.join(missing)} installed: "
+            "pip install 'rankserve[onnx]' (or '[openvino]')"
+        )
+    from rankserve.engine.backends.onnx_export import export  # torch: only a first start exports
 
     export(spec, folder, quantize)
     return final
@@ -117,12 +123,20 @@ def exported_model(spec: ModelSpec, quantize: str = "none", cache_dir: str | Pat
 class OnnxRunner:
     """Same contract as TorchRunner: ``forward(items)`` -> [B] logits or [B, H] vectors, numpy float32."""
 
-    def __init__(self, spec: ModelSpec, threads: int = 0, quantize: str = "none", cache_dir: str | Path | None = None,
-                 choice: RecipeChoice = RecipeChoice()):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        threads: int = 0,
+        quantize: str = "none",
+        cache_dir: str | Path | None = None,
+        choice: RecipeChoice = RecipeChoice(),
+    ):
         try:
             import onnxruntime as ort
         except ImportError as exc:
-            raise ConfigError(f"backend onnxruntime needs onnxruntime installed: pip install 'rankserve[onnx]' ({exc})") from exc
+            raise ConfigError(
+                f"backend onnxruntime needs onnxruntime installed: pip install 'rankserve[onnx]' ({exc})"
+            ) from exc
         self.spec = spec
         self.quantize = quantize
         self.precision = "int8" if quantize == "int8" else "float32"  # as TorchRunner reports its own

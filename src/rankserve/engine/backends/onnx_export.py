@@ -1,5 +1,5 @@
 """Exporting a loaded torch model to ONNX (and dynamic int8): the only part of the ONNX backends that
-needs torch, imported when no cached export exists (engine/onnx_runner.py).
+needs torch, imported when no cached export exists (engine/backends/onnx_runner.py).
 
 The graph is our own module from ``models/`` traced by ``torch.onnx.export`` (dynamo) through
 ``PackedInputs``: the packed tensors (``onnx_graph.graph_inputs``) are the graph's inputs, so ONNX
@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rankserve.engine.onnx_graph import INPUTS, OPSET, graph_inputs
+from rankserve.engine.backends.onnx_graph import INPUTS, OPSET, graph_inputs
 from rankserve.engine.tokenize import Encoded
-from rankserve.engine.types import Packed
+from rankserve.models.batch import Packed
 from rankserve.models.spec import ModelSpec, to_json
 
 log = logging.getLogger("rankserve")
@@ -49,23 +49,44 @@ class PackedInputs(nn.Module):
         self.with_types = with_types
 
     def forward(self, input_ids, token_type_ids, position_ids, indices, cu_seqlens, lengths, key_mask):
-        p = Packed(input_ids=input_ids, token_type_ids=token_type_ids if self.with_types else None,
-                   position_ids=position_ids, indices=indices, cu_seqlens=cu_seqlens,
-                   lengths=lengths, key_mask=key_mask, batch_size=key_mask.shape[0], seq_len=key_mask.shape[1],
-                   full=False)  # one graph for every batch: always the masked attention path
+        p = Packed(
+            input_ids=input_ids,
+            token_type_ids=token_type_ids if self.with_types else None,
+            position_ids=position_ids,
+            indices=indices,
+            cu_seqlens=cu_seqlens,
+            lengths=lengths,
+            key_mask=key_mask,
+            batch_size=key_mask.shape[0],
+            seq_len=key_mask.shape[1],
+            full=False,
+        )  # one graph for every batch: always the masked attention path
         return self.module(p)
 
 
-def attention_op(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal: bool = False,
-                 scale: float | None = None, enable_gqa: bool = False):
+def attention_op(
+    query,
+    key,
+    value,
+    attn_mask=None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+):
     """SDPA -> one ONNX ``Attention`` (opset 23) node, a fused kernel in onnxruntime; the default
     translation is a chain of ~10 elementwise ops over the [B, nh, T, T] scores. onnxruntime wants
     the mask's query axis spelled out, so the [B, 1, 1, T] key mask is expanded to [B, 1, T, T]."""
     from onnxscript import opset23 as op
 
     if attn_mask is not None:
-        shape = op.Concat(op.Shape(query, start=0, end=1), op.Constant(value_ints=[1]),
-                          op.Shape(query, start=2, end=3), op.Shape(key, start=2, end=3), axis=0)
+        shape = op.Concat(
+            op.Shape(query, start=0, end=1),
+            op.Constant(value_ints=[1]),
+            op.Shape(query, start=2, end=3),
+            op.Shape(key, start=2, end=3),
+            axis=0,
+        )
         attn_mask = op.Expand(attn_mask, shape)
     out, _, _, _ = op.Attention(query, key, value, attn_mask, scale=scale, is_causal=is_causal)
     return out
@@ -91,16 +112,30 @@ def export_fp32(spec: ModelSpec, path: Path) -> None:
     if param.device.type != "cpu" or param.dtype != torch.float32:
         log.warning("ONNX export: a float32 CPU copy of a %s model on %s", param.dtype, param.device)
         module = copy.deepcopy(module).to(device="cpu", dtype=torch.float32)
-    wrapper = PackedInputs(module, with_types=spec.family in ("bert", "xlm-roberta")).eval()
+    wrapper = PackedInputs(module, with_types=spec.token_types).eval()
     args = tuple(torch.from_numpy(a) for a in graph_inputs(SAMPLE).values())
     n, b, t, b1 = (torch.export.Dim(x) for x in ("N", "B", "T", "B1"))
-    dims = dict(input_ids={0: n}, token_type_ids={0: n}, position_ids={0: n}, indices={0: n},
-                cu_seqlens={0: b1}, lengths={0: b}, key_mask={0: b, 1: t})
+    dims = dict(
+        input_ids={0: n},
+        token_type_ids={0: n},
+        position_ids={0: n},
+        indices={0: n},
+        cu_seqlens={0: b1},
+        lengths={0: b},
+        key_mask={0: b, 1: t},
+    )
     with quiet(), torch.inference_mode(False), torch.no_grad():
-        program = torch.onnx.export(wrapper, args, input_names=list(INPUTS), output_names=["out"],
-                                    dynamic_shapes=dims, dynamo=True, verbose=False, opset_version=OPSET,
-                                    custom_translation_table={
-                                        torch.ops.aten.scaled_dot_product_attention.default: attention_op})
+        program = torch.onnx.export(
+            wrapper,
+            args,
+            input_names=list(INPUTS),
+            output_names=["out"],
+            dynamic_shapes=dims,
+            dynamo=True,
+            verbose=False,
+            opset_version=OPSET,
+            custom_translation_table={torch.ops.aten.scaled_dot_product_attention.default: attention_op},
+        )
         program.save(str(path), external_data=sum(t.numel() * 4 for t in module.state_dict().values()) > LARGE)
 
 
@@ -113,8 +148,13 @@ def gemm_to_matmul(model) -> int:
     nodes, rewritten = [], 0
     for node in model.graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if (node.op_type != "Gemm" or node.input[1] not in inits or attrs.get("transA", 0)
-                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
+        if (
+            node.op_type != "Gemm"
+            or node.input[1] not in inits
+            or attrs.get("transA", 0)
+            or attrs.get("alpha", 1.0) != 1.0
+            or attrs.get("beta", 1.0) != 1.0
+        ):
             nodes.append(node)
             continue
         weight = numpy_helper.to_array(inits[node.input[1]])
@@ -149,8 +189,15 @@ def quantize_int8(fp32: Path, out: Path) -> None:
     onnx.save(model, str(staged), save_as_external_data=big)
     del model
     with quiet():  # the quantizer logs every tensor at INFO on the root logger
-        quantize_dynamic(staged, out, weight_type=QuantType.QInt8, reduce_range=True, per_channel=True,
-                         op_types_to_quantize=["MatMul"], use_external_data_format=big)
+        quantize_dynamic(
+            staged,
+            out,
+            weight_type=QuantType.QInt8,
+            reduce_range=True,
+            per_channel=True,
+            op_types_to_quantize=["MatMul"],
+            use_external_data_format=big,
+        )
     log.info("int8: %d linear layers quantized (dynamic, per-channel, reduce_range)", n)
 
 

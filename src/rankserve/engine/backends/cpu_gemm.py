@@ -21,15 +21,15 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from rankserve.config import CPU_GEMMS, cache_dir
-from rankserve.engine.cpu import cpu_description
+from rankserve.engine.backends.cpu import cpu_description
 from rankserve.errors import ConfigError
 
 log = logging.getLogger("rankserve")
@@ -44,8 +44,11 @@ def onednn_available() -> bool:
 def tracing() -> bool:
     """Inside torch.compile / torch.export / jit tracing (getattr: older torch lacks some of these)."""
     compiler = getattr(torch, "compiler", None)
-    return (getattr(compiler, "is_compiling", lambda: False)() or getattr(compiler, "is_exporting", lambda: False)()
-            or torch.jit.is_tracing())
+    return (
+        getattr(compiler, "is_compiling", lambda: False)()
+        or getattr(compiler, "is_exporting", lambda: False)()
+        or torch.jit.is_tracing()
+    )
 
 
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -110,8 +113,9 @@ class OneDnnLinear(nn.Linear):
         return F.linear(x, self.weight, self.bias)
 
 
-def gemm_rates(weight: torch.Tensor, rows: int | None = None, repeats: int = 5,
-               kernels: tuple[str, ...] = ("torch", "onednn")) -> dict[str, float]:
+def gemm_rates(
+    weight: torch.Tensor, rows: int | None = None, repeats: int = 5, kernels: tuple[str, ...] = ("torch", "onednn")
+) -> dict[str, float]:
     """GFLOP/s of ``[rows, in] x weight^T`` with each of ``kernels`` (best of ``repeats``): torch's
     default fp32 GEMM, oneDNN's fp32 linear, and ``bf16`` (oneDNN's bfloat16 product, as
     ``cpu_bf16.Bf16Linear`` runs it). Default rows: ~1 GFLOP per product, 128-1024 rows, so that
@@ -120,8 +124,11 @@ def gemm_rates(weight: torch.Tensor, rows: int | None = None, repeats: int = 5,
         rows = max(128, min(1024, int(1e9 / (2 * weight.numel()))))
     x = torch.randn(rows, weight.shape[1], dtype=weight.dtype)
     xb, wb = x.bfloat16(), weight.bfloat16()
-    runs = {"torch": lambda: F.linear(x, weight), "onednn": lambda: onednn_linear(x, weight, None),
-            "bf16": lambda: F.linear(xb, wb)}
+    runs = {
+        "torch": lambda: F.linear(x, weight),
+        "onednn": lambda: onednn_linear(x, weight, None),
+        "bf16": lambda: F.linear(xb, wb),
+    }
     rates = {}
     with torch.inference_mode():
         for name in kernels:
@@ -189,8 +196,13 @@ def use_cpu_gemm(module: nn.Module, choice: str = "auto") -> str:
             widest = max(linears, key=lambda m: m.weight.numel()).weight
             rates = measured_rates(widest, ("torch", "onednn"))
             choice = "onednn" if rates["onednn"] >= AUTO_MARGIN * rates["torch"] else "torch"
-            log.info("cpu gemm: %s (oneDNN %.0f GFLOP/s, torch default %.0f GFLOP/s on a %s layer)",
-                     choice, rates["onednn"], rates["torch"], "x".join(map(str, widest.shape)))
+            log.info(
+                "cpu gemm: %s (oneDNN %.0f GFLOP/s, torch default %.0f GFLOP/s on a %s layer)",
+                choice,
+                rates["onednn"],
+                rates["torch"],
+                "x".join(map(str, widest.shape)),
+            )
     elif choice == "onednn" and not onednn_available():
         raise ConfigError("cpu_gemm=onednn: this torch build has no oneDNN linear kernel; use auto or torch")
     for m in linears:

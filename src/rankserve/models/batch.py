@@ -7,8 +7,8 @@ sequence) and re-pad just for attention.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -30,7 +30,7 @@ class Packed:
     # Attention groups: (first packed row, end row, the packed view of those sequences alone). When
     # set, attention runs per group, each padded only to its own longest sequence (see
     # ``Batch.packed``); everything else still runs on the whole packed batch.
-    groups: tuple[tuple[int, int, "Packed"], ...] = ()
+    groups: tuple[tuple[int, int, Packed], ...] = ()
     # A VL model's image tiles [T, 3, S, S], the batch's images in row order (None: no image).
     images: torch.Tensor | None = None
 
@@ -48,12 +48,10 @@ class Packed:
             return x.reshape(self.batch_size * self.seq_len, *x.shape[2:])
         return x.reshape(self.batch_size * self.seq_len, *x.shape[2:])[self.indices]
 
-    def to(self, device: torch.device) -> "Packed":
-        moved = {
-            k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()
-        }
+    def to(self, device: torch.device) -> Packed:
+        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
         moved["groups"] = tuple((s, e, g.to(device)) for s, e, g in self.groups)
-        return Packed(**moved)
+        return Packed(**moved)  # type: ignore[arg-type]  # the same fields, tensors moved
 
 
 @dataclass(frozen=True)
@@ -71,7 +69,7 @@ class Batch:
         type_ids: Sequence[Sequence[int]] | None = None,
         pad_id: int = 0,
         left: bool = False,
-    ) -> "Batch":
+    ) -> Batch:
         """Pad lists of ids into a batch (right padding unless ``left``)."""
         if not ids:
             raise ValueError("a batch needs at least one sequence")
@@ -84,7 +82,7 @@ class Batch:
             span = slice(width - n, width) if left else slice(0, n)
             input_ids[row, span] = torch.tensor(seq, dtype=torch.long)
             mask[row, span] = 1
-            if types is not None:
+            if types is not None and type_ids is not None:
                 types[row, span] = torch.tensor(type_ids[row], dtype=torch.long)
         return cls(input_ids, mask, types)
 
@@ -123,12 +121,16 @@ class Batch:
             batch_size=bsz,
             seq_len=width,
             full=int(cu[-1]) == bsz * width,
-            groups=(self.attention_groups(mask, lengths.tolist(), cu.tolist(), group_ratio, alone)
-                    if alone or 0 < group_ratio < 1 else ()),
+            groups=(
+                self.attention_groups(mask, lengths.tolist(), cu.tolist(), group_ratio, alone)
+                if alone or 0 < group_ratio < 1
+                else ()
+            ),
         )
 
-    def attention_groups(self, mask: torch.Tensor, lengths: list[int], cu: list[int],
-                         ratio: float, alone: bool = False) -> tuple[tuple[int, int, Packed], ...]:
+    def attention_groups(
+        self, mask: torch.Tensor, lengths: list[int], cu: list[int], ratio: float, alone: bool = False
+    ) -> tuple[tuple[int, int, Packed], ...]:
         # Greedy: a sequence opens a new group when it is shorter than ratio x the group's first, or
         # longer than it (an unsorted batch still groups correctly, only less tightly).
         starts, first = [0], lengths[0]
@@ -142,7 +144,10 @@ class Batch:
         for s, e in zip(starts, starts[1:] + [len(lengths)]):
             cols = mask[s:e].any(0).nonzero().squeeze(1)  # real columns, left or right padding
             c0, c1 = int(cols[0]), int(cols[-1]) + 1
-            sub = Batch(self.input_ids[s:e, c0:c1], self.attention_mask[s:e, c0:c1],
-                        None if self.token_type_ids is None else self.token_type_ids[s:e, c0:c1])
+            sub = Batch(
+                self.input_ids[s:e, c0:c1],
+                self.attention_mask[s:e, c0:c1],
+                None if self.token_type_ids is None else self.token_type_ids[s:e, c0:c1],
+            )
             groups.append((cu[s], cu[e], sub.packed()))
         return tuple(groups)

@@ -6,7 +6,7 @@ encoded items becomes those inputs, in numpy.
 from __future__ import annotations
 
 import itertools
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -28,9 +28,18 @@ def graph_inputs(items: Sequence[Encoded]) -> dict[str, np.ndarray]:
     total = int(cu[-1])
     ids = np.fromiter(itertools.chain.from_iterable(it.ids for it in items), dtype=np.int64, count=total)
     if items[0].type_ids is not None:
-        types = np.fromiter(itertools.chain.from_iterable(it.type_ids for it in items), dtype=np.int64, count=total)
+        types = np.fromiter(
+            itertools.chain.from_iterable(it.type_ids or () for it in items), dtype=np.int64, count=total
+        )
     else:
         types = np.zeros(total, dtype=np.int64)
     key_mask = np.arange(int(lengths.max()), dtype=np.int64) < lengths[:, None]
-    return dict(input_ids=ids, token_type_ids=types, position_ids=np.arange(total, dtype=np.int64) - np.repeat(cu[:-1], lengths),
-                indices=np.flatnonzero(key_mask), cu_seqlens=cu, lengths=lengths, key_mask=key_mask)
+    return dict(
+        input_ids=ids,
+        token_type_ids=types,
+        position_ids=np.arange(total, dtype=np.int64) - np.repeat(cu[:-1], lengths),
+        indices=np.flatnonzero(key_mask),
+        cu_seqlens=cu,
+        lengths=lengths,
+        key_mask=key_mask,
+    )

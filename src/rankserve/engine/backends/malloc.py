@@ -38,7 +38,7 @@ def glibc() -> ctypes.CDLL | None:
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version  # only glibc has it
+        _ = libc.gnu_get_libc_version  # only glibc has it
     except (OSError, AttributeError):
         return None
     return libc
@@ -53,14 +53,14 @@ def retain_freed_memory() -> bool:
     if libc is None:
         return False
     try:
-        ok = (libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
-              and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1)
+        ok = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
     except (OSError, AttributeError):
         return False
     if ok:
         _done = True
-        log.debug("glibc malloc: mmap threshold %d MiB, trim threshold %d MiB",
-                  MMAP_THRESHOLD >> 20, TRIM_THRESHOLD >> 20)
+        log.debug(
+            "glibc malloc: mmap threshold %d MiB, trim threshold %d MiB", MMAP_THRESHOLD >> 20, TRIM_THRESHOLD >> 20
+        )
     return ok
 
 
