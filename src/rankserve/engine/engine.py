@@ -338,6 +338,8 @@ class Engine:
             self.cache.put(keys[i], vector, count)
         self.metrics.cache_size.set(len(self.cache))
         every = [f for f in found if f is not None]  # all filled now: cached or just computed
+        if len(every) != len(found):  # cannot happen: each passage was cached or just computed
+            raise RuntimeError("bi-encoder ranking lost a passage's vector")
         scores = np.stack([f[0] for f in every]) @ l2_normalize(rows[0])
         counts = [f[1] for f in every]
         return RankResult(scores.tolist(), len(encoded[0]) + sum(counts), counts)
