@@ -134,7 +134,8 @@ def measure_model(label: str, model_dir: Path, args, pythons: dict[str, str]) ->
     work_dir = Path(tempfile.gettempdir()) / f"rankserve-peers-{model_dir.name}"
     print(f"\n## {label}: {len(work)} requests, {n} pairs ({args.passages} passages of {args.tokens} words)")
     rows: list[Row] = []
-    export_note = onnx_export(pythons.get("st", sys.executable), model_dir, work_dir)
+    needs_export = any(p in ONNX_PEERS for p in args.peers)
+    export_note = onnx_export(pythons.get("st", sys.executable), model_dir, work_dir) if needs_export else ""
     for peer in [p for p in PEERS if p in args.peers]:
         row = Row(peer)
         python = pythons.get(peer) or pythons.get(family(peer)) or sys.executable

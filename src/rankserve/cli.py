@@ -125,7 +125,7 @@ def config_reference() -> str:
     read from the parser itself (HELP, config.py's fields and env names), so the flags are written
     down once. ``rankserve config-reference > docs/configuration.md`` regenerates it; a test checks
     that the committed page is current."""
-    serve = build_parser()._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr,index]
+    serve = serve_parser()
     lines = [
         "# Configuration reference",
         "",
@@ -158,6 +158,12 @@ def config_reference() -> str:
         *others,
     ]
     return "\n".join(lines) + "\n"
+
+
+def serve_parser() -> argparse.ArgumentParser:
+    """``rankserve serve``'s parser, as ``build_parser`` makes it (the reference reads its options)."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices["serve"]
 
 
 def cmd_config_reference(args: argparse.Namespace) -> int:

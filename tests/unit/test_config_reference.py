@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rankserve.cli import HELP, build_parser, config_reference, main
+from rankserve.cli import HELP, config_reference, main, serve_parser
 from rankserve.config import FIELDS
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
@@ -24,7 +24,7 @@ def test_every_setting_has_help_that_says_more_than_its_name():
 
 def test_every_serve_flag_is_in_the_reference():
     text = config_reference()
-    serve = build_parser()._subparsers._group_actions[0].choices["serve"]
+    serve = serve_parser()
     flags = [f for a in serve._actions for f in a.option_strings if f.startswith("--") and f != "--help"]
     assert len(flags) > len(FIELDS)
     for flag in flags:

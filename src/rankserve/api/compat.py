@@ -92,10 +92,9 @@ def relevance(engine: Engine, logit: float, raw: bool = False) -> float:
 
 async def _rank(
     request: Request, model: str | None, query: str, texts: list[str], truncate: str, field: str = "documents"
-) -> tuple[Engine, RankResult, list[int]]:
+) -> tuple[Engine, RankResult]:
     engine, _ = engine_for(request, model, "rank")
-    result, order = await rank_request(request, engine, query, texts, truncate, field)
-    return engine, result, order
+    return engine, await rank_request(request, engine, query, texts, truncate, field)
 
 
 @router.post(
@@ -114,10 +113,8 @@ async def _rank(
 )
 async def cohere_rerank(body: CohereRerankRequest, request: Request) -> CohereRerankResponse:
     texts = [d if isinstance(d, str) else d.text for d in body.documents]
-    engine, result, order = await _rank(
-        request, body.model, body.query, texts, request.app.state.config.truncate_default
-    )
-    order = order[: body.top_n] if body.top_n else order
+    engine, result = await _rank(request, body.model, body.query, texts, request.app.state.config.truncate_default)
+    order = result.order[: body.top_n]
     return CohereRerankResponse(
         id=str(uuid.uuid4()),
         results=[
@@ -144,9 +141,8 @@ async def tei_rerank(body: TeiRerankRequest, request: Request) -> list[TeiRank]:
         raise InvalidRequest(
             "truncation_direction Left is not supported for pairs; use Right", param="truncation_direction"
         )
-    engine, result, order = await _rank(
-        request, None, body.query, body.texts, "END" if body.truncate else "NONE", "texts"
-    )
+    engine, result = await _rank(request, None, body.query, body.texts, "END" if body.truncate else "NONE", "texts")
+    order = result.order
     return [
         TeiRank(
             index=i,
@@ -251,7 +247,7 @@ async def vllm_score(body: VllmScoreRequest, request: Request) -> VllmScoreRespo
 
     async def one(query: str, indices: list[int]) -> None:
         nonlocal tokens
-        result, _ = await rank_request(request, engine, query, [pairs[i][1] for i in indices], "END", "text_2")
+        result = await rank_request(request, engine, query, [pairs[i][1] for i in indices], "END", "text_2")
         tokens += result.tokens
         for i, score in zip(indices, result.scores):
             scores[i] = relevance(engine, score)

@@ -201,14 +201,13 @@ async def rank_request(
     truncate: str,
     field: str,
     images: list[str | None] | None = None,
-) -> tuple[RankResult, list[int]]:
-    """What every rerank route does: the per-request limits, the engine call (with the request's
-    priority, deadline and disconnect handling), and the passage indices best first. ``images``:
+) -> RankResult:
+    """What every rerank route does: the per-request limits and the engine call (with the request's
+    priority, deadline and disconnect handling); ``.order`` of the result is best first. ``images``:
     per passage a data URL or None (NIM's VL reranker shape)."""
     check_rank_input(request.app.state.config, query, texts, field)
     work = engine.rank(query, texts, truncate, priority_of(request), images)  # type: ignore[arg-type]
-    result = await unless_disconnected(request, work)
-    return result, result.order
+    return await unless_disconnected(request, work)
 
 
 async def embed_request(

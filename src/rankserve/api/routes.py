@@ -14,21 +14,18 @@ from rankserve.api.requests import check_auth, embed_request, engine_for, rank_r
 from rankserve.metrics import render as render_metrics
 
 router = APIRouter()
-ERRORS = s.ERRORS  # the error answers every route documents
 
 
-@router.post("/v1/ranking", response_model=s.RankingResponse, responses=ERRORS, dependencies=[Depends(check_auth)])
+@router.post("/v1/ranking", response_model=s.RankingResponse, responses=s.ERRORS, dependencies=[Depends(check_auth)])
 async def ranking(body: s.RankingRequest, request: Request) -> s.RankingResponse:
     engine, _ = engine_for(request, body.model, "rank")
     texts = [p.text or "" for p in body.passages]
     images = [p.image for p in body.passages]
     truncate = body.truncate or request.app.state.config.truncate_default
-    result, order = await rank_request(
+    result = await rank_request(
         request, engine, body.query.text, texts, truncate, "passages", images if any(images) else None
     )
-    top = body.top_k or body.top_n
-    if top is not None:
-        order = order[:top]
+    order = result.order[: body.top_k or body.top_n]
     return s.RankingResponse(
         rankings=[s.Ranking(index=i, logit=result.scores[i]) for i in order],
         usage=s.Usage(prompt_tokens=result.tokens, total_tokens=result.tokens),
@@ -36,7 +33,7 @@ async def ranking(body: s.RankingRequest, request: Request) -> s.RankingResponse
 
 
 @router.post(
-    "/v1/embeddings", response_model=s.EmbeddingsResponse, responses=ERRORS, dependencies=[Depends(check_auth)]
+    "/v1/embeddings", response_model=s.EmbeddingsResponse, responses=s.ERRORS, dependencies=[Depends(check_auth)]
 )
 async def embeddings(body: s.EmbeddingsRequest, request: Request) -> s.EmbeddingsResponse:
     engine, suffix_type = engine_for(request, body.model, "embed", ("query", "passage"))

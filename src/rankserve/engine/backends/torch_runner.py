@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from rankserve.engine.backends import cpu_bf16
+import rankserve.engine.backends.cpu_bf16 as cpu_bf16
 from rankserve.engine.backends.cpu import available_cores
 from rankserve.engine.backends.cpu_gemm import use_cpu_gemm
 from rankserve.engine.backends.malloc import PeriodicTrim, retain_freed_memory
