@@ -3,7 +3,8 @@
 Issue 32 asks whether a calibrated int8 keeps the ranking (top-5 >= 0.98) where bf16 is not native
 (AVX2 hosts) while dynamic int8 (onnxruntime, ``--quantize int8``) keeps 0.81-0.94. This measures it
 on rankserve's own ONNX export of the MiniLM-L6 cross-encoder (``onnx_runner.exported_model``),
-below the engine: the same length-sorted batches of 16 pairs go through each compiled model.
+below the engine: the same length-sorted batches of 16 pairs go through each compiled model
+(onnxruntime's through the served ``OnnxRunner``).
 
 The man-page workload (real queries and their BM25 top-40 candidates) is split by query: the first
 half calibrates (and, with ``--accuracy-control``, validates NNCF's search for layers to keep in
@@ -23,6 +24,7 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,53 +35,46 @@ from int8 import agreement, top_k_overlap  # noqa: E402
 
 from rankserve.engine.backends.cpu import available_cores  # noqa: E402
 from rankserve.engine.backends.onnx_graph import graph_inputs  # noqa: E402
-from rankserve.engine.backends.onnx_runner import exported_model  # noqa: E402
+from rankserve.engine.backends.onnx_runner import OnnxRunner, exported_model  # noqa: E402
 from rankserve.engine.engine import tokenizer_policy  # noqa: E402
+from rankserve.engine.outputs import finish  # noqa: E402
+from rankserve.engine.tokenize import Encoded  # noqa: E402
 from rankserve.models.loader import load_model  # noqa: E402
+from rankserve.models.spec import ModelSpec  # noqa: E402
 
-Batches = list[tuple[list[int], dict[str, np.ndarray]]]  # one query: (pair indices, graph inputs) per batch
+Batches = list[tuple[list[int], list[Encoded]]]  # one query: (pair indices, encoded pairs) per batch
 
 
 def query_batches(policy, query: str, passages: list[str], size: int = 16) -> Batches:
     """The query's pairs, sorted by length and cut into batches of ``size`` (as the batcher would)."""
     enc = policy.pairs(query, passages, "END")
     order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
-    return [
-        (order[s : s + size], graph_inputs([enc[i] for i in order[s : s + size]])) for s in range(0, len(order), size)
-    ]
-
-
-class OrtScorer:
-    """onnxruntime session with the one call ``score`` needs (``run(feed) -> [B] logits``)."""
-
-    def __init__(self, path: Path, threads: int):
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.names = [i.name for i in self.session.get_inputs()]
-
-    def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
-        return self.session.run(None, {k: feed[k] for k in self.names})[0]
+    return [(order[s : s + size], [enc[i] for i in order[s : s + size]]) for s in range(0, len(order), size)]
 
 
 class OvScorer:
-    def __init__(self, compiled):
+    """An NNCF-quantized (or float32) OpenVINO model behind the Runner contract (``forward(items)``),
+    compiled as ``OpenVinoRunner`` compiles: that runner only takes the export's file, these are
+    in-memory models."""
+
+    def __init__(self, spec: ModelSpec, compiled):
+        self.spec = spec
         self.compiled = compiled
         self.request = compiled.create_infer_request()
         self.names = [i.get_any_name() for i in compiled.inputs]
 
-    def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
-        return self.request.infer({k: feed[k] for k in self.names})[self.compiled.output(0)]
+    def forward(self, items: list[Encoded]) -> np.ndarray:
+        arrays = graph_inputs(items)
+        out = self.request.infer({k: arrays[k] for k in self.names})[self.compiled.output(0)]
+        return finish(self.spec, out)
 
 
-def score(scorer, queries: list[Batches]) -> list[list[float]]:
+def score(forward: Callable[[list[Encoded]], np.ndarray], queries: list[Batches]) -> list[list[float]]:
     out = []
     for batches in queries:
         s = np.zeros(sum(len(i) for i, _ in batches), dtype=np.float32)
-        for idx, feed in batches:
-            s[idx] = np.asarray(scorer.run(feed)).reshape(len(idx), -1)[:, 0]
+        for idx, items in batches:
+            s[idx] = forward(items)
         out.append(s.tolist())
     return out
 
@@ -107,11 +102,20 @@ def main() -> None:
         f"{half} calibration queries, {len(test)} measured, {args.per_query} passages each"
     )
     core = ov.Core()
-    props = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
-    props["INFERENCE_NUM_THREADS"] = threads
+    props = {
+        "INFERENCE_PRECISION_HINT": "f32",
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": 1,
+        "INFERENCE_NUM_THREADS": threads,
+        "ENABLE_CPU_PINNING": False,
+    }
+
+    def compiled(model) -> Callable[[list[Encoded]], np.ndarray]:
+        return OvScorer(spec, core.compile_model(model, "CPU", props)).forward
+
     base = core.read_model(str(exported_model(spec, "none")))
-    scorers = {"openvino f32 (reference)": OvScorer(core.compile_model(base, "CPU", props))}
-    dataset = nncf.Dataset([feed for q in calib for _, feed in q])
+    scorers = {"openvino f32 (reference)": compiled(base)}
+    dataset = nncf.Dataset([graph_inputs(items) for q in calib for _, items in q])
     n_calib = sum(len(q) for q in calib)
     variants = {
         "nncf static int8 (transformer)": dict(model_type=nncf.ModelType.TRANSFORMER),
@@ -127,13 +131,13 @@ def main() -> None:
     for name, kw in variants.items():
         t = time.perf_counter()
         quantized = nncf.quantize(base, dataset, subset_size=n_calib, **kw)
-        scorers[name] = OvScorer(core.compile_model(quantized, "CPU", props))
+        scorers[name] = compiled(quantized)
         _, top5, _ = agreement(calib_ref, score(scorers[name], calib))
         print(f"  {name}: calibrated in {time.perf_counter() - t:.0f}s, top-5 on the calibration queries {top5:.3f}")
     if args.accuracy_control:
 
-        def validate(compiled, data) -> float:
-            got = score(OvScorer(compiled), [b for b, _ in data])
+        def validate(model, data) -> float:  # model: NNCF hands over a compiled model
+            got = score(OvScorer(spec, model).forward, [b for b, _ in data])
             return statistics.mean(top_k_overlap(r, g) for (_, r), g in zip(data, got))
 
         t = time.perf_counter()
@@ -147,11 +151,9 @@ def main() -> None:
             model_type=nncf.ModelType.TRANSFORMER,
             subset_size=n_calib,
         )
-        scorers["nncf static int8 (accuracy control, drop <= 0.015)"] = OvScorer(
-            core.compile_model(quantized, "CPU", props)
-        )
+        scorers["nncf static int8 (accuracy control, drop <= 0.015)"] = compiled(quantized)
         print(f"  accuracy control: {time.perf_counter() - t:.0f}s")
-    scorers["onnxruntime dynamic int8 (--quantize int8)"] = OrtScorer(exported_model(spec, "int8"), threads)
+    scorers["onnxruntime dynamic int8 (--quantize int8)"] = OnnxRunner(spec, threads, quantize="int8").forward
 
     best = dict.fromkeys(scorers, float("inf"))
     scores = {}
