@@ -135,6 +135,29 @@ def add_commands(subparsers) -> None:
     man.add_argument("--no-progress", action="store_true", help="hide progress bars")
     man.set_defaults(func=cmd_data_manpages)
 
+    docs = data_sub.add_parser(
+        "docs",
+        help="BEIR datasets from Debian's other documentation: info manuals (index entry -> node), "
+        "Python's library reference (first sentence -> API entry), the Debian Reference (section title "
+        "-> section)",
+        description='See docs/evaluation.md ("More corpora") for how each query and document is made.',
+        formatter_class=_Help,
+    )
+    docs.add_argument("--sources", default="info,pydoc,debref", help="comma-separated: info, pydoc, debref")
+    docs.add_argument("--out", required=True, type=Path, help="output folder: OUT/<source>[-train|-test]")
+    docs.add_argument("--debref-langs", default="en", help="Debian Reference languages (en, de, fr, ...)")
+    docs.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.0,
+        help="> 0: write <source>-train and <source>-test, split by manual / module page / chapter",
+    )
+    docs.add_argument("--seed", type=int, default=0, help="seed of the train/test split")
+    docs.add_argument("--info-root", type=Path, default=Path("/usr/share/info"))
+    docs.add_argument("--pydoc-root", type=Path, default=Path("/usr/share/doc/python3.11/html/library"))
+    docs.add_argument("--debref-root", type=Path, default=Path("/usr/share/debian-reference"))
+    docs.set_defaults(func=cmd_data_docs)
+
 
 def require(*modules: str) -> None:
     """Fail with the install line, not a traceback, when an evaluation dependency is missing."""
@@ -275,4 +298,23 @@ def cmd_data_manpages(args: argparse.Namespace) -> int:
     manifest = build(args.out, opts)
     for name, size in manifest["variants"].items():
         print(f"{name}: {size['documents']} documents, {size['pages']} pages, {size['queries']} queries")
+    return 0
+
+
+@_usage_errors
+def cmd_data_docs(args: argparse.Namespace) -> int:
+    from rankserve.eval.docsets import DocsOptions, build
+
+    opts = DocsOptions(
+        sources=[x for x in args.sources.split(",") if x],
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        debref_langs=[x for x in args.debref_langs.split(",") if x],
+        info_root=args.info_root,
+        pydoc_root=args.pydoc_root,
+        debref_root=args.debref_root,
+    )
+    manifest = build(args.out, opts)
+    for name, size in manifest["variants"].items():
+        print(f"{name}: {size['documents']} documents, {size['units']} units, {size['queries']} queries")
     return 0

@@ -279,20 +279,13 @@ def write_variant(
     }
 
 
-def installed_packages() -> dict[str, str]:
-    """Versions of the installed man-page and renderer packages (the data's provenance)."""
+def installed_packages(patterns: tuple[str, ...] = ("manpages*", "groff-base", "mandoc")) -> dict[str, str]:
+    """Versions of the installed packages the data comes from (its provenance): by default the
+    man-page and renderer packages."""
     if not shutil.which("dpkg-query"):
         return {}
     proc = subprocess.run(
-        [
-            "dpkg-query",
-            "-W",
-            "-f",
-            "${Package}\t${Version}\t${db:Status-Abbrev}\n",
-            "manpages*",
-            "groff-base",
-            "mandoc",
-        ],
+        ["dpkg-query", "-W", "-f", "${Package}\t${Version}\t${db:Status-Abbrev}\n", *patterns],
         capture_output=True,
         text=True,
     )

@@ -11,6 +11,11 @@ passages is trained on or mined as a negative), evaluates the trained model on t
 there the rerank weight w with which each +Rerank list is fused with its first stage (weighted RRF;
 w = 1 is the reranker alone). The held-out table then shows both the reranker alone and fused at
 that w, which ``rankserve eval --rerank-weight trained`` applies: the test split never chooses it.
+``--validation-dataset DIR`` chooses w on another corpus instead (one not trained on), so that w
+reflects how far the reranker can be trusted off its training corpus, not on it.
+
+Several ``--dataset`` sets are mixed: each is mined on its own (negatives come from its own
+corpus) and the trainer shuffles their examples together.
 """
 
 from __future__ import annotations
@@ -34,7 +39,14 @@ def add_command(subparsers) -> None:
         description=__doc__,
         formatter_class=_Help,
     )
-    tr.add_argument("--dataset", required=True, type=Path, help="BEIR training set (e.g. a manpages -train split)")
+    tr.add_argument(
+        "--dataset",
+        required=True,
+        type=Path,
+        nargs="+",
+        help="BEIR training set(s) (e.g. a manpages -train split); several are mixed (mined one by one, "
+        "trained on together)",
+    )
     tr.add_argument("--output", required=True, type=Path, help="model folder to write (safetensors cross-encoder)")
     tr.add_argument(
         "--base",
@@ -63,12 +75,21 @@ def add_command(subparsers) -> None:
         "(pointwise); on the man pages listwise ranked far better (docs/evaluation.md)",
     )
     tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--max-queries", type=int, default=0, help="train on a seeded sample of this many queries; 0 = all")
+    tr.add_argument(
+        "--max-queries",
+        type=int,
+        default=0,
+        help="train on a seeded sample of this many queries of each training set; 0 = all",
+    )
     tr.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps (quick runs)")
     tr.add_argument("--save-steps", type=int, default=500, help="checkpoint every this many steps (for --resume)")
     tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUTPUT/checkpoints")
     tr.add_argument(
-        "--eval-dataset", type=Path, default=None, help="held-out BEIR set: the full table with the new reranker"
+        "--eval-dataset",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="held-out BEIR set(s): the full table with the new reranker, one per set",
     )
     tr.add_argument("--eval-top-k", type=int, default=20, help="rerank depth of the held-out evaluation")
     tr.add_argument(
@@ -77,6 +98,19 @@ def add_command(subparsers) -> None:
         default=0.0,
         help="> 0: hold out this fraction of the training pages (seeded) and choose the rerank fusion "
         "weight on them (0 = train on all, no weight chosen)",
+    )
+    tr.add_argument(
+        "--validation-dataset",
+        type=Path,
+        default=None,
+        help="choose the rerank fusion weight on this BEIR set instead: a corpus not trained on, so the "
+        "weight is not fitted to the training corpus's style (docs/evaluation.md)",
+    )
+    tr.add_argument(
+        "--validation-queries",
+        type=int,
+        default=0,
+        help="choose the weight on a seeded sample of this many validation queries; 0 = all",
     )
     tr.add_argument("--cache-dir", type=Path, default=default_cache_dir(), help="embedding and negatives cache")
     tr.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -99,38 +133,59 @@ async def run_train(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     if not 0.0 <= args.validation_fraction < 1.0:
         raise ValueError(f"--validation-fraction {args.validation_fraction}: must be in [0, 1)")
-    ds = beir.load(args.dataset)
-    validation = None
-    if args.validation_fraction > 0:
-        ds, validation, dropped = ds.split_pages(args.validation_fraction, f"validation:{args.seed}")
-        if not validation.query_ids or not ds.query_ids:
-            raise ValueError(
-                f"--validation-fraction {args.validation_fraction} leaves {len(ds.query_ids)} training and "
-                f"{len(validation.query_ids)} validation queries: both need some"
+    if args.validation_fraction > 0 and args.validation_dataset is not None:
+        raise ValueError("give --validation-fraction or --validation-dataset, not both")
+    if args.validation_fraction > 0 and len(args.dataset) > 1:
+        raise ValueError("--validation-fraction splits one training set: with several, give --validation-dataset")
+    train_sets, validation = [], None
+    for path in args.dataset:
+        ds = beir.load(path)
+        if args.validation_fraction > 0:
+            ds, held, dropped = ds.split_pages(args.validation_fraction, f"validation:{args.seed}")
+            if not held.query_ids or not ds.query_ids:
+                raise ValueError(
+                    f"--validation-fraction {args.validation_fraction} leaves {len(ds.query_ids)} training and "
+                    f"{len(held.query_ids)} validation queries of {path}: both need some"
+                )
+            print(
+                f"validation: {len(held.query_ids)} queries on held-out pages of {path} "
+                f"({len(ds.query_ids)} left to train on, {dropped} dropped: relevant pages on both sides)",
+                file=sys.stderr,
             )
-        print(
-            f"validation: {len(validation.query_ids)} queries on held-out training pages "
-            f"({len(ds.query_ids)} left to train on, {dropped} dropped: relevant pages on both sides)",
-            file=sys.stderr,
+            validation = held
+        if args.max_queries and len(ds.query_ids) > args.max_queries:
+            ds = ds.subset(random.Random(args.seed).sample(sorted(ds.query_ids), args.max_queries))
+        train_sets.append(ds)
+    if args.validation_dataset is not None:
+        validation = beir.load(args.validation_dataset)
+    if validation is not None and 0 < args.validation_queries < len(validation.query_ids):
+        validation = validation.subset(
+            random.Random(args.seed).sample(sorted(validation.query_ids), args.validation_queries)
         )
-    if args.max_queries and len(ds.query_ids) > args.max_queries:
-        ds = ds.subset(random.Random(args.seed).sample(sorted(ds.query_ids), args.max_queries))
     started = time.perf_counter()
     embedder = await LocalEngine.open(None) if args.mine != "bm25" else None
+    train_set = []
     try:
-        negatives = await mine(
-            ds, args.mine, args.negatives, embedder, args.cache_dir, progress=progress, position=args.negative_passages
-        )
+        for ds in train_sets:
+            negatives = await mine(
+                ds,
+                args.mine,
+                args.negatives,
+                embedder,
+                args.cache_dir,
+                progress=progress,
+                position=args.negative_passages,
+            )
+            part = examples(ds, negatives)
+            print(
+                f"{ds.name}: {len(part)} training queries, {args.negatives} {args.mine} negatives each", file=sys.stderr
+            )
+            train_set += part
     finally:
         if embedder is not None:
             await embedder.close()
     mining_s = time.perf_counter() - started
-    train_set = examples(ds, negatives)
-    print(
-        f"{ds.name}: {len(train_set)} training queries, {args.negatives} {args.mine} negatives each "
-        f"(mined in {mining_s:.1f} s)",
-        file=sys.stderr,
-    )
+    print(f"{len(train_set)} training queries in all (mined in {mining_s:.1f} s)", file=sys.stderr)
     opts = FitOptions(
         output=args.output,
         base=resolve(args.base).path,
@@ -148,8 +203,9 @@ async def run_train(args: argparse.Namespace) -> int:
     )
     stats = await asyncio.to_thread(fit, train_set, opts)
     record = {
-        "dataset": str(args.dataset),
-        "queries": len(ds.query_ids),
+        "dataset": [str(p) for p in args.dataset],
+        "queries": sum(len(ds.query_ids) for ds in train_sets),
+        "queries_per_dataset": {str(p): len(ds.query_ids) for p, ds in zip(args.dataset, train_sets)},
         "training": stats,
         "mining": {
             "method": args.mine,
@@ -172,21 +228,17 @@ async def run_train(args: argparse.Namespace) -> int:
                     embedder,
                     reranker,
                     validation,
-                    f"{args.dataset} (validation pages)",
+                    str(args.validation_dataset)
+                    if args.validation_dataset is not None
+                    else f"{', '.join(map(str, args.dataset))} (validation pages)",
                     progress,
                     choose_weight=True,
                 )
                 weight = record["validation"]["rerank_weight"]
-            if args.eval_dataset is not None:
-                record["heldout"] = await evaluate(
-                    args,
-                    embedder,
-                    reranker,
-                    beir.load(args.eval_dataset),
-                    str(args.eval_dataset),
-                    progress,
-                    weight=weight,
-                )
+            for n, path in enumerate(args.eval_dataset or []):
+                table = await evaluate(args, embedder, reranker, beir.load(path), str(path), progress, weight=weight)
+                # the first held-out set keeps the key earlier records (and rankserve eval) use
+                record["heldout" if n == 0 else f"heldout_{n + 1}"] = table
         finally:
             for client in opened:
                 await client.close()
