@@ -243,3 +243,32 @@ def test_validation_pages_choose_the_fusion_weight_that_eval_applies(tmp_path, b
         main(["eval", "--dataset", str(heldout), "--output", str(results), "--rerank-weight", "1.5", "--no-progress"])
         == 2
     )
+
+
+def test_several_training_sets_are_mixed_and_the_weight_is_chosen_on_another_corpus(tmp_path, bert_bi_dir, capsys):
+    """Two --dataset sets are mined one by one and trained on together; --validation-dataset (a set
+    not trained on) chooses the fusion weight; every --eval-dataset gets its own table."""
+    require(
+        all(__import__("importlib").util.find_spec(m) for m in ("bm25s", "datasets", "sentence_transformers")),
+        "training needs the [train] extra",
+        "pip install 'rankserve[train]'",
+    )
+    first, second = synthetic_beir(tmp_path / "a"), synthetic_beir(tmp_path / "b", passages_per_page=3, seed=2)
+    validation, test = synthetic_beir(tmp_path / "val", seed=3), synthetic_beir(tmp_path / "test", seed=1)
+    out = tmp_path / "model"
+    common = ["train", "--dataset", str(first), str(second), "--output", str(out), "--base", str(bert_bi_dir)]
+    common += ["--mine", "bm25", "--negatives", "2", "--batch-size", "8", "--max-length", "48", "--max-steps", "4"]
+    common += ["--no-progress", "--cache-dir", str(tmp_path / "cache")]
+    # splitting "the" training set is ambiguous with two of them: refused before any work
+    assert main(common + ["--validation-fraction", "0.3"]) == 2
+    assert "--validation-dataset" in capsys.readouterr().err and not out.exists()
+    args = common + ["--max-queries", "10", "--validation-dataset", str(validation), "--validation-queries", "8"]
+    assert main(args + ["--eval-dataset", str(test), str(validation), "--eval-top-k", "5"]) == 0
+    record = json.loads((out / "training.json").read_text())
+    assert record["queries_per_dataset"] == {str(first): 10, str(second): 10} and record["queries"] == 20
+    assert record["training"]["rows"] == 20  # both sets' examples in one training table
+    assert record["validation"]["dataset"] == str(validation) and record["validation"]["queries"] == 8
+    weight = record["validation"]["rerank_weight"]
+    assert record["heldout"]["dataset"] == str(test) and record["heldout_2"]["dataset"] == str(validation)
+    assert record["heldout"]["rerank_weight"] == record["heldout_2"]["rerank_weight"] == weight
+    assert record["heldout"]["queries"] == record["heldout_2"]["queries"] == len(TOPICS)
