@@ -73,7 +73,10 @@ def st_cross_encoder(model_dir: Path, work: Path, backend: str, variant: str = "
         else:
             config = "avx512_vnni" if "avx512_vnni" in open("/proc/cpuinfo").read() else "avx2"
             export_dynamic_quantized_onnx_model(model, config, str(path))
-            kwargs = {"file_name": f"onnx/model_qint8_{config}.onnx"}
+            # the weights' type is in the name: qint8 for avx512_vnni, quint8 for avx2 (optimum's
+            # AutoQuantizationConfig); loading a name that is not there re-exports and fails
+            (written,) = sorted((path / "onnx").glob(f"model_*int8_{config}.onnx"))
+            kwargs = {"file_name": f"onnx/{written.name}"}
     model = CrossEncoder(str(path), device="cpu", backend=backend, model_kwargs=kwargs)
     identity = torch.nn.Identity()
 
