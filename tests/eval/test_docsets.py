@@ -171,3 +171,12 @@ def test_installed_debian_reference_gives_hundreds_of_sections():
     docs = docsets.debref_docs()
     assert len(docs) > 300 and len({d.unit for d in docs}) >= 10
     assert all(len(d.text.split()) >= docsets.MIN_DOC_WORDS for d in docs)
+
+
+@pytest.mark.skipif(not Path("/usr/share/info/coreutils.info.gz").exists(), reason="no installed info manuals")
+def test_installed_info_manuals_index_their_nodes():
+    docs = docsets.info_docs()
+    indexed = {d.unit for d in docs if d.queries}
+    assert {"coreutils", "grep"} <= indexed and len([d for d in docs if d.queries]) > 200
+    # manuals split across files (find.info, find.info-1, ...) are read as one
+    assert all(not d.unit.startswith("python") for d in docs)

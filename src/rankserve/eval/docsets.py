@@ -24,7 +24,7 @@ from __future__ import annotations
 import gzip
 import html.parser
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +49,7 @@ def _norm(text: str) -> str:
 
 # -- info manuals ------------------------------------------------------------------------------
 
+INFO_FILE = re.compile(r"^(?P<name>.+?)\.info(?:-(?P<part>\d+))?(?:\.gz)?$")
 INFO_HEADER = re.compile(r"^File: [^,]+,\s+Node: ([^,\n]+)")
 INDEX_ENTRY = re.compile(r"^\* (?P<entry>.+?):\s+(?P<node>[^(\s][^\n]*?)\.(?:\s+\(line\s+\d+\))?\s*$")
 
@@ -61,12 +62,16 @@ def info_manuals(root: Path) -> dict[str, list[Path]]:
     """Manual name -> its files (``find.info.gz``, ``find.info-1.gz``, ...), main file first."""
     manuals: dict[str, list[Path]] = {}
     for f in sorted(root.glob("*.info*")):
-        m = re.match(r"^(?P<name>.+?)\.info(?:-(?P<part>\d+))?(?:\.gz)?$", f.name)
-        if m:
+        if m := INFO_FILE.match(f.name):
             manuals.setdefault(m["name"], []).append(f)
     for files in manuals.values():
-        files.sort(key=lambda f: int(m["part"]) if (m := re.search(r"-(?P<part>\d+)(?:\.gz)?$", f.name)) else 0)
+        files.sort(key=_info_part)
     return manuals
+
+
+def _info_part(path: Path) -> int:
+    m = INFO_FILE.match(path.name)
+    return int(m["part"]) if m and m["part"] else 0
 
 
 def info_docs(root: Path = Path("/usr/share/info"), exclude: Iterable[str] = ("python",)) -> list[Doc]:
@@ -202,8 +207,7 @@ def write_set(out: Path, name: str, docs: list[Doc], lang: str, test_fraction: f
     by_query: dict[str, tuple[str, set[str]]] = {}
     for d in docs:
         for q in d.queries:
-            text, ids = by_query.setdefault(_norm(q), (q, set()))
-            ids.add(d.id)
+            by_query.setdefault(_norm(q), (q, set()))[1].add(d.id)
     unit = {d.id: d.unit for d in docs}
     splits = {name: lambda u: True}
     if test_fraction > 0:
@@ -214,7 +218,8 @@ def write_set(out: Path, name: str, docs: list[Doc], lang: str, test_fraction: f
     sizes = {}
     for split, keep in splits.items():
         kept_docs = sorted((d for d in docs if keep(d.unit)), key=lambda d: d.id)
-        queries, qrels = [], {}
+        queries: list[dict] = []
+        qrels: dict[str, dict[str, int]] = {}
         for key in sorted(by_query):
             text, ids = by_query[key]
             if len(ids) > MAX_RELEVANT or not all(keep(unit[i]) for i in ids):
@@ -256,7 +261,7 @@ def build(out: Path, opts: DocsOptions) -> dict:
     bad = [s for s in opts.sources if s not in SOURCES]
     if bad or not opts.sources:
         raise ValueError(f"sources {bad or opts.sources}: choose from {', '.join(SOURCES)}")
-    plans: list[tuple[str, str, Path, object]] = []
+    plans: list[tuple[str, str, Path, Callable[[Path], list[Doc]]]] = []
     if "info" in opts.sources:
         plans.append(("info", "en", opts.info_root, info_docs))
     if "pydoc" in opts.sources:
@@ -270,7 +275,7 @@ def build(out: Path, opts: DocsOptions) -> dict:
         if not source.exists():
             package = {"info": "the manuals' packages", "pydoc": "python3.11-doc"}.get(name, f"debian-reference-{lang}")
             raise FileNotFoundError(f"{name}: {source} is missing (apt-get install {package})")
-        docs = reader(source)  # type: ignore[operator]
+        docs = reader(source)
         variants.update(write_set(out, name, docs, lang, opts.test_fraction, opts.seed))
     manifest = {
         "variants": variants,
