@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import require
 
 from rankserve.cli import main
 from rankserve.eval import beir, docsets
@@ -163,18 +164,19 @@ def test_data_docs_says_which_package_is_missing(tmp_path, capsys):
     assert "python3.11-doc" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(
-    not Path("/usr/share/debian-reference/debian-reference.en.txt.gz").exists(),
-    reason="apt-get install debian-reference-en",
-)
 def test_installed_debian_reference_gives_hundreds_of_sections():
+    require(
+        Path("/usr/share/debian-reference/debian-reference.en.txt.gz").exists(),
+        "no Debian Reference",
+        "apt-get install debian-reference-en",
+    )
     docs = docsets.debref_docs()
     assert len(docs) > 300 and len({d.unit for d in docs}) >= 10
     assert all(len(d.text.split()) >= docsets.MIN_DOC_WORDS for d in docs)
 
 
-@pytest.mark.skipif(not Path("/usr/share/info/coreutils.info.gz").exists(), reason="no installed info manuals")
 def test_installed_info_manuals_index_their_nodes():
+    require(Path("/usr/share/info/coreutils.info.gz").exists(), "no info manuals", "apt-get install coreutils")
     docs = docsets.info_docs()
     indexed = {d.unit for d in docs if d.queries}
     assert {"coreutils", "grep"} <= indexed and len([d for d in docs if d.queries]) > 200
