@@ -262,6 +262,9 @@ def test_several_training_sets_are_mixed_and_the_weight_is_chosen_on_another_cor
     # splitting "the" training set is ambiguous with two of them: refused before any work
     assert main(common + ["--validation-fraction", "0.3"]) == 2
     assert "--validation-dataset" in capsys.readouterr().err and not out.exists()
+    # nor is a weight chosen on a set it trains on
+    assert main(common + ["--validation-dataset", str(first)]) == 2
+    assert "also a training set" in capsys.readouterr().err and not out.exists()
     args = common + ["--max-queries", "10", "--validation-dataset", str(validation), "--validation-queries", "8"]
     assert main(args + ["--eval-dataset", str(test), str(validation), "--eval-top-k", "5"]) == 0
     record = json.loads((out / "training.json").read_text())

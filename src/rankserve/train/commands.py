@@ -135,6 +135,8 @@ async def run_train(args: argparse.Namespace) -> int:
         raise ValueError(f"--validation-fraction {args.validation_fraction}: must be in [0, 1)")
     if args.validation_fraction > 0 and args.validation_dataset is not None:
         raise ValueError("give --validation-fraction or --validation-dataset, not both")
+    if args.validation_dataset is not None and args.validation_dataset.resolve() in {p.resolve() for p in args.dataset}:
+        raise ValueError(f"--validation-dataset {args.validation_dataset} is also a training set: give another corpus")
     if args.validation_fraction > 0 and len(args.dataset) > 1:
         raise ValueError("--validation-fraction splits one training set: with several, give --validation-dataset")
     train_sets, validation = [], None
