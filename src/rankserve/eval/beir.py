@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,13 @@ class Dataset:
             )
         return parts[0], parts[1], len(self.query_ids) - len(placed)
 
+    def sample(self, n: int | None, seed: int) -> Dataset:
+        """A seeded sample of ``n`` queries (sorted ids first, so the sample depends only on the ids
+        and the seed), with the whole corpus; the dataset itself when ``n`` is 0/None or covers all."""
+        if not n or n >= len(self.query_ids):
+            return self
+        return self.subset(random.Random(seed).sample(sorted(self.query_ids), n))
+
     def subset(self, query_ids: Iterable[str]) -> Dataset:
         keep = set(query_ids)
         pairs = [(q, t) for q, t in zip(self.query_ids, self.query_texts) if q in keep]
@@ -87,6 +95,12 @@ class Dataset:
             self.doc_lang,
             {q: lang for q, lang in self.query_lang.items() if q in keep},
         )
+
+
+def query_key(text: str) -> str:
+    """The form under which two query texts count as the same (case and spacing ignored): builders
+    drop, or pool, queries that share it."""
+    return " ".join(text.lower().split())
 
 
 def held_out(unit_id: str, fraction: float, seed: int | str) -> bool:

@@ -190,8 +190,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 async def run_eval(args: argparse.Namespace) -> int:
-    import random
-
     from rankserve.eval import beir, report
     from rankserve.eval.clients import open_clients
     from rankserve.eval.pipeline import Options, run_dataset, write_run
@@ -223,8 +221,7 @@ async def run_eval(args: argparse.Namespace) -> int:
     try:
         for path in paths:
             ds = beir.load(path)
-            if args.max_queries and len(ds.query_ids) > args.max_queries:
-                ds = ds.subset(random.Random(args.seed).sample(sorted(ds.query_ids), args.max_queries))
+            ds = ds.sample(args.max_queries, args.seed)
             print(f"{ds.name}: {len(ds.doc_ids)} documents, {len(ds.query_ids)} queries", file=sys.stderr)
             result = await run_dataset(ds, embedder, reranker, opts)
             for name, run in result.runs.items():

@@ -43,10 +43,6 @@ class Doc:
     queries: list[str] = field(default_factory=list)
 
 
-def _norm(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
 # -- info manuals ------------------------------------------------------------------------------
 
 INFO_FILE = re.compile(r"^(?P<name>.+?)\.info(?:-(?P<part>\d+))?(?:\.gz)?$")
@@ -207,7 +203,7 @@ def write_set(out: Path, name: str, docs: list[Doc], lang: str, test_fraction: f
     by_query: dict[str, tuple[str, set[str]]] = {}
     for d in docs:
         for q in d.queries:
-            by_query.setdefault(_norm(q), (q, set()))[1].add(d.id)
+            by_query.setdefault(beir.query_key(q), (q, set()))[1].add(d.id)
     unit = {d.id: d.unit for d in docs}
     splits = {name: lambda u: True}
     if test_fraction > 0:

@@ -256,9 +256,9 @@ def write_variant(
     """One BEIR directory; queries with a description shared by another page are dropped."""
     counts: dict[str, int] = {}
     for p in queries:
-        key = " ".join(p.description.lower().split())
+        key = beir.query_key(p.description)
         counts[key] = counts.get(key, 0) + 1
-    kept = [p for p in queries if counts[" ".join(p.description.lower().split())] == 1]
+    kept = [p for p in queries if counts[beir.query_key(p.description)] == 1]
     query_rows = [{"_id": f"{q_lang}:{p.id}", "text": p.description, "metadata": {"lang": q_lang}} for p in kept]
     qrels = {f"{q_lang}:{p.id}": {p.id: 1} for p in kept}
     corpus = []

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import random
 import sys
 import time
 from pathlib import Path
@@ -155,15 +154,11 @@ async def run_train(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             validation = held
-        if args.max_queries and len(ds.query_ids) > args.max_queries:
-            ds = ds.subset(random.Random(args.seed).sample(sorted(ds.query_ids), args.max_queries))
-        train_sets.append(ds)
+        train_sets.append(ds.sample(args.max_queries, args.seed))
     if args.validation_dataset is not None:
         validation = beir.load(args.validation_dataset)
-    if validation is not None and 0 < args.validation_queries < len(validation.query_ids):
-        validation = validation.subset(
-            random.Random(args.seed).sample(sorted(validation.query_ids), args.validation_queries)
-        )
+    if validation is not None:
+        validation = validation.sample(max(args.validation_queries, 0), args.seed)
     started = time.perf_counter()
     embedder = await LocalEngine.open(None) if args.mine != "bm25" else None
     train_set = []
@@ -232,7 +227,7 @@ async def run_train(args: argparse.Namespace) -> int:
                     validation,
                     str(args.validation_dataset)
                     if args.validation_dataset is not None
-                    else f"{', '.join(map(str, args.dataset))} (validation pages)",
+                    else f"{args.dataset[0]} (validation pages)",
                     progress,
                     choose_weight=True,
                 )
