@@ -21,16 +21,16 @@ INFO = (
     "File: demo.info,  Node: Context,  Next: Index,  Prev: Top,  Up: Top\n\n"
     f"1 Context lines\n***************\n\nThe option prints lines around each match. {FILLER}\n\n"
     "* Menu:\n\n* Sub::   a submenu entry that is navigation, not text.\n\n\x1f\n"
-    "File: demo.info,  Node: Binary,  Prev: Context,  Up: Top\n\n"
+    "File: demo.info,  Node: Binary files,  Prev: Context,  Up: Top\n\n"
     f"2 Binary files\n**************\n\nBinary input is detected by its null bytes. {FILLER}\n\x1f\n"
-    "File: demo.info,  Node: Index,  Prev: Binary,  Up: Top\n\nIndex\n*****\n\n\x00\x08[index\x00\x08]\n"
+    "File: demo.info,  Node: Index,  Prev: Binary files,  Up: Top\n\nIndex\n*****\n\n\x00\x08[index\x00\x08]\n"
     "* Menu:\n\n"
     "* context lines, printing:              Context.             (line   6)\n"
     "* --context:                            Context.             (line   7)\n"
-    "* binary files, detection:              Binary.\n"
+    "* binary files, detection:              Binary files.\n"
     "                                                              (line   5)\n"
     "* output, shared entry:                 Context.             (line   8)\n"
-    "* output, shared entry <1>:             Binary.              (line   9)\n"
+    "* output, shared entry <1>:             Binary files.        (line   9)\n"
     "* external reference:                   (other)Node.         (line   1)\n"
 )
 
@@ -102,14 +102,15 @@ def sources(tmp_path: Path) -> dict[str, Path]:
 
 def test_info_index_entries_find_their_nodes(sources):
     docs = {d.id: d for d in docsets.info_docs(sources["info"])}
-    assert set(docs) == {"demo:Context", "demo:Binary"}  # Top and the index are not documents
+    assert set(docs) == {"demo:Context", "demo:Binary_files"}  # Top and the index are not documents;
+    # a node name's spaces become "_": ids hold no whitespace, or run files would not read back
     context = docs["demo:Context"]
     assert context.text.startswith("1 Context lines") and "* Menu:" not in context.text
     assert "submenu" not in context.text  # the menu is navigation
     # concept entries only (one-word option names and cross-manual references are dropped);
     # "<1>" marks a second node of the same entry
     assert sorted(context.queries) == ["context lines, printing", "output, shared entry"]
-    assert sorted(docs["demo:Binary"].queries) == ["binary files, detection", "output, shared entry"]
+    assert sorted(docs["demo:Binary_files"].queries) == ["binary files, detection", "output, shared entry"]
 
 
 def test_pydoc_first_sentence_is_the_query_and_is_cut_from_the_document(sources):
@@ -145,7 +146,7 @@ def test_data_docs_writes_beir_sets_split_by_unit(tmp_path, sources):
     assert set(manifest["variants"]) == {"info", "pydoc", "debref"}
     info = beir.load(out / "info")
     shared = [q for q, t in zip(info.query_ids, info.query_texts) if t == "output, shared entry"]
-    assert [info.qrels[q] for q in shared] == [{"demo:Binary": 1, "demo:Context": 1}]  # both nodes relevant
+    assert [info.qrels[q] for q in shared] == [{"demo:Binary_files": 1, "demo:Context": 1}]  # both nodes relevant
     assert manifest["variants"]["pydoc"]["queries"] == 3
     # a test split keeps whole chapters together: no chapter is on both sides
     assert main(args + ["--sources", "debref", "--out", str(tmp_path / "split"), "--test-fraction", "0.5"]) == 0

@@ -202,3 +202,15 @@ def test_rerank_lift_reports_the_difference_and_its_p_value():
     assert lift["Dense+Rerank vs Dense"]["nDCG@10"]["p"] < 0.001
     assert lift["Dense+Rerank vs Dense"]["Recall@5"] == {"delta": 0.0, "p": 1.0}
     assert lift["Dense+Sparse+Rerank vs Dense+Sparse"]["nDCG@10"] == {"delta": 0.0, "p": 1.0}
+
+
+def test_ids_with_whitespace_are_refused_where_run_files_and_datasets_are_written(tmp_path):
+    """A TREC line splits on whitespace: ``coreutils:Output of parts`` would read back as a doc id
+    ``coreutils:Output`` and a score ``of``. Writers refuse it instead of writing what cannot be read."""
+    from rankserve.eval import beir
+
+    with pytest.raises(ValueError, match="no whitespace"):
+        write_run(tmp_path / "run.trec", {"q1": {"man:Output of parts": 1.0}}, "test")
+    with pytest.raises(ValueError, match="no whitespace"):
+        beir.write(tmp_path / "ds", [{"_id": "a b", "text": "x"}], [{"_id": "q", "text": "y"}], {"q": {"a b": 1}})
+    assert beir.check_id("coreutils:Output_of_parts") == "coreutils:Output_of_parts"

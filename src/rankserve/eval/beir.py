@@ -103,6 +103,14 @@ def query_key(text: str) -> str:
     return " ".join(text.lower().split())
 
 
+def check_id(value: str) -> str:
+    """``value``, refused (ValueError) when it holds whitespace: a TREC run line is
+    ``qid Q0 docid rank score tag``, so such an id would split into two fields."""
+    if not value or any(c.isspace() for c in value):
+        raise ValueError(f"id {value!r}: ids must be non-empty and hold no whitespace (TREC run files)")
+    return value
+
+
 def held_out(unit_id: str, fraction: float, seed: int | str) -> bool:
     """Whether a page (or document) is held out: a seeded hash of its id, so the same pages are held
     out in every variant and language, whichever other pages were sampled. The test split uses the
@@ -177,11 +185,13 @@ def write(
     qrels: Mapping[str, Mapping[str, int]],
     split: str = "test",
 ) -> None:
-    """Write a BEIR directory; rows are written in the order given (callers sort them)."""
+    """Write a BEIR directory; rows are written in the order given (callers sort them). Ids may not
+    hold whitespace: run files (TREC format) separate their fields with it."""
     (path / "qrels").mkdir(parents=True, exist_ok=True)
     for name, rows in (("corpus.jsonl", corpus), ("queries.jsonl", queries)):
         with (path / name).open("w", encoding="utf-8") as f:
             for row in rows:
+                check_id(str(row["_id"]))
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
     with (path / "qrels" / f"{split}.tsv").open("w", encoding="utf-8") as f:
         f.write("query-id\tcorpus-id\tscore\n")

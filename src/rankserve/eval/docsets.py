@@ -70,6 +70,11 @@ def _info_part(path: Path) -> int:
     return int(m["part"]) if m and m["part"] else 0
 
 
+def _node_id(manual: str, node: str) -> str:
+    """``manual:Node_name``: node names hold spaces, which ids may not (``beir.check_id``)."""
+    return f"{manual}:{'_'.join(node.split())}"
+
+
 def info_docs(root: Path = Path("/usr/share/info"), exclude: Iterable[str] = ("python",)) -> list[Doc]:
     docs: dict[str, Doc] = {}
     entries: list[tuple[str, str, str]] = []  # (manual, entry, node)
@@ -91,9 +96,9 @@ def info_docs(root: Path = Path("/usr/share/info"), exclude: Iterable[str] = ("p
             text = "\n".join(line for line in body if not line.startswith("\0")).strip()
             text = text.split("\n* Menu:")[0].strip()
             if len(text.split()) >= MIN_DOC_WORDS and node != "Top":
-                docs[f"{manual}:{node}"] = Doc(f"{manual}:{node}", manual, text)
+                docs[_node_id(manual, node)] = Doc(_node_id(manual, node), manual, text)
     for manual, entry, node in entries:
-        doc = docs.get(f"{manual}:{node}")
+        doc = docs.get(_node_id(manual, node))
         # concept entries ("clock skew", "context lines, printing"); one-word entries are mostly
         # option and function names, which only test exact-term match
         if doc is not None and len(entry.split()) >= 2 and not entry.startswith("-"):

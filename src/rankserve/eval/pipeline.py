@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rankserve.eval import metrics
+from rankserve.eval import beir, metrics
 from rankserve.eval.beir import Dataset
 from rankserve.eval.clients import Embedder, Reranker
 from rankserve.eval.retrieval import Run, bm25_search, dense_search, embed_cached, rerank_runs, rrf, to_pages, tokenize
@@ -184,12 +184,13 @@ def macro_average(results: list[DatasetResult]) -> dict[str, dict[str, float]]:
 
 
 def write_run(path: Path, run: Run, tag: str) -> None:
-    """TREC run format: ``qid Q0 docid rank score tag``, best first; scores written exactly (repr)."""
+    """TREC run format: ``qid Q0 docid rank score tag``, best first; scores written exactly (repr).
+    An id with whitespace is refused (``beir.check_id``): it would not read back."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
         for q in sorted(run):
             for rank, d in enumerate(metrics.ranking(run[q]), 1):
-                f.write(f"{q} Q0 {d} {rank} {run[q][d]!r} {tag}\n")
+                f.write(f"{beir.check_id(q)} Q0 {beir.check_id(d)} {rank} {run[q][d]!r} {tag}\n")
 
 
 def read_run(path: Path) -> Run:
