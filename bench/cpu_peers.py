@@ -2,7 +2,8 @@
 
 Peers (bench/peer_scorers.py, each in the venv that holds it: ``--python st=/venv/bin/python``):
 sentence-transformers ``CrossEncoder`` on torch, ONNX (plain, its O3-optimized graph, its dynamic
-int8 export) and OpenVINO; fastembed's ``TextCrossEncoder``; FlashRank. rankserve: its backends and
+int8 export) and OpenVINO; fastembed's ``TextCrossEncoder``; FlashRank; Infinity's optimum (ONNX
+Runtime) engine (``--python infinity-optimum=...``; its torch engine: bench/infinity_peer.py). rankserve: its backends and
 modes (torch fp32 = the default, onnxruntime fp32 / int8, OpenVINO fp32 / bf16, torch mixed bf16).
 
 Two measurements per contender:
@@ -50,9 +51,23 @@ from int8 import agreement  # noqa: E402
 from rankserve import loadgen  # noqa: E402
 
 BENCH = Path(__file__).parent
-PEERS = ["st-torch", "st-onnx", "st-onnx-O3", "st-onnx-int8", "st-openvino", "fastembed", "flashrank"]
-PEER_PACKAGE = {"st": "sentence-transformers", "fastembed": "fastembed", "flashrank": "flashrank"}
-ONNX_PEERS = {"fastembed", "flashrank"}  # they load bench/peer_scorers.py's optimum export
+PEERS = [
+    "st-torch",
+    "st-onnx",
+    "st-onnx-O3",
+    "st-onnx-int8",
+    "st-openvino",
+    "fastembed",
+    "flashrank",
+    "infinity-optimum",
+]
+PEER_PACKAGE = {
+    "st": "sentence-transformers",
+    "fastembed": "fastembed",
+    "flashrank": "flashrank",
+    "infinity-optimum": "infinity-emb",
+}
+ONNX_PEERS = {"fastembed", "flashrank", "infinity-optimum"}  # they load bench/peer_scorers.py's optimum export
 LOSSY = {"st-onnx-int8", "rankserve onnxruntime int8", "rankserve openvino bf16", "rankserve torch bf16"}
 MODES = {  # rankserve: config overrides (offline) = serve flags (HTTP)
     "rankserve torch fp32": {"backend": "torch", "dtype": "float32"},
@@ -94,8 +109,8 @@ def run_peer_offline(
 
 
 def onnx_export(python: str, model_dir: Path, work_dir: Path) -> str:
-    """Export the model once for fastembed and FlashRank (their venvs hold no torch) with the
-    sentence-transformers venv's optimum; returns why it failed, or "" when the export is there."""
+    """Export the model once for fastembed, FlashRank and Infinity (the first two venvs hold no
+    torch) with the sentence-transformers (or Infinity) venv's optimum; returns why it failed, or "" when the export is there."""
     out = subprocess.run(
         [python, str(BENCH / "peer_scorers.py"), "export", str(model_dir), str(work_dir)],
         capture_output=True,
@@ -135,7 +150,9 @@ def measure_model(label: str, model_dir: Path, args, pythons: dict[str, str]) ->
     print(f"\n## {label}: {len(work)} requests, {n} pairs ({args.passages} passages of {args.tokens} words)")
     rows: list[Row] = []
     needs_export = any(p in ONNX_PEERS for p in args.peers)
-    export_note = onnx_export(pythons.get("st", sys.executable), model_dir, work_dir) if needs_export else ""
+    # the export needs optimum: the sentence-transformers venv has it, so has Infinity's
+    exporter = pythons.get("st") or pythons.get("infinity-optimum") or sys.executable
+    export_note = onnx_export(exporter, model_dir, work_dir) if needs_export else ""
     for peer in [p for p in PEERS if p in args.peers]:
         row = Row(peer)
         python = pythons.get(peer) or pythons.get(family(peer)) or sys.executable

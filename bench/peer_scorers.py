@@ -15,6 +15,7 @@ Served: bench/naive_server.py with ``PEER=...`` puts one behind FastAPI.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -144,6 +145,45 @@ def flashrank_ranker(model_dir: Path, work: Path) -> Scorer:
     return score
 
 
+def infinity_optimum(model_dir: Path, work: Path) -> Scorer:
+    """Infinity's ``optimum`` engine (ONNX Runtime) on the optimum export, one ``rerank`` per query,
+    all of a call's queries submitted at once (Infinity batches across them), on an event loop of
+    its own so the scorer stays a plain function. Infinity 0.0.78 with optimum 2 (the optimum that
+    installs beside torch 2.13): a local folder must be given as "." from inside it (it passes the
+    ONNX file's path, folder included, as a file name optimum 2 refuses), and its graph optimizer
+    fails (it passes a keyword optimum 2 removed), so it runs the unoptimized export, as it logs."""
+    import asyncio
+    import os
+    import threading
+
+    from infinity_emb import AsyncEngineArray, EngineArgs
+
+    os.chdir(onnx_export(model_dir, work))
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    engine = AsyncEngineArray.from_args(
+        [EngineArgs(model_name_or_path=".", engine="optimum", device="cpu", model_warmup=False)]
+    )[0]
+    asyncio.run_coroutine_threadsafe(engine.astart(), loop).result()
+
+    def score(pairs: list[tuple[str, str]]) -> list[float]:
+        groups: list[tuple[str, list[str]]] = []
+        for q, p in pairs:
+            if groups and groups[-1][0] == q:
+                groups[-1][1].append(p)
+            else:
+                groups.append((q, [p]))
+
+        async def rerank_all():
+            return await asyncio.gather(*(engine.rerank(query=q, docs=ps, raw_scores=True) for q, ps in groups))
+
+        results = asyncio.run_coroutine_threadsafe(rerank_all(), loop).result()
+        # each result comes sorted by score: put it back in passage order
+        return [float(x.relevance_score) for r in results for x in sorted(r[0], key=lambda x: x.index)]
+
+    return score
+
+
 PEERS: dict[str, tuple[str, Callable[[Path, Path], Scorer]]] = {
     # name: (package whose version is reported, factory)
     "st-torch": ("sentence-transformers", lambda m, w: st_cross_encoder(m, w, "torch")),
@@ -153,6 +193,7 @@ PEERS: dict[str, tuple[str, Callable[[Path, Path], Scorer]]] = {
     "st-openvino": ("sentence-transformers", lambda m, w: st_cross_encoder(m, w, "openvino")),
     "fastembed": ("fastembed", fastembed_cross_encoder),
     "flashrank": ("flashrank", flashrank_ranker),
+    "infinity-optimum": ("infinity-emb", infinity_optimum),
 }
 
 
@@ -173,7 +214,10 @@ def main(peer: str, model_dir: str, work: str, workload_file: str, rounds: int) 
         t = time.perf_counter()
         scores = score(pairs)
         best = min(best, time.perf_counter() - t)
-    print(json.dumps({"seconds": best, "scores": scores, "version": version(PEERS[peer][0])}))
+    print(json.dumps({"seconds": best, "scores": scores, "version": version(PEERS[peer][0])}), flush=True)
+    # Exit now: Infinity's batch threads outlive interpreter shutdown (its thread pool is shut
+    # first, and they retry forever), which would keep this process, and the bench, waiting.
+    os._exit(0)
 
 
 if __name__ == "__main__":
