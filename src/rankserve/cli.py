@@ -294,6 +294,7 @@ def in_steps(texts: list[str], args: argparse.Namespace, unit: str) -> Iterator[
             part = texts[start : start + STEP]
             yield part
             bar.update(len(part))
+        bar.refresh()  # draw the finished count: tqdm redraws at most every 0.1 s and may have skipped it
 
 
 def cmd_rank(args: argparse.Namespace) -> int:

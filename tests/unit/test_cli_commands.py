@@ -295,9 +295,7 @@ def test_rank_a_file_longer_than_the_servers_limit_in_steps_with_a_progress_bar(
     path.write_text("\n".join(passages))
     shown = cli("rank", QUERY, "--file", str(path), "--url", live_default.url, "--progress")
     assert shown.returncode == 0, shown.stderr
-    # the bar was drawn against the whole count; its last frame may not be: tqdm redraws at most
-    # every 0.1 s and the bar clears itself on close (leave=False), so a fast run skips "1100/1100"
-    assert "/1100 [" in shown.stderr and "passages/s" in shown.stderr
+    assert "1100/1100" in shown.stderr and "passages" in shown.stderr
     ranked = json.loads(shown.stdout)["rankings"]
     assert sorted(r["index"] for r in ranked) == list(range(1100))
     logits = {r["index"]: r["logit"] for r in ranked}
@@ -310,5 +308,5 @@ def test_rank_a_file_longer_than_the_servers_limit_in_steps_with_a_progress_bar(
     assert quiet.returncode == 0 and "1100" not in quiet.stderr
     assert [r["index"] for r in json.loads(quiet.stdout)["rankings"]] == [r["index"] for r in ranked]
     local = cli("embed", "--file", str(path), "--dtype", "float32", "--progress")
-    assert local.returncode == 0 and "/1100 [" in local.stderr and "texts/s" in local.stderr
+    assert local.returncode == 0 and "1100/1100" in local.stderr
     assert len(json.loads(local.stdout)["embeddings"]) == 1100
