@@ -3,8 +3,9 @@
 Peers (bench/peer_scorers.py, each in the venv that holds it: ``--python st=/venv/bin/python``):
 sentence-transformers ``CrossEncoder`` on torch, ONNX (plain, its O3-optimized graph, its dynamic
 int8 export) and OpenVINO; fastembed's ``TextCrossEncoder``; FlashRank; Infinity's optimum (ONNX
-Runtime) engine (``--python infinity-optimum=...``; its torch engine: bench/infinity_peer.py). rankserve: its backends and
-modes (torch fp32 = the default, onnxruntime fp32 / int8, OpenVINO fp32 / bf16, torch mixed bf16).
+Runtime) engine (``--python infinity-optimum=...``; its torch engine: bench/infinity_peer.py).
+rankserve: its backends and modes (torch fp32 = the default, onnxruntime fp32 / int8, OpenVINO
+fp32 / bf16, torch mixed bf16).
 
 Two measurements per contender:
 - offline: every pair of the workload in one call (peers) or every request at once (rankserve's
@@ -110,7 +111,8 @@ def run_peer_offline(
 
 def onnx_export(python: str, model_dir: Path, work_dir: Path) -> str:
     """Export the model once for fastembed, FlashRank and Infinity (the first two venvs hold no
-    torch) with the sentence-transformers (or Infinity) venv's optimum; returns why it failed, or "" when the export is there."""
+    torch) with the sentence-transformers (or Infinity) venv's optimum; returns why it failed, or
+    "" when the export is there."""
     out = subprocess.run(
         [python, str(BENCH / "peer_scorers.py"), "export", str(model_dir), str(work_dir)],
         capture_output=True,

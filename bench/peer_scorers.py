@@ -27,6 +27,18 @@ Scorer = Callable[[list[tuple[str, str]]], list[float]]
 BATCH = 32  # sentence-transformers' and fastembed's default batch size
 
 
+def query_groups(pairs: list[tuple[str, str]]) -> list[tuple[str, list[str]]]:
+    """Consecutive pairs of one query as (query, passages), in order: for peers that take one query
+    per call (the workload lists each request's pairs together)."""
+    groups: list[tuple[str, list[str]]] = []
+    for query, passage in pairs:
+        if groups and groups[-1][0] == query:
+            groups[-1][1].append(passage)
+        else:
+            groups.append((query, [passage]))
+    return groups
+
+
 def copy_model(model_dir: Path, work: Path, name: str) -> Path:
     """A private copy of the model folder for a peer that writes exports into it."""
     target = work / name
@@ -129,17 +141,12 @@ def flashrank_ranker(model_dir: Path, work: Path) -> Scorer:
 
     def score(pairs: list[tuple[str, str]]) -> list[float]:
         out: list[float] = []
-        i = 0
-        while i < len(pairs):  # FlashRank takes one query per call
-            j = i
-            while j < len(pairs) and pairs[j][0] == pairs[i][0]:
-                j += 1
-            passages = [{"id": k, "text": pairs[k][1]} for k in range(i, j)]
-            results = ranker.rerank(RerankRequest(query=pairs[i][0], passages=passages))
+        for query, texts in query_groups(pairs):  # FlashRank takes one query per call
+            passages = [{"id": k, "text": t} for k, t in enumerate(texts)]
+            results = ranker.rerank(RerankRequest(query=query, passages=passages))
             # it returns sigmoid(logit); invert it so its numbers compare with the others' logits
             by_id = {r["id"]: float(np.log(r["score"]) - np.log1p(-r["score"])) for r in results}
-            out.extend(by_id[k] for k in range(i, j))
-            i = j
+            out.extend(by_id[k] for k in range(len(texts)))
         return out
 
     return score
@@ -153,7 +160,6 @@ def infinity_optimum(model_dir: Path, work: Path) -> Scorer:
     ONNX file's path, folder included, as a file name optimum 2 refuses), and its graph optimizer
     fails (it passes a keyword optimum 2 removed), so it runs the unoptimized export, as it logs."""
     import asyncio
-    import os
     import threading
 
     from infinity_emb import AsyncEngineArray, EngineArgs
@@ -167,14 +173,8 @@ def infinity_optimum(model_dir: Path, work: Path) -> Scorer:
     asyncio.run_coroutine_threadsafe(engine.astart(), loop).result()
 
     def score(pairs: list[tuple[str, str]]) -> list[float]:
-        groups: list[tuple[str, list[str]]] = []
-        for q, p in pairs:
-            if groups and groups[-1][0] == q:
-                groups[-1][1].append(p)
-            else:
-                groups.append((q, [p]))
-
         async def rerank_all():
+            groups = query_groups(pairs)
             return await asyncio.gather(*(engine.rerank(query=q, docs=ps, raw_scores=True) for q, ps in groups))
 
         results = asyncio.run_coroutine_threadsafe(rerank_all(), loop).result()
