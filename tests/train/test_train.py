@@ -72,7 +72,61 @@ def test_mined_negatives_never_include_a_relevant_page(tmp_path):
     assert all(ds.doc_page[d] not in set(ds.qrels[q]) for q, docs in firsts.items() for d in docs)
 
 
-@pytest.mark.parametrize("loss", ["bce", "listwise"])
+class WordEmbedder:
+    """A deterministic bag-of-topic-words embedder: one axis per topic word, so cosines are known."""
+
+    identity = "fake-words:1"
+    axes = sorted({w for t in TOPICS for w in t.split()})
+
+    async def embed(self, texts, input_type):
+        import numpy as np
+
+        return np.array([[t.split().count(w) + 0.01 for w in self.axes] for t in texts], dtype=np.float32)
+
+
+def test_teacher_scores_are_the_embedders_cosines_with_the_positive_then_each_negative(tmp_path):
+    require(__import__("importlib").util.find_spec("bm25s") is not None, "no bm25s", "pip install 'rankserve[eval]'")
+    import numpy as np
+
+    from rankserve.train.mining import examples, mine, positives, teacher_scores
+
+    ds = beir.load(synthetic_beir(tmp_path / "d", passages_per_page=3))
+    negatives = asyncio.run(mine(ds, "bm25", 4, None, tmp_path / "cache", progress=False))
+    emb = WordEmbedder()
+    teacher = asyncio.run(teacher_scores(ds, negatives, emb, tmp_path / "cache", progress=False))
+    text = dict(zip(ds.doc_ids, ds.doc_texts))
+    qtext = dict(zip(ds.query_ids, ds.query_texts))
+    for q, pos in positives(ds).items():
+        ids = [pos, *negatives[q]]
+        vecs = asyncio.run(emb.embed([qtext[q], *(text[d] for d in ids)], "passage"))
+        cos = vecs[1:] @ vecs[0] / (np.linalg.norm(vecs[1:], axis=1) * np.linalg.norm(vecs[0]))
+        assert teacher[q] == pytest.approx(cos.tolist(), abs=1e-5)
+        assert teacher[q][0] == max(teacher[q])  # the positive repeats the query's topic words
+    ex = examples(ds, negatives, teacher)
+    assert all(len(e.teacher) == 1 + len(e.negatives) for e in ex)
+    assert examples(ds, negatives)[0].teacher == ()  # no teacher unless asked
+
+
+def test_distill_target_mixes_the_label_with_the_teachers_softmax():
+    import math
+
+    from rankserve.train.fit import FitOptions, distill_target
+
+    teacher = (0.5, 0.7, 0.1)  # the teacher prefers the first negative to the positive
+    opts = FitOptions(output=None, base=None, teacher_weight=0.4, teacher_scale=10.0)  # type: ignore[arg-type]
+    p = [math.exp(x) for x in distill_target(teacher, opts)]
+    soft = [math.exp(10 * t) for t in teacher]
+    expected = [0.4 * s / sum(soft) for s in soft]
+    expected[0] += 0.6
+    assert p == pytest.approx(expected, rel=1e-9) and sum(p) == pytest.approx(1.0)
+    assert p[0] > p[1] > p[2]  # the label keeps the positive first; the teacher orders the rest
+    label_only = [math.exp(x) for x in distill_target(teacher, FitOptions(None, None, teacher_weight=0.0))]  # type: ignore[arg-type]
+    assert label_only == pytest.approx([1.0, 0.0, 0.0], abs=1e-12)
+    with pytest.raises(ValueError, match="teacher"):
+        distill_target((), opts)
+
+
+@pytest.mark.parametrize("loss", ["bce", "listwise", "distill"])
 def test_train_loss_falls_and_the_folder_serves_the_trained_logits(tmp_path, bert_bi_dir, loss):
     require(
         all(__import__("importlib").util.find_spec(m) for m in ("bm25s", "datasets", "sentence_transformers")),

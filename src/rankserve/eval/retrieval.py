@@ -196,7 +196,7 @@ async def embed_cached(
     return vectors, False
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def unit(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norms, 1e-12)
 
@@ -211,8 +211,8 @@ def dense_search(
     progress: bool = True,
 ) -> Run:
     """Exact cosine top-k, queries in batches (memory: batch x corpus floats)."""
-    docs = _unit(doc_vecs.astype(np.float32, copy=False))
-    queries = _unit(query_vecs.astype(np.float32, copy=False))
+    docs = unit(doc_vecs.astype(np.float32, copy=False))
+    queries = unit(query_vecs.astype(np.float32, copy=False))
     k = min(k, len(doc_ids))
     run: Run = {}
     for start in tqdm(range(0, len(query_ids), batch), desc="dense search", unit="batch", disable=not progress):

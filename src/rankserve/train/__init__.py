@@ -2,5 +2,5 @@
 building the CLI parser imports none of their dependencies and every module imports them one way."""
 
 METHODS = ("bm25", "dense", "both")  # first stages hard negatives come from ("both": interleaved)
-LOSSES = ("bce", "listwise")
+LOSSES = ("bce", "listwise", "distill")  # distill: listwise toward labels mixed with the embedder's scores
 POSITIONS = ("any", "first")  # passage datasets: negatives' passages (as retrieved, or first of their page)

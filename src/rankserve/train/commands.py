@@ -70,8 +70,21 @@ def add_command(subparsers) -> None:
         "--loss",
         choices=LOSSES,
         default="listwise",
-        help="listwise (softmax over the positive, its negatives and the batch's other passages) or bce "
-        "(pointwise); on the man pages listwise ranked far better (docs/evaluation.md)",
+        help="listwise (softmax over the positive, its negatives and the batch's other passages), bce "
+        "(pointwise; on the man pages listwise ranked far better), or distill (listwise toward the label mixed "
+        "with the dense embedder's own scores: docs/evaluation.md)",
+    )
+    tr.add_argument(
+        "--teacher-weight",
+        type=float,
+        default=0.5,
+        help="distill: the embedder's share of each query's target distribution (0 = the label alone)",
+    )
+    tr.add_argument(
+        "--teacher-scale",
+        type=float,
+        default=20.0,
+        help="distill: the embedder's cosine times this is its logit (20: the scale it was trained at)",
     )
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument(
@@ -127,7 +140,7 @@ async def run_train(args: argparse.Namespace) -> int:
     from rankserve.eval.clients import LocalEngine
     from rankserve.model_source import resolve
     from rankserve.train.fit import FitOptions, fit
-    from rankserve.train.mining import examples, mine
+    from rankserve.train.mining import examples, mine, teacher_scores
 
     progress = not args.no_progress
     if not 0.0 <= args.validation_fraction < 1.0:
@@ -136,6 +149,8 @@ async def run_train(args: argparse.Namespace) -> int:
         raise ValueError("give --validation-fraction or --validation-dataset, not both")
     if args.validation_dataset is not None and args.validation_dataset.resolve() in {p.resolve() for p in args.dataset}:
         raise ValueError(f"--validation-dataset {args.validation_dataset} is also a training set: give another corpus")
+    if not 0.0 <= args.teacher_weight <= 1.0:
+        raise ValueError(f"--teacher-weight {args.teacher_weight}: must be in [0, 1]")
     if args.validation_fraction > 0 and len(args.dataset) > 1:
         raise ValueError("--validation-fraction splits one training set: with several, give --validation-dataset")
     train_sets, validation = [], None
@@ -160,7 +175,8 @@ async def run_train(args: argparse.Namespace) -> int:
     if validation is not None:
         validation = validation.sample(max(args.validation_queries, 0), args.seed)
     started = time.perf_counter()
-    embedder = await LocalEngine.open(None) if args.mine != "bm25" else None
+    distill = args.loss == "distill"
+    embedder = await LocalEngine.open(None) if args.mine != "bm25" or distill else None
     train_set = []
     try:
         for ds in train_sets:
@@ -173,7 +189,8 @@ async def run_train(args: argparse.Namespace) -> int:
                 progress=progress,
                 position=args.negative_passages,
             )
-            part = examples(ds, negatives)
+            teacher = await teacher_scores(ds, negatives, embedder, args.cache_dir, progress) if distill else None
+            part = examples(ds, negatives, teacher)
             print(
                 f"{ds.name}: {len(part)} training queries, {args.negatives} {args.mine} negatives each", file=sys.stderr
             )
@@ -191,6 +208,8 @@ async def run_train(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate,
         max_length=args.max_length,
         loss=args.loss,
+        teacher_weight=args.teacher_weight,
+        teacher_scale=args.teacher_scale,
         negatives=args.negatives,
         seed=args.seed,
         save_steps=args.save_steps,

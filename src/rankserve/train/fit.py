@@ -6,7 +6,11 @@ its losses cover both choices offered here:
 
 - ``bce``: pointwise, each (query, passage) a binary label (the positive 1, each hard negative 0);
 - ``listwise``: the positive against its hard negatives and the other queries' passages in the
-  batch (softmax cross-entropy, ``MultipleNegativesRankingLoss``).
+  batch (softmax cross-entropy, ``MultipleNegativesRankingLoss``);
+- ``distill``: the positive and its hard negatives, softmax cross-entropy toward a target that mixes
+  the label (all mass on the positive) with the dense embedder's own distribution over the same
+  passages (``ListNetLoss`` with the log of that mix as labels): the cross-encoder learns the labels
+  without unlearning the bi-encoder's ranking where the labels are silent (issue 33).
 
 The output folder is what ``CrossEncoder.save_pretrained`` writes (``BertForSequenceClassification``
 safetensors, one label, the tokenizer), which ``rankserve serve --model`` and
@@ -33,6 +37,8 @@ class FitOptions:
     learning_rate: float = 5e-5
     max_length: int = 256
     loss: str = "listwise"  # measured far better than bce on the man pages (docs/evaluation.md)
+    teacher_weight: float = 0.5  # distill: the teacher's share of the target distribution
+    teacher_scale: float = 20.0  # distill: cosine -> logit (the scale all-MiniLM-L6-v2 was trained at)
     negatives: int = 4  # per query (the listwise loss needs this many; queries with fewer are dropped)
     seed: int = 0
     warmup_ratio: float = 0.1
@@ -56,10 +62,32 @@ def rows(examples: list[Example], opts: FitOptions) -> dict[str, list]:
                 table["label"].append(label)
         return table
     kept = [ex for ex in examples if len(ex.negatives) >= opts.negatives]
+    if opts.loss == "distill":
+        return {
+            "query": [ex.query for ex in kept],
+            "docs": [[ex.positive, *ex.negatives[: opts.negatives]] for ex in kept],
+            "labels": [distill_target(ex.teacher[: opts.negatives + 1], opts) for ex in kept],
+        }
     table = {"query": [ex.query for ex in kept], "positive": [ex.positive for ex in kept]}
     for n in range(opts.negatives):
         table[f"negative_{n + 1}"] = [ex.negatives[n] for ex in kept]
     return table
+
+
+def distill_target(teacher: tuple[float, ...], opts: FitOptions) -> list[float]:
+    """Log-probabilities of the target over (positive, negatives...): ``1 - teacher_weight`` on the
+    positive plus ``teacher_weight`` times softmax(``teacher_scale`` x the teacher's cosines).
+    ``ListNetLoss`` softmaxes its labels, so the log makes its target exactly this mix."""
+    import math
+
+    if not teacher:
+        raise ValueError("--loss distill needs the embedder's scores for every example (teacher_scores)")
+    top = max(teacher)
+    weights = [math.exp(opts.teacher_scale * (t - top)) for t in teacher]
+    total = sum(weights)
+    mix = [opts.teacher_weight * w / total for w in weights]
+    mix[0] += 1.0 - opts.teacher_weight
+    return [math.log(p) if p > 0 else -1e4 for p in mix]
 
 
 def fit(examples: list[Example], opts: FitOptions) -> dict[str, Any]:
@@ -81,11 +109,12 @@ def fit(examples: list[Example], opts: FitOptions) -> dict[str, Any]:
     table = rows(examples, opts)
     if not table["query"]:
         raise ValueError("no training examples (queries need a positive, and listwise needs --negatives of them)")
-    loss = (
-        losses.BinaryCrossEntropyLoss(model)
-        if opts.loss == "bce"
-        else losses.MultipleNegativesRankingLoss(model, num_negatives=opts.negatives)
-    )
+    if opts.loss == "bce":
+        loss: torch.nn.Module = losses.BinaryCrossEntropyLoss(model)
+    elif opts.loss == "distill":
+        loss = losses.ListNetLoss(model)
+    else:
+        loss = losses.MultipleNegativesRankingLoss(model, num_negatives=opts.negatives)
     checkpoints = opts.output / "checkpoints"
     args = CrossEncoderTrainingArguments(
         output_dir=str(checkpoints),

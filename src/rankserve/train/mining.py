@@ -22,9 +22,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from rankserve.eval.beir import Dataset
 from rankserve.eval.clients import Embedder
-from rankserve.eval.retrieval import bm25_search, dense_search, embed_cached, tokenize
+from rankserve.eval.retrieval import bm25_search, dense_search, embed_cached, tokenize, unit
 from rankserve.train import METHODS, POSITIONS
 
 
@@ -33,6 +35,7 @@ class Example:
     query: str
     positive: str
     negatives: tuple[str, ...]
+    teacher: tuple[float, ...] = ()  # the embedder's cosine with the positive, then each negative (distill)
 
 
 def page_of(ds: Dataset, doc: str) -> str:
@@ -145,11 +148,58 @@ async def mine(
     return out
 
 
-def examples(ds: Dataset, negatives: dict[str, list[str]]) -> list[Example]:
-    """One example per query with a positive: its text, the positive's and the negatives' texts."""
+async def teacher_scores(
+    ds: Dataset,
+    negatives: dict[str, list[str]],
+    embedder: Embedder,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> dict[str, list[float]]:
+    """Query id -> the dense embedder's cosine of the query with its positive, then with each mined
+    negative: the scores ``--loss distill`` pulls the cross-encoder toward, so that it keeps what the
+    bi-encoder it starts from knows (trained on a billion pairs) where the few labels here say
+    nothing. The embeddings are the ones mining cached."""
+    docs, _ = await embed_cached(
+        embedder,
+        ds.doc_texts,
+        "passage",
+        ds.fingerprint("corpus"),
+        cache_dir,
+        progress=progress,
+        desc="teacher: corpus",
+    )
+    queries, _ = await embed_cached(
+        embedder,
+        ds.query_texts,
+        "query",
+        ds.fingerprint("queries"),
+        cache_dir,
+        progress=progress,
+        desc="teacher: queries",
+    )
+    docs, queries = unit(docs.astype(np.float32, copy=False)), unit(queries.astype(np.float32, copy=False))
+    row = {d: i for i, d in enumerate(ds.doc_ids)}
+    qrow = {q: i for i, q in enumerate(ds.query_ids)}
+    out = {}
+    for q, pos in positives(ds).items():
+        ids = [pos, *negatives.get(q, [])]
+        out[q] = [float(x) for x in docs[[row[d] for d in ids]] @ queries[qrow[q]]]
+    return out
+
+
+def examples(
+    ds: Dataset, negatives: dict[str, list[str]], teacher: dict[str, list[float]] | None = None
+) -> list[Example]:
+    """One example per query with a positive: its text, the positive's and the negatives' texts
+    (and, given ``teacher_scores``, the embedder's scores for them)."""
     text = dict(zip(ds.doc_ids, ds.doc_texts))
     query_text = dict(zip(ds.query_ids, ds.query_texts))
     return [
-        Example(query_text[q], text[pos], tuple(text[d] for d in negatives.get(q, [])))
+        Example(
+            query_text[q],
+            text[pos],
+            tuple(text[d] for d in negatives.get(q, [])),
+            tuple(teacher.get(q, ())) if teacher is not None else (),
+        )
         for q, pos in positives(ds).items()
     ]
