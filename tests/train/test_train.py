@@ -114,16 +114,46 @@ def test_distill_target_mixes_the_label_with_the_teachers_softmax():
 
     teacher = (0.5, 0.7, 0.1)  # the teacher prefers the first negative to the positive
     opts = FitOptions(output=None, base=None, teacher_weight=0.4, teacher_scale=10.0)  # type: ignore[arg-type]
-    p = [math.exp(x) for x in distill_target(teacher, opts)]
+    p = distill_target(teacher, opts)
     soft = [math.exp(10 * t) for t in teacher]
     expected = [0.4 * s / sum(soft) for s in soft]
     expected[0] += 0.6
     assert p == pytest.approx(expected, rel=1e-9) and sum(p) == pytest.approx(1.0)
     assert p[0] > p[1] > p[2]  # the label keeps the positive first; the teacher orders the rest
-    label_only = [math.exp(x) for x in distill_target(teacher, FitOptions(None, None, teacher_weight=0.0))]  # type: ignore[arg-type]
+    label_only = distill_target(teacher, FitOptions(None, None, teacher_weight=0.0))  # type: ignore[arg-type]
     assert label_only == pytest.approx([1.0, 0.0, 0.0], abs=1e-12)
     with pytest.raises(ValueError, match="teacher"):
         distill_target((), opts)
+
+
+def test_distill_loss_is_the_listwise_loss_when_the_target_is_the_label(bert_bi_dir):
+    """With all mass on the positive the distilled loss is sentence-transformers' own
+    MultipleNegativesRankingLoss on the same batch (same in-batch negatives: same seed); with the
+    teacher's share it differs, and its gradient reaches the model."""
+    require(
+        __import__("importlib").util.find_spec("sentence_transformers") is not None,
+        "training needs the [train] extra",
+        "pip install 'rankserve[train]'",
+    )
+    from sentence_transformers.cross_encoder import CrossEncoder, losses
+
+    from rankserve.train.fit import distill_loss
+
+    model = CrossEncoder(str(bert_bi_dir), num_labels=1, max_length=32, device="cpu")
+    topics = TOPICS[:4]
+    inputs = [[f"how do i {t}" for t in topics], [f"{t} here" for t in topics]]
+    inputs += [[f"{topics[(i + k) % 4]} there" for i in range(4)] for k in (1, 2)]  # two hard negatives
+    label = torch.tensor([[1.0, 0.0, 0.0]] * 4)
+    torch.manual_seed(3)
+    expected = losses.MultipleNegativesRankingLoss(model, num_negatives=2)(inputs, None)
+    torch.manual_seed(3)
+    ours = distill_loss(model, 2)(inputs, label)
+    assert ours.item() == pytest.approx(expected.item(), rel=1e-5)
+    torch.manual_seed(3)
+    soft = distill_loss(model, 2)(inputs, torch.tensor([[0.6, 0.3, 0.1]] * 4))
+    assert abs(soft.item() - expected.item()) > 1e-4
+    soft.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
 @pytest.mark.parametrize("loss", ["bce", "listwise", "distill"])
