@@ -94,13 +94,16 @@ def distill_loss(model: Any, negatives: int) -> Any:
     from sentence_transformers.cross_encoder import losses
 
     class DistilledRankingLoss(losses.MultipleNegativesRankingLoss):
-        def forward(self, inputs, labels, prompt=None, task=None):  # type: ignore[no-untyped-def]
+        def forward(self, inputs, labels, prompt=None, task=None):
             anchors = inputs[0]
             scores = [self.call_model_with_columns(anchors, inputs[1], prompt=prompt, task=task)]
             in_batch = list(self.get_in_batch_negatives(anchors, inputs[1:]))
             for column in in_batch + list(inputs[2:]):
                 scores.append(self.call_model_with_columns(anchors, column, prompt=prompt, task=task))
-            logits = self.scale * self.activation_fn(torch.stack(scores, dim=1))
+            logits = torch.stack(scores, dim=1)
+            if self.activation_fn is not None:  # MNRL's default: a sigmoid, then the scale
+                logits = self.activation_fn(logits)
+            logits = self.scale * logits
             target = torch.zeros_like(logits)
             if isinstance(labels, list | tuple):  # the trainer's collator passes list columns as lists
                 labels = torch.stack([torch.as_tensor(row) for row in labels])
