@@ -79,6 +79,19 @@ def _cache_file(cache_dir: Path, ds: Dataset, method: str, k: int, embedder: str
     return cache_dir / f"negatives-{key}.json"
 
 
+async def embeddings(
+    ds: Dataset, embedder: Embedder, cache_dir: Path | None, progress: bool, stage: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(corpus, query) embeddings of ``ds``, cached: mining computes them, the teacher reuses them."""
+    out = []
+    for texts, input_type, part in ((ds.doc_texts, "passage", "corpus"), (ds.query_texts, "query", "queries")):
+        vectors, _ = await embed_cached(
+            embedder, texts, input_type, ds.fingerprint(part), cache_dir, progress=progress, desc=f"{stage}: {part}"
+        )
+        out.append(vectors)
+    return out[0], out[1]
+
+
 async def mine(
     ds: Dataset,
     method: str,
@@ -109,24 +122,7 @@ async def mine(
     if method in ("dense", "both"):
         if embedder is None:
             raise ValueError("dense negatives need an embedder")
-        docs, _ = await embed_cached(
-            embedder,
-            ds.doc_texts,
-            "passage",
-            ds.fingerprint("corpus"),
-            cache_dir,
-            progress=progress,
-            desc="mining: corpus",
-        )
-        queries, _ = await embed_cached(
-            embedder,
-            ds.query_texts,
-            "query",
-            ds.fingerprint("queries"),
-            cache_dir,
-            progress=progress,
-            desc="mining: queries",
-        )
+        docs, queries = await embeddings(ds, embedder, cache_dir, progress, "mining")
         runs.append(dense_search(ds.doc_ids, docs, ds.query_ids, queries, depth, progress=progress))
     first = first_passages(ds) if position == "first" and ds.doc_page else None
     out: dict[str, list[str]] = {}
@@ -159,24 +155,7 @@ async def teacher_scores(
     negative: the scores ``--loss distill`` pulls the cross-encoder toward, so that it keeps what the
     bi-encoder it starts from knows (trained on a billion pairs) where the few labels here say
     nothing. The embeddings are the ones mining cached."""
-    docs, _ = await embed_cached(
-        embedder,
-        ds.doc_texts,
-        "passage",
-        ds.fingerprint("corpus"),
-        cache_dir,
-        progress=progress,
-        desc="teacher: corpus",
-    )
-    queries, _ = await embed_cached(
-        embedder,
-        ds.query_texts,
-        "query",
-        ds.fingerprint("queries"),
-        cache_dir,
-        progress=progress,
-        desc="teacher: queries",
-    )
+    docs, queries = await embeddings(ds, embedder, cache_dir, progress, "teacher")
     docs, queries = unit(docs.astype(np.float32, copy=False)), unit(queries.astype(np.float32, copy=False))
     row = {d: i for i, d in enumerate(ds.doc_ids)}
     qrow = {q: i for i, q in enumerate(ds.query_ids)}
