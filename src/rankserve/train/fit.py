@@ -2,7 +2,7 @@
 
 Why that trainer: it is the maintained one for exactly this model type (on ``transformers``'
 Trainer: checkpoints every ``save_steps``, resume, seeding, progress bars, all CPU threads), and
-its losses cover both choices offered here:
+its losses cover the three choices offered here:
 
 - ``bce``: pointwise, each (query, passage) a binary label (the positive 1, each hard negative 0);
 - ``listwise``: the positive against its hard negatives and the other queries' passages in the
