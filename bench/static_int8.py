@@ -133,7 +133,10 @@ def main() -> None:
         quantized = nncf.quantize(base, dataset, subset_size=n_calib, **kw)
         scorers[name] = compiled(quantized)
         _, top5, _ = agreement(calib_ref, score(scorers[name], calib))
-        print(f"  {name}: calibrated in {time.perf_counter() - t:.0f}s, top-5 on the calibration queries {top5:.3f}")
+        print(
+            f"  {name}: calibrated in {time.perf_counter() - t:.0f}s, top-5 on the calibration queries {top5:.3f}",
+            flush=True,
+        )
     if args.accuracy_control:
 
         def validate(model, data) -> float:  # model: NNCF hands over a compiled model
@@ -157,11 +160,12 @@ def main() -> None:
 
     best = dict.fromkeys(scorers, float("inf"))
     scores = {}
-    for _ in range(args.rounds):  # interleaved
+    for r in range(args.rounds):  # interleaved
         for name, scorer in scorers.items():
             t = time.perf_counter()
             scores[name] = score(scorer, test)
             best[name] = min(best[name], time.perf_counter() - t)
+            print(f"  round {r + 1}: {name} {time.perf_counter() - t:.1f}s", flush=True)  # a cut-off run keeps these
     ref_name = "openvino f32 (reference)"
     n = sum(len(s) for s in scores[ref_name])
     print(f"\n{n} measured pairs, best of {args.rounds} rounds")
