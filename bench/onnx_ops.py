@@ -36,9 +36,10 @@ from rankserve import loadgen  # noqa: E402
 from rankserve.engine.backends.cpu import available_cores  # noqa: E402
 from rankserve.engine.backends.onnx_export import quantize_int8  # noqa: E402
 from rankserve.engine.backends.onnx_graph import graph_inputs  # noqa: E402
-from rankserve.engine.backends.onnx_runner import exported_model  # noqa: E402
+from rankserve.engine.backends.onnx_runner import exported_model, session_options  # noqa: E402
 from rankserve.engine.engine import tokenizer_policy  # noqa: E402
 from rankserve.engine.tokenize import Encoded  # noqa: E402
+from rankserve.models.batch import Batch  # noqa: E402
 from rankserve.models.loader import load_model  # noqa: E402
 
 BENCH = Path(__file__).parent
@@ -55,28 +56,21 @@ def batches(policy, n_requests: int, seed: int = 3) -> list[list[Encoded]]:
     return [pairs[s : s + BATCH] for s in range(0, len(pairs), BATCH)]
 
 
-def padded_inputs(items: list[Encoded]) -> dict[str, np.ndarray]:
-    """optimum's inputs: [B, T] ids, attention mask and token types, right-padded with id 0."""
-    t = max(len(it) for it in items)
-    ids = np.zeros((len(items), t), dtype=np.int64)
-    mask = np.zeros_like(ids)
-    types = np.zeros_like(ids)
-    for row, it in enumerate(items):
-        ids[row, : len(it)] = it.ids
-        mask[row, : len(it)] = 1
-        types[row, : len(it)] = it.type_ids or [0] * len(it)
-    return dict(input_ids=ids, attention_mask=mask, token_type_ids=types)
+def padded_inputs(items: list[Encoded], pad_id: int) -> dict[str, np.ndarray]:
+    """optimum's inputs: [B, T] ids, attention mask and token types, right-padded (``Batch``'s padding)."""
+    batch = Batch.from_sequences([it.ids for it in items], [it.type_ids or [0] * len(it) for it in items], pad_id)
+    assert batch.token_type_ids is not None
+    return dict(
+        input_ids=batch.input_ids.numpy(),
+        attention_mask=batch.attention_mask.numpy(),
+        token_type_ids=batch.token_type_ids.numpy(),
+    )
 
 
 def session(path: Path, profile: str | None = None):
     import onnxruntime as ort
 
-    options = ort.SessionOptions()  # as OnnxRunner sets it up
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = available_cores()
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
+    options = session_options()  # as OnnxRunner sets it up
     if profile:
         options.enable_profiling = True
         options.profile_file_prefix = profile
@@ -120,11 +114,15 @@ def main() -> None:
     optimum_int8 = work / "optimum-int8.onnx"
     if not optimum_int8.exists():
         quantize_int8(optimum_fp32, optimum_int8)
+
+    def padded(items: list[Encoded]) -> dict[str, np.ndarray]:
+        return padded_inputs(items, spec.pad_id)
+
     graphs = {
         "rankserve packed fp32": (exported_model(spec, "none"), graph_inputs),
-        "optimum padded fp32": (optimum_fp32, padded_inputs),
+        "optimum padded fp32": (optimum_fp32, padded),
         "rankserve packed int8": (exported_model(spec, "int8"), graph_inputs),
-        "optimum padded int8 (same quantizer)": (optimum_int8, padded_inputs),
+        "optimum padded int8 (same quantizer)": (optimum_int8, padded),
     }
     work_batches = batches(tokenizer_policy(spec), args.requests)
     n = sum(len(b) for b in work_batches)

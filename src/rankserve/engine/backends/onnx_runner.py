@@ -22,6 +22,7 @@ import logging
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -120,6 +121,20 @@ def exported_model(
     return final
 
 
+def session_options(threads: int = 0) -> Any:
+    """How every ONNX Runtime session here is set up (the server's and the benchmarks'): all graph
+    optimizations, ``threads`` (0: every core) on one sequential stream, errors-only logging."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or available_cores()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3  # errors only
+    return options
+
+
 class OnnxRunner:
     """Same contract as TorchRunner: ``forward(items)`` -> [B] logits or [B, H] vectors, numpy float32."""
 
@@ -143,13 +158,9 @@ class OnnxRunner:
         self.gemm: str | None = None
         self.concurrent = True  # InferenceSession.run is thread-safe (the batcher's express lane)
         self.path = exported_model(spec, quantize, cache_dir, choice)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or available_cores()
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 3  # errors only
-        self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            str(self.path), session_options(threads), providers=["CPUExecutionProvider"]
+        )
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     def forward(self, items: Sequence[Encoded]) -> np.ndarray:
