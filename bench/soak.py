@@ -479,16 +479,19 @@ def kinds_for(ref: Reference) -> list[tuple[str, float]]:
     return kinds if ref.kind == "embedder" else kinds[:-1]  # a cross-encoder has no embeddings
 
 
-def soak_pool(rng: random.Random, ref: Reference, distinct: int, pool_size: int) -> list[Call]:
-    """``distinct`` valid requests over a shared pool of passages (repeats warm the passage cache,
-    as real traffic does); a few passages are long enough to be truncated."""
+def soak_pool(
+    rng: random.Random, ref: Reference, distinct: int, pool_size: int, passages: tuple[int, int] = (1, 20)
+) -> list[Call]:
+    """``distinct`` valid requests of ``passages`` (low, high) passages or inputs each, over a shared
+    pool of passages (repeats warm the passage cache, as real traffic does; a pool much larger than
+    ``distinct`` x passages leaves it cold); a few passages are long enough to be truncated."""
     pool = [make_passage(rng, (8, 20) if rng.random() < 0.05 else (1, 4)) for _ in range(pool_size)]
     short = [p for p in pool if len(p) < 600]  # embeddings inputs: within the model's limit
     names, weights = zip(*kinds_for(ref))
     calls = []
     for _ in range(distinct):
         kind = rng.choices(names, weights)[0]
-        n = rng.randint(1, 20)
+        n = rng.randint(*passages)
         texts = rng.sample(short if kind == "embeddings" else pool, n)
         if kind == "embeddings" and rng.random() < 0.3:
             texts[0] = rng.choice(QUERIES)
@@ -838,6 +841,7 @@ class Options:
     min_invalid: int = 0
     distinct: int = 200  # distinct valid requests
     passage_pool: int = 400  # distinct passages they draw from
+    passages: str = "1-20"  # passages (or embedding inputs) per valid request, low-high
     invalid_fraction: float = 0.2
     max_rss_growth_mb: float | None = None  # fail if RSS grows more than this over the soak's second half
     # overload
@@ -852,9 +856,18 @@ class Options:
     settle: float = 30.0  # at most this many seconds for the batch to be admitted before SIGTERM
 
 
+def passage_range(text: str) -> tuple[int, int]:
+    """``"1-30"`` -> (1, 30); ``"5"`` -> (5, 5)."""
+    low, _, high = text.partition("-")
+    lo, hi = int(low), int(high or low)
+    if not 1 <= lo <= hi:
+        raise ValueError(f"--passages {text!r}: want LOW-HIGH with 1 <= LOW <= HIGH")
+    return lo, hi
+
+
 def run_soak(opts: Options, ref: Reference) -> dict:
     rng = random.Random(opts.seed)
-    calls = soak_pool(rng, ref, opts.distinct, opts.passage_pool)
+    calls = soak_pool(rng, ref, opts.distinct, opts.passage_pool, passage_range(opts.passages))
     ref_s = ref.expect(calls)
     server = Server(opts, name="soak")
     ready_s = server.wait_ready()
@@ -1391,6 +1404,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=d.seconds, help="soak: duration")
     ap.add_argument("--distinct", type=int, default=d.distinct, help="soak: distinct valid requests")
     ap.add_argument("--passage-pool", type=int, default=d.passage_pool, help="soak: distinct passages they draw from")
+    ap.add_argument("--passages", default=d.passages, help="soak: passages per valid request, LOW-HIGH")
     ap.add_argument("--invalid-fraction", type=float, default=d.invalid_fraction)
     ap.add_argument(
         "--max-rss-growth-mb",
@@ -1425,6 +1439,10 @@ def main(argv: list[str] | None = None) -> int:
         serve_args=tuple(shlex.split(args.serve_args)),
     )
     serve_overrides(opts.serve_args)  # a bad flag stops here, not after minutes
+    try:
+        passage_range(opts.passages)
+    except ValueError as exc:
+        ap.error(str(exc))
     if opts.log_dir is None:
         opts.log_dir = tempfile.mkdtemp(prefix="rankserve-soak-")
     ref = Reference(opts)

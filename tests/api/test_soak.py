@@ -15,6 +15,7 @@ About 35 s on 2 cores. The long run is ``python bench/soak.py`` (64 clients, 60 
 from __future__ import annotations
 
 import importlib.util
+import random
 import sys
 from pathlib import Path
 
@@ -94,3 +95,12 @@ def test_sigterm_drains_admitted_requests_then_exits(soak):
     assert r["late_other"] == 0, explain(bench, "sigterm", r)
     assert r["exit_code"] in (0, -15, 143), explain(bench, "sigterm", r)
     assert r["ok"], explain(bench, "sigterm", r)
+
+
+def test_passages_flag_sets_each_requests_passage_count(soak):
+    bench, _opts, ref = soak
+    assert bench.passage_range("1-30") == (1, 30) and bench.passage_range("5") == (5, 5)
+    with pytest.raises(ValueError, match="LOW-HIGH"):
+        bench.passage_range("3-1")
+    calls = bench.soak_pool(random.Random(0), ref, 40, 200, (25, 30))
+    assert {len(c.texts) for c in calls} <= set(range(25, 31)) and len({len(c.texts) for c in calls}) > 1
