@@ -107,6 +107,45 @@ def test_teacher_scores_are_the_embedders_cosines_with_the_positive_then_each_ne
     assert examples(ds, negatives)[0].teacher == ()  # no teacher unless asked
 
 
+def test_both_stages_teacher_is_the_mean_of_the_embedders_and_bm25s_distributions(tmp_path):
+    """``stages="both"``: softmax(scale x score) gives back 0.5 softmax(scale x cosine) + 0.5
+    softmax(BM25), BM25 taken from the eval's own top-k search (a different bm25s call)."""
+    require(__import__("importlib").util.find_spec("bm25s") is not None, "no bm25s", "pip install 'rankserve[eval]'")
+    import numpy as np
+
+    from rankserve.eval.retrieval import bm25_search, tokenize
+    from rankserve.train.mining import mine, positives, teacher_scores
+
+    ds = beir.load(synthetic_beir(tmp_path / "d", passages_per_page=3))
+    negatives = asyncio.run(mine(ds, "bm25", 4, None, tmp_path / "cache", progress=False))
+    emb = WordEmbedder()
+    dense = asyncio.run(teacher_scores(ds, negatives, emb, tmp_path / "cache", progress=False))
+    both = asyncio.run(teacher_scores(ds, negatives, emb, tmp_path / "cache", progress=False, stages="both", scale=7.0))
+    run = bm25_search(
+        ds.doc_ids,
+        [tokenize(t) for t in ds.doc_texts],
+        ds.query_ids,
+        [tokenize(t) for t in ds.query_texts],
+        len(ds.doc_ids),
+        progress=False,
+    )
+
+    def softmax(x):
+        e = np.exp(np.asarray(x, dtype=np.float64) - max(x))
+        return e / e.sum()
+
+    moved = 0
+    for q, pos in positives(ds).items():
+        ids = [pos, *negatives[q]]
+        lexical = [run[q].get(d, 0.0) for d in ids]
+        expected = 0.5 * softmax([7.0 * c for c in dense[q]]) + 0.5 * softmax(lexical)
+        assert softmax([7.0 * t for t in both[q]]) == pytest.approx(expected.tolist(), abs=1e-5)
+        moved += not np.allclose(expected, softmax([7.0 * c for c in dense[q]]), atol=1e-3)
+    assert moved > 0  # BM25 changes the target: the check can fail
+    with pytest.raises(ValueError, match="teacher"):
+        asyncio.run(teacher_scores(ds, negatives, emb, None, progress=False, stages="colbert"))
+
+
 def test_distill_target_mixes_the_label_with_the_teachers_softmax():
     import math
 

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from rankserve.eval.commands import _Help, _usage_errors, default_cache_dir, require
-from rankserve.train import LOSSES, METHODS, POSITIONS
+from rankserve.train import LOSSES, METHODS, POSITIONS, TEACHERS
 
 
 def add_command(subparsers) -> None:
@@ -79,6 +79,13 @@ def add_command(subparsers) -> None:
         type=float,
         default=0.5,
         help="distill: the embedder's share of each query's target distribution (0 = the label alone)",
+    )
+    tr.add_argument(
+        "--teacher",
+        choices=TEACHERS,
+        default="dense",
+        help="distill: whose scores the target mixes in: the dense embedder's, or both first stages' "
+        "(the mean of the embedder's and BM25's distributions)",
     )
     tr.add_argument(
         "--teacher-scale",
@@ -189,7 +196,13 @@ async def run_train(args: argparse.Namespace) -> int:
                 progress=progress,
                 position=args.negative_passages,
             )
-            teacher = await teacher_scores(ds, negatives, embedder, args.cache_dir, progress) if distill else None
+            teacher = (
+                await teacher_scores(
+                    ds, negatives, embedder, args.cache_dir, progress, stages=args.teacher, scale=args.teacher_scale
+                )
+                if distill
+                else None
+            )
             part = examples(ds, negatives, teacher)
             print(
                 f"{ds.name}: {len(part)} training queries, {args.negatives} {args.mine} negatives each", file=sys.stderr
@@ -227,6 +240,7 @@ async def run_train(args: argparse.Namespace) -> int:
             "method": args.mine,
             "negatives": args.negatives,
             "passages": args.negative_passages,
+            "teacher": args.teacher if distill else None,
             "seconds": round(mining_s, 1),
         },
         "options": opts.recorded(),

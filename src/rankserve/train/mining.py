@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import numpy as np
 from rankserve.eval.beir import Dataset
 from rankserve.eval.clients import Embedder
 from rankserve.eval.retrieval import bm25_search, dense_search, embed_cached, tokenize, unit
-from rankserve.train import METHODS, POSITIONS
+from rankserve.train import METHODS, POSITIONS, TEACHERS
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class Example:
     query: str
     positive: str
     negatives: tuple[str, ...]
-    teacher: tuple[float, ...] = ()  # the embedder's cosine with the positive, then each negative (distill)
+    teacher: tuple[float, ...] = ()  # the teacher's score of the positive, then each negative (distill)
 
 
 def page_of(ds: Dataset, doc: str) -> str:
@@ -150,20 +151,54 @@ async def teacher_scores(
     embedder: Embedder,
     cache_dir: Path | None = None,
     progress: bool = True,
+    stages: str = "dense",
+    scale: float = 20.0,
+    lang: str = "en",
 ) -> dict[str, list[float]]:
-    """Query id -> the dense embedder's cosine of the query with its positive, then with each mined
+    """Query id -> the teacher's score of the query with its positive, then with each mined
     negative: the scores ``--loss distill`` pulls the cross-encoder toward, so that it keeps what the
-    bi-encoder it starts from knows (trained on a billion pairs) where the few labels here say
-    nothing. The embeddings are the ones mining cached."""
+    first stages know where the few labels here say nothing.
+
+    ``stages="dense"``: the embedder's cosines (a bi-encoder trained on a billion pairs; the
+    embeddings are the ones mining cached). ``"both"``: the two first stages' agreement, the mean
+    of the embedder's distribution (softmax of ``scale`` x cosine) and BM25's (softmax of bm25s'
+    raw score), returned as log(mixture) / ``scale`` so that ``fit.distill_target``'s softmax of
+    ``scale`` x score gives that mixture back. Why: Dense+Sparse beats either stage alone on every
+    corpus here, so their agreement is the better teacher of how near misses rank."""
+    if stages not in TEACHERS:
+        raise ValueError(f"teacher {stages!r}: choose {', '.join(TEACHERS)}")
     docs, queries = await embeddings(ds, embedder, cache_dir, progress, "teacher")
     docs, queries = unit(docs.astype(np.float32, copy=False)), unit(queries.astype(np.float32, copy=False))
     row = {d: i for i, d in enumerate(ds.doc_ids)}
     qrow = {q: i for i, q in enumerate(ds.query_ids)}
+    bm25 = bm25_scorer(ds, lang, progress) if stages == "both" else None
     out = {}
     for q, pos in positives(ds).items():
         ids = [pos, *negatives.get(q, [])]
-        out[q] = [float(x) for x in docs[[row[d] for d in ids]] @ queries[qrow[q]]]
+        cos = docs[[row[d] for d in ids]] @ queries[qrow[q]]
+        if bm25 is None:
+            out[q] = [float(x) for x in cos]
+            continue
+        lexical = bm25(ds.query_texts[qrow[q]], ds.query_lang.get(q, lang))[[row[d] for d in ids]]
+        mixture = 0.5 * softmax(scale * cos.astype(np.float64)) + 0.5 * softmax(lexical.astype(np.float64))
+        out[q] = [float(x) for x in np.log(mixture) / scale]
     return out
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def bm25_scorer(ds: Dataset, lang: str, progress: bool) -> Callable[[str, str], np.ndarray]:
+    """query text, language -> bm25s' score of every document of ``ds`` (the eval's BM25 settings)."""
+    import bm25s
+
+    retriever = bm25s.BM25()
+    retriever.index(
+        [tokenize(t, ds.doc_lang.get(d, lang)) for d, t in zip(ds.doc_ids, ds.doc_texts)], show_progress=progress
+    )
+    return lambda text, query_lang: np.asarray(retriever.get_scores(tokenize(text, query_lang)), dtype=np.float32)
 
 
 def examples(
