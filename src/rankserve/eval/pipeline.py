@@ -22,7 +22,17 @@ from pathlib import Path
 from rankserve.eval import beir, metrics
 from rankserve.eval.beir import Dataset
 from rankserve.eval.clients import Embedder, Reranker
-from rankserve.eval.retrieval import Run, bm25_search, dense_search, embed_cached, rerank_runs, rrf, to_pages, tokenize
+from rankserve.eval.retrieval import (
+    Run,
+    bm25_search,
+    corpus_tokens,
+    dense_search,
+    embed_cached,
+    query_tokens,
+    rerank_runs,
+    rrf,
+    to_pages,
+)
 
 PIPELINES = ("Sparse", "Dense", "Dense+Rerank", "Dense+Sparse", "Dense+Sparse+Rerank")
 
@@ -61,9 +71,8 @@ async def run_dataset(ds: Dataset, embedder: Embedder, reranker: Reranker, opts:
 
     k, progress = opts.top_k, opts.progress
     with stage("sparse"):
-        doc_tokens = [tokenize(t, ds.doc_lang.get(d, opts.lang)) for d, t in zip(ds.doc_ids, ds.doc_texts)]
-        query_tokens = [tokenize(t, ds.query_lang.get(q, opts.lang)) for q, t in zip(ds.query_ids, ds.query_texts)]
-        sparse = bm25_search(ds.doc_ids, doc_tokens, ds.query_ids, query_tokens, k, progress)
+        doc_tokens = corpus_tokens(ds, opts.lang)
+        sparse = bm25_search(ds.doc_ids, doc_tokens, ds.query_ids, query_tokens(ds, opts.lang), k, progress)
         del doc_tokens
     kw = dict(batch_size=opts.batch_size, concurrency=opts.concurrency, progress=progress)
     cached = {}

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from rankserve.eval.beir import Dataset
 from rankserve.eval.clients import Embedder, Reranker
 from rankserve.eval.metrics import ranking
 
@@ -110,6 +111,16 @@ def tokenize(text: str, lang: str | None = "en") -> list[str]:
     if stemmer is not None:
         words = stemmer.stemWords(words)
     return words + cjk
+
+
+def corpus_tokens(ds: Dataset, lang: str = "en") -> list[list[str]]:
+    """Every document of ``ds`` tokenized for BM25, each in its own language (``lang`` if unset)."""
+    return [tokenize(t, ds.doc_lang.get(d, lang)) for d, t in zip(ds.doc_ids, ds.doc_texts)]
+
+
+def query_tokens(ds: Dataset, lang: str = "en") -> list[list[str]]:
+    """Every query of ``ds`` tokenized for BM25, each in its own language (``lang`` if unset)."""
+    return [tokenize(t, ds.query_lang.get(q, lang)) for q, t in zip(ds.query_ids, ds.query_texts)]
 
 
 def bm25_search(

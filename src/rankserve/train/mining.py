@@ -27,7 +27,15 @@ import numpy as np
 
 from rankserve.eval.beir import Dataset
 from rankserve.eval.clients import Embedder
-from rankserve.eval.retrieval import bm25_search, dense_search, embed_cached, tokenize, unit
+from rankserve.eval.retrieval import (
+    bm25_search,
+    corpus_tokens,
+    dense_search,
+    embed_cached,
+    query_tokens,
+    tokenize,
+    unit,
+)
 from rankserve.train import METHODS, POSITIONS, TEACHERS
 
 
@@ -117,9 +125,9 @@ async def mine(
     depth = min(len(ds.doc_ids), 4 * k + 20)  # room for the relevant pages' passages that are dropped
     runs = []
     if method in ("bm25", "both"):
-        doc_tokens = [tokenize(t, ds.doc_lang.get(d, lang)) for d, t in zip(ds.doc_ids, ds.doc_texts)]
-        query_tokens = [tokenize(t, ds.query_lang.get(q, lang)) for q, t in zip(ds.query_ids, ds.query_texts)]
-        runs.append(bm25_search(ds.doc_ids, doc_tokens, ds.query_ids, query_tokens, depth, progress))
+        runs.append(
+            bm25_search(ds.doc_ids, corpus_tokens(ds, lang), ds.query_ids, query_tokens(ds, lang), depth, progress)
+        )
     if method in ("dense", "both"):
         if embedder is None:
             raise ValueError("dense negatives need an embedder")
@@ -174,12 +182,12 @@ async def teacher_scores(
     bm25 = bm25_scorer(ds, lang, progress) if stages == "both" else None
     out = {}
     for q, pos in positives(ds).items():
-        ids = [pos, *negatives.get(q, [])]
-        cos = docs[[row[d] for d in ids]] @ queries[qrow[q]]
+        rows = [row[d] for d in [pos, *negatives.get(q, [])]]
+        cos = docs[rows] @ queries[qrow[q]]
         if bm25 is None:
             out[q] = [float(x) for x in cos]
             continue
-        lexical = bm25(ds.query_texts[qrow[q]], ds.query_lang.get(q, lang))[[row[d] for d in ids]]
+        lexical = bm25(ds.query_texts[qrow[q]], ds.query_lang.get(q, lang))[rows]
         mixture = 0.5 * softmax(scale * cos.astype(np.float64)) + 0.5 * softmax(lexical.astype(np.float64))
         out[q] = [float(x) for x in np.log(mixture) / scale]
     return out
@@ -195,9 +203,7 @@ def bm25_scorer(ds: Dataset, lang: str, progress: bool) -> Callable[[str, str], 
     import bm25s
 
     retriever = bm25s.BM25()
-    retriever.index(
-        [tokenize(t, ds.doc_lang.get(d, lang)) for d, t in zip(ds.doc_ids, ds.doc_texts)], show_progress=progress
-    )
+    retriever.index(corpus_tokens(ds, lang), show_progress=progress)
     return lambda text, query_lang: np.asarray(retriever.get_scores(tokenize(text, query_lang)), dtype=np.float32)
 
 
