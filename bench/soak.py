@@ -713,6 +713,7 @@ class Tally:
     invalid_accepted: int = 0  # an invalid request answered 2xx
     invalid_no_error_object: int = 0
     latencies_ms: list[float] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)  # passages/inputs of each latencies_ms entry
     by_route: dict[str, int] = field(default_factory=dict)
     invalid_status: dict[str, dict[str, int]] = field(default_factory=dict)
     lost_kinds: dict[str, int] = field(default_factory=dict)
@@ -774,6 +775,7 @@ def record_valid(
         if why is None:
             t.valid_ok += 1
             t.latencies_ms.append(seconds * 1000)
+            t.sizes.append(len(call.texts))
         else:
             t.wrong += 1
             t.note(f"wrong {call.kind} {call.path}: {why}")
@@ -806,6 +808,21 @@ def latency_summary(ms: list[float]) -> dict[str, float | None]:
     if not ms:
         return {"p50_ms": None, "p99_ms": None, "max_ms": None}
     return {"p50_ms": statistics.median(ms), "p99_ms": percentile(ms, 0.99), "max_ms": max(ms)}
+
+
+def latency_by_size(sizes: list[int], ms: list[float], groups: int = 3) -> dict[str, dict]:
+    """p50 / p99 per third of the request sizes seen ("1-10": ...): where the tail comes from."""
+    if not ms:
+        return {}
+    lo, hi = min(sizes), max(sizes)
+    step = max(1, -(-(hi - lo + 1) // groups))
+    out: dict[str, dict] = {}
+    for start in range(lo, hi + 1, step):
+        end = min(hi, start + step - 1)
+        part = [m for n, m in zip(sizes, ms) if start <= n <= end]
+        if part:
+            out[f"{start}-{end}"] = {"n": len(part), **latency_summary(part)}
+    return out
 
 
 def finish(result: dict, checks: dict[str, bool]) -> dict:
@@ -959,8 +976,9 @@ async def _soak(opts: Options, ref: Reference, server: Server, calls: list[Call]
         and lab.get("route") != "/v1/health/ready"
     )
     half = [v for s, v in rss if s >= opts.seconds / 2]
-    out = {k: v for k, v in asdict(tally).items() if k != "latencies_ms"}
+    out = {k: v for k, v in asdict(tally).items() if k not in ("latencies_ms", "sizes")}
     out.update(latency_summary(tally.latencies_ms))
+    out["latency_by_size"] = latency_by_size(tally.sizes, tally.latencies_ms)
     out.update(
         seconds=round(seconds, 1),
         clients=opts.clients,

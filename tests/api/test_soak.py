@@ -104,3 +104,16 @@ def test_passages_flag_sets_each_requests_passage_count(soak):
         bench.passage_range("3-1")
     calls = bench.soak_pool(random.Random(0), ref, 40, 200, (25, 30))
     assert {len(c.texts) for c in calls} <= set(range(25, 31)) and len({len(c.texts) for c in calls}) > 1
+
+
+def test_latency_by_size_groups_requests_by_their_size():
+    """The per-size table that shows where the soak's tail comes from (big requests, or all)."""
+    bench = load_bench()
+    sizes = [1, 2, 10, 11, 20, 21, 30]
+    ms = [10.0, 20.0, 30.0, 100.0, 200.0, 1000.0, 3000.0]
+    table = bench.latency_by_size(sizes, ms)
+    assert list(table) == ["1-10", "11-20", "21-30"]
+    assert [row["n"] for row in table.values()] == [3, 2, 2]
+    assert table["1-10"]["max_ms"] == 30.0 and table["21-30"]["max_ms"] == 3000.0
+    assert table["11-20"]["p50_ms"] == 150.0
+    assert bench.latency_by_size([], []) == {}
